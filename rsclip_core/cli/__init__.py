@@ -1,0 +1,1 @@
+"""Command-line entry points: ``rsclip`` (main.py) and ``rsclip-map`` (map.py)."""

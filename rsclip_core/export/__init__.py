@@ -1,0 +1,1 @@
+"""rsclip_core.export"""

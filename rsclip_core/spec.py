@@ -1,0 +1,139 @@
+"""The exported *model directory*: the one contract between export and inference.
+
+Torch-free on purpose: `rsclip_core.export` writes it, `rsclip_core.inference` (and so the
+QGIS plugin and `rsclip-map`) reads it. Everything inference needs to preprocess pixels and
+text lives in ``rsclip.json`` (mirrored into each ONNX graph's ``metadata_props``), the way
+open_clip's pretrained entries carry their preprocessing.
+
+Layout::
+
+    <model_dir>/
+      rsclip.json       metadata (ModelMetadata below), the single source of preprocessing truth
+      image.onnx        image encoder: float32 NCHW RGB in [0, 1], *not* standardised
+                        (inference applies mean/std from the metadata) -> L2-normalised embeddings
+      text.onnx         text encoder: int64 [N, context_length] token ids -> L2-normalised embeddings
+      tokenizer.json    Hugging Face `tokenizers` file that reproduces the training tokenizer
+      classes.json      optional default land-cover classes (name, prompts, colour)
+      image.mlpackage/  optional Core ML (mlprogram, FP16), normalisation baked in, ImageType input
+      text.mlpackage/   optional Core ML text encoder (int32 tokens)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+
+METADATA_FILE = "rsclip.json"
+IMAGE_ONNX = "image.onnx"
+TEXT_ONNX = "text.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+CLASSES_FILE = "classes.json"
+IMAGE_MLPACKAGE = "image.mlpackage"
+TEXT_MLPACKAGE = "text.mlpackage"
+
+IMAGE_INPUT = "image"
+TEXT_INPUT = "tokens"
+EMBEDDING_OUTPUT = "embedding"
+
+DEFAULT_PROMPT_TEMPLATES = (
+    "{}.",
+    "a satellite image of {}.",
+    "an aerial image of {}.",
+    "a remote sensing image of {}.",
+    "an aerial photograph of {}.",
+    "a top-down view of {}.",
+)
+
+
+class ModelDirError(ValueError):
+    """A model directory (or its metadata) is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class ModelMetadata:
+    """Metadata of an exported model: what inference needs, nothing more."""
+
+    model_name: str
+    embed_dim: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    context_length: int
+    logit_scale: float
+    interpolation: str = "bicubic"  # bicubic | bilinear
+    resize_mode: str = "shortest"  # shortest (resize short side, centre crop) | squash
+    tokenizer: str = TOKENIZER_FILE
+    tokenizer_kind: str = "clip-bpe"  # clip-bpe | wordpiece
+    pad_id: int = 0
+    sot_id: int | None = None
+    eot_id: int | None = None
+    lowercase: bool = True
+    prompt_templates: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES))
+    default_classes: str | None = None
+    # Hints for tiling rasters (ground resolution the model was trained at, in m/px).
+    resolution_m: float | None = None
+    tiles_overlap: int = 0  # percent
+    source: dict[str, Any] = field(default_factory=dict)  # checkpoint, training run, licence...
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "metadata") -> "ModelMetadata":
+        known = {f.name for f in fields(cls)}
+        required = {"model_name", "embed_dim", "image_size", "mean", "std", "context_length", "logit_scale"}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise ModelDirError(f"{origin}: missing keys {missing}")
+        version = int(data.get("format_version", FORMAT_VERSION))
+        if version > FORMAT_VERSION:
+            raise ModelDirError(
+                f"{origin}: format_version {version} is newer than this rsclip understands ({FORMAT_VERSION})"
+            )
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        if len(meta.mean) != 3 or len(meta.std) != 3:
+            raise ModelDirError(f"{origin}: mean/std must have 3 values (RGB)")
+        return meta
+
+    @classmethod
+    def read(cls, model_dir: str | Path) -> "ModelMetadata":
+        path = Path(model_dir) / METADATA_FILE
+        if not path.is_file():
+            raise ModelDirError(f"{path}: not found (is {model_dir} an exported rsclip model directory?)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelDirError(f"{path}: invalid JSON ({exc})") from exc
+        return cls.from_dict(data, origin=str(path))
+
+    def onnx_metadata_props(self) -> dict[str, str]:
+        """Key/values for ONNX ``metadata_props`` (strings only).
+
+        Besides rsclip's own keys, the ones other QGIS ONNX tools (e.g. Deepness) read:
+        ``model_type``, ``resolution`` (cm/px), ``tiles_size``, ``tiles_overlap`` (percent),
+        ``standardization_mean``, ``standardization_std``.
+        """
+        props = {"rsclip": self.to_json()}
+        props.update(
+            {
+                "model_name": self.model_name,
+                "embed_dim": str(self.embed_dim),
+                "image_size": str(self.image_size),
+                "context_length": str(self.context_length),
+                "logit_scale": repr(float(self.logit_scale)),
+                "tokenizer": self.tokenizer,
+                "model_type": "Recognition",
+                "tiles_size": str(self.image_size),
+                "tiles_overlap": str(self.tiles_overlap),
+                "standardization_mean": json.dumps([float(v) for v in self.mean]),
+                "standardization_std": json.dumps([float(v) for v in self.std]),
+            }
+        )
+        if self.resolution_m is not None:
+            props["resolution"] = repr(float(self.resolution_m) * 100.0)
+        return props
