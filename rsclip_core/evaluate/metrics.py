@@ -1,0 +1,228 @@
+"""Torch-free retrieval and zero-shot metrics on numpy similarity matrices.
+
+Retrieval follows the protocol of the remote-sensing retrieval tables (RSICD/RSITMD as reported by
+AMFMN, RemoteCLIP, GeoRSCLIP): every image has several (usually 5) captions; image->text counts a
+hit at k when *any* of the image's captions is among the top-k texts; text->image counts a hit when
+the caption's own image is among the top-k images; ``mR`` is the mean of the six recalls, in percent.
+
+Ties count against the model (a constant similarity matrix scores at chance, never 100 %): the rank
+of the correct item is the number of *wrong* items scoring at least as high as it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+RETRIEVAL_KS = (1, 5, 10)
+
+
+class MetricInputError(ValueError):
+    """Inputs to a metric function have inconsistent shapes or invalid values."""
+
+
+def _as_finite_2d(name: str, array: Any) -> np.ndarray:
+    matrix = np.asarray(array, dtype=np.float64)
+    if matrix.ndim != 2:
+        raise MetricInputError(f"{name}: expected a 2-D matrix, got shape {matrix.shape}")
+    if matrix.size == 0:
+        raise MetricInputError(f"{name}: empty matrix")
+    if not np.all(np.isfinite(matrix)):
+        raise MetricInputError(f"{name}: contains NaN or infinite values")
+    return matrix
+
+
+def retrieval_ranks(sim: Any, text_to_image: Any) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks of the correct match, for every image (i2t) and every text (t2i).
+
+    ``sim[i, t]`` is the similarity of image ``i`` and text ``t``; ``text_to_image[t]`` is the index
+    of the image that caption ``t`` describes. The image->text rank of image ``i`` is the number of
+    non-matching texts scoring >= its best-scoring caption; the text->image rank of text ``t`` is the
+    number of other images scoring >= its own image.
+    """
+    matrix = _as_finite_2d("sim", sim)
+    n_images, n_texts = matrix.shape
+    owners = np.asarray(text_to_image)
+    if owners.shape != (n_texts,):
+        raise MetricInputError(f"text_to_image: expected shape ({n_texts},) to match sim, got {owners.shape}")
+    if not np.issubdtype(owners.dtype, np.integer):
+        raise MetricInputError(f"text_to_image: expected integer image indices, got dtype {owners.dtype}")
+    if owners.min() < 0 or owners.max() >= n_images:
+        raise MetricInputError(f"text_to_image: image indices must lie in [0, {n_images - 1}]")
+    captions_per_image = np.bincount(owners, minlength=n_images)
+    if np.any(captions_per_image == 0):
+        missing = int(np.flatnonzero(captions_per_image == 0)[0])
+        raise MetricInputError(f"text_to_image: image {missing} has no caption")
+
+    is_match = np.zeros((n_images, n_texts), dtype=bool)
+    is_match[owners, np.arange(n_texts)] = True
+    best_match = np.where(is_match, matrix, -np.inf).max(axis=1)
+    i2t_ranks = ((matrix >= best_match[:, None]) & ~is_match).sum(axis=1)
+
+    own_score = matrix[owners, np.arange(n_texts)]
+    t2i_ranks = (matrix >= own_score[None, :]).sum(axis=0) - 1  # minus the text's own image
+    return i2t_ranks.astype(np.int64), t2i_ranks.astype(np.int64)
+
+
+def retrieval_metrics(sim: Any, text_to_image: Any, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
+    """Image->text and text->image Recall@k (percent) and ``mR``, the mean of all of them.
+
+    Returns keys ``i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10, mR`` (for the default ``ks``),
+    plus ``i2t_median_rank``/``t2i_median_rank`` (1-based) and ``n_images``/``n_texts``.
+    """
+    i2t_ranks, t2i_ranks = retrieval_ranks(sim, text_to_image)
+    result: dict[str, float] = {}
+    recalls = []
+    for direction, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks)):
+        for k in ks:
+            value = 100.0 * float(np.mean(ranks < k))
+            result[f"{direction}_r{k}"] = value
+            recalls.append(value)
+    result["mR"] = float(np.mean(recalls))
+    result["i2t_median_rank"] = float(np.median(i2t_ranks) + 1)
+    result["t2i_median_rank"] = float(np.median(t2i_ranks) + 1)
+    result["n_images"] = int(i2t_ranks.shape[0])
+    result["n_texts"] = int(t2i_ranks.shape[0])
+    return result
+
+
+def zero_shot_metrics(logits: Any, labels: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """Top-1/top-5 accuracy (percent), per-class accuracy and the confusion matrix.
+
+    ``logits[n, c]`` scores image ``n`` against class ``c``; ``labels[n]`` is the true class index.
+    Ties count against the model. ``top5`` uses ``min(5, n_classes)``. The confusion matrix has true
+    classes as rows and predicted classes as columns.
+    """
+    scores = _as_finite_2d("logits", logits)
+    n_samples, n_classes = scores.shape
+    names = [str(name) for name in class_names]
+    if len(names) != n_classes:
+        raise MetricInputError(f"class_names: {len(names)} names for {n_classes} logit columns")
+    truth = np.asarray(labels)
+    if truth.shape != (n_samples,):
+        raise MetricInputError(f"labels: expected shape ({n_samples},) to match logits, got {truth.shape}")
+    if not np.issubdtype(truth.dtype, np.integer):
+        raise MetricInputError(f"labels: expected integer class indices, got dtype {truth.dtype}")
+    if truth.min() < 0 or truth.max() >= n_classes:
+        raise MetricInputError(f"labels: class indices must lie in [0, {n_classes - 1}]")
+
+    true_score = scores[np.arange(n_samples), truth]
+    wrong_at_least_as_high = (scores >= true_score[:, None]).sum(axis=1) - 1
+    top5_k = min(5, n_classes)
+    predictions = _argmax_pessimistic(scores, truth)
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (truth, predictions), 1)
+    support = confusion.sum(axis=1)
+    per_class = {
+        name: (100.0 * float(confusion[c, c]) / float(support[c])) if support[c] else None
+        for c, name in enumerate(names)
+    }
+    present = [value for value in per_class.values() if value is not None]
+    return {
+        "top1": 100.0 * float(np.mean(wrong_at_least_as_high < 1)),
+        "top5": 100.0 * float(np.mean(wrong_at_least_as_high < top5_k)),
+        "top5_k": top5_k,
+        "mean_per_class": float(np.mean(present)),
+        "per_class": per_class,
+        "support": {name: int(support[c]) for c, name in enumerate(names)},
+        "confusion": confusion.tolist(),
+        "class_names": names,
+        "n_samples": int(n_samples),
+    }
+
+
+def _argmax_pessimistic(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Arg-max per row; on a tie involving the true class, a wrong class wins."""
+    best = scores.max(axis=1, keepdims=True)
+    tied = scores >= best
+    tied_wrong = tied.copy()
+    tied_wrong[np.arange(len(truth)), truth] = False
+    has_wrong = tied_wrong.any(axis=1)
+    return np.where(has_wrong, tied_wrong.argmax(axis=1), truth)
+
+
+# ---------------------------------------------------------------- class names and prompts
+
+_LETTER_PREFIX = re.compile(r"^([a-z])(?=[A-Z])")
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def clean_class_name(name: str, drop_letter_prefix: bool = True) -> str:
+    """A folder name as natural text: ``"dRiverLake"`` -> ``"river lake"``, ``"storage_tanks"`` ->
+    ``"storage tanks"``, ``"BaseballDiamond"`` -> ``"baseball diamond"``.
+
+    ``drop_letter_prefix`` removes RSSCN7's ordering prefix (one lower-case letter directly followed
+    by an upper-case one: ``aGrass``, ``gParking``).
+    """
+    text = name.strip()
+    if drop_letter_prefix:
+        text = _LETTER_PREFIX.sub("", text)
+    text = _CAMEL_BOUNDARY.sub(" ", text)
+    text = re.sub(r"[_\-\s]+", " ", text)
+    return text.strip().lower()
+
+
+def clean_class_names(names: Sequence[str]) -> list[str]:
+    """Clean a dataset's class names; RSSCN7-style letter prefixes are dropped only when *every*
+    name carries one (so a lone ``"eForest"`` in some other dataset is not mangled by accident)."""
+    all_prefixed = bool(names) and all(_LETTER_PREFIX.match(name.strip()) for name in names)
+    return [clean_class_name(name, drop_letter_prefix=all_prefixed) for name in names]
+
+
+def build_prompts(class_name: str, templates: Sequence[str]) -> list[str]:
+    """Fill every prompt template (``"a satellite image of {}."``) with ``class_name``."""
+    if not templates:
+        raise MetricInputError("templates: at least one prompt template is needed")
+    prompts = []
+    for template in templates:
+        if "{}" not in template:
+            raise MetricInputError(f"templates: {template!r} has no '{{}}' placeholder for the class name")
+        prompts.append(template.replace("{}", class_name))
+    return prompts
+
+
+def l2_normalize(array: Any, axis: int = -1) -> np.ndarray:
+    """Unit-length rows (zero rows stay zero)."""
+    values = np.asarray(array, dtype=np.float32)
+    norms = np.linalg.norm(values, axis=axis, keepdims=True)
+    return values / np.maximum(norms, 1e-12)
+
+
+def ensemble_class_embeddings(prompt_embeddings: Sequence[np.ndarray]) -> np.ndarray:
+    """One unit vector per class: the normalised mean of its normalised prompt embeddings
+    (the prompt ensemble of CLIP / open_clip's zero-shot classifier)."""
+    rows = [l2_normalize(l2_normalize(emb).mean(axis=0)) for emb in prompt_embeddings]
+    return np.stack(rows).astype(np.float32)
+
+
+# ---------------------------------------------------------------- reporting
+
+RETRIEVAL_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+RETRIEVAL_HEADERS = ("I→T R@1", "I→T R@5", "I→T R@10", "T→I R@1", "T→I R@5", "T→I R@10", "mR")
+
+
+def retrieval_markdown(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table, one row per named result (model or dataset)."""
+    lines = ["| | " + " | ".join(RETRIEVAL_HEADERS) + " |", "|---" * (len(RETRIEVAL_HEADERS) + 1) + "|"]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[key]:.2f}" for key in RETRIEVAL_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def zero_shot_markdown(rows: dict[str, dict[str, Any]], per_class: bool = True) -> str:
+    """A markdown table of top-1/top-5/mean per-class accuracy (+ per-class tables)."""
+    lines = ["| | top-1 | top-5 | mean per-class |", "|---|---|---|---|"]
+    for name, metrics in rows.items():
+        lines.append(
+            f"| {name} | {metrics['top1']:.2f} | {metrics['top5']:.2f} | {metrics['mean_per_class']:.2f} |"
+        )
+    if per_class:
+        for name, metrics in rows.items():
+            lines += ["", f"Per-class accuracy ({name}):", "", "| class | accuracy | images |", "|---|---|---|"]
+            for cls, acc in metrics["per_class"].items():
+                shown = "–" if acc is None else f"{acc:.1f}"
+                lines.append(f"| {cls} | {shown} | {metrics['support'][cls]} |")
+    return "\n".join(lines)
