@@ -116,7 +116,9 @@ class ModelMetadata:
 
         Besides rsclip's own keys, the ones other QGIS ONNX tools (e.g. Deepness) read:
         ``model_type``, ``resolution`` (cm/px), ``tiles_size``, ``tiles_overlap`` (percent),
-        ``standardization_mean``, ``standardization_std``.
+        ``standardization_mean``, ``standardization_std``. Deepness parses every one of these
+        values with ``json.loads`` (so ``model_type`` is a JSON string) and its code reads the tile
+        size from ``tile_size`` while its docs say ``tiles_size``: both are written.
         """
         props = {"rsclip": self.to_json()}
         props.update(
@@ -127,13 +129,14 @@ class ModelMetadata:
                 "context_length": str(self.context_length),
                 "logit_scale": repr(float(self.logit_scale)),
                 "tokenizer": self.tokenizer,
-                "model_type": "Recognition",
+                "model_type": json.dumps("Recognition"),
                 "tiles_size": str(self.image_size),
+                "tile_size": str(self.image_size),
                 "tiles_overlap": str(self.tiles_overlap),
                 "standardization_mean": json.dumps([float(v) for v in self.mean]),
                 "standardization_std": json.dumps([float(v) for v in self.std]),
             }
         )
         if self.resolution_m is not None:
-            props["resolution"] = repr(float(self.resolution_m) * 100.0)
+            props["resolution"] = json.dumps(float(self.resolution_m) * 100.0)
         return props
