@@ -1,0 +1,265 @@
+"""Replayable image augmentations for dataset reinforcement.
+
+An augmentation is described by a small JSON-serialisable ``dict`` of parameters (the same idea as
+ml-mobileclip's ``param_aug``): sampling draws the parameters from a seeded ``random.Random``, and
+:func:`reapply` turns ``(original image, params)`` into the augmented view. Sampling *is* "draw
+params, then :func:`reapply`", so a stored parameter set replays bit-identically on the original
+image (PIL operations only, no hidden randomness). Overhead imagery has no "up": vertical flips and
+90-degree rotations are first-class.
+
+Parameter layout (short keys keep ``paug.json`` small)::
+
+    {"crop": [top, left, height, width],     # RandomResizedCrop box in original pixels
+     "size": [out_h, out_w],                 # output size of the crop-resize
+     "hf": 0|1, "vf": 0|1, "r90": 0..3,      # hflip, vflip, counter-clockwise 90-degree turns
+     "ra": [[op, magnitude], ...],           # RandAugment ops, magnitude in [0, 10] (signed ops: +-)
+     "cj": [brightness, contrast, saturation, hue, order]   # colour jitter factors, or absent
+    }
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from PIL import Image, ImageEnhance, ImageOps
+
+AugParams = dict[str, Any]
+
+_RESAMPLE = Image.Resampling.BILINEAR
+_FILL = (128, 128, 128)
+
+
+class AugmentationParamsError(ValueError):
+    """Stored augmentation parameters that cannot be replayed."""
+
+
+# --- RandAugment ops: (image, magnitude in [-10, 10]) -> image ---------------------------------
+
+
+def _rotate(img: Image.Image, m: float) -> Image.Image:
+    return img.rotate(m * 3.0, resample=_RESAMPLE, fillcolor=_FILL)  # up to +-30 degrees
+
+
+def _shear_x(img: Image.Image, m: float) -> Image.Image:
+    s = m * 0.03
+    return img.transform(img.size, Image.Transform.AFFINE, (1, s, 0, 0, 1, 0), _RESAMPLE, fillcolor=_FILL)
+
+
+def _shear_y(img: Image.Image, m: float) -> Image.Image:
+    s = m * 0.03
+    return img.transform(img.size, Image.Transform.AFFINE, (1, 0, 0, s, 1, 0), _RESAMPLE, fillcolor=_FILL)
+
+
+def _translate_x(img: Image.Image, m: float) -> Image.Image:
+    dx = round(m * 0.045 * img.size[0])
+    return img.transform(img.size, Image.Transform.AFFINE, (1, 0, dx, 0, 1, 0), _RESAMPLE, fillcolor=_FILL)
+
+
+def _translate_y(img: Image.Image, m: float) -> Image.Image:
+    dy = round(m * 0.045 * img.size[1])
+    return img.transform(img.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, dy), _RESAMPLE, fillcolor=_FILL)
+
+
+def _enhance(kind: type) -> Callable[[Image.Image, float], Image.Image]:
+    def op(img: Image.Image, m: float) -> Image.Image:
+        return kind(img).enhance(1.0 + m * 0.09)  # factor in [0.1, 1.9]
+
+    return op
+
+
+def _solarize(img: Image.Image, m: float) -> Image.Image:
+    return ImageOps.solarize(img, 256 - round(abs(m) * 25.6))
+
+
+def _posterize(img: Image.Image, m: float) -> Image.Image:
+    return ImageOps.posterize(img, 8 - int(abs(m) * 0.4))  # 8..4 bits
+
+
+def _autocontrast(img: Image.Image, m: float) -> Image.Image:
+    return ImageOps.autocontrast(img)
+
+
+def _equalize(img: Image.Image, m: float) -> Image.Image:
+    return ImageOps.equalize(img)
+
+
+#: op name -> (function, signed magnitude?)
+RANDAUGMENT_OPS: dict[str, tuple[Callable[[Image.Image, float], Image.Image], bool]] = {
+    "AutoContrast": (_autocontrast, False),
+    "Equalize": (_equalize, False),
+    "Rotate": (_rotate, True),
+    "Solarize": (_solarize, False),
+    "Color": (_enhance(ImageEnhance.Color), True),
+    "Posterize": (_posterize, False),
+    "Contrast": (_enhance(ImageEnhance.Contrast), True),
+    "Brightness": (_enhance(ImageEnhance.Brightness), True),
+    "Sharpness": (_enhance(ImageEnhance.Sharpness), True),
+    "ShearX": (_shear_x, True),
+    "ShearY": (_shear_y, True),
+    "TranslateX": (_translate_x, True),
+    "TranslateY": (_translate_y, True),
+}
+
+
+@dataclass
+class AugmentationConfig:
+    """What :func:`sample_params` draws from (recorded in the reinforced dataset's manifest)."""
+
+    output_size: int = 224
+    scale: tuple[float, float] = (0.25, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+    rot90_p: float = 0.75  # probability of a non-zero number of quarter turns
+    randaugment_n: int = 2
+    randaugment_m: float = 9.0  # upper bound of the sampled magnitude (uniform in [0, m])
+    randaugment_p: float = 0.5  # probability to apply RandAugment at all
+    randaugment_ops: tuple[str, ...] = field(default_factory=lambda: tuple(RANDAUGMENT_OPS))
+    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.05)
+    color_jitter_p: float = 0.8
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AugmentationConfig":
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
+
+
+def _round(x: float, nd: int = 3) -> float:
+    return float(round(x, nd))
+
+
+def sample_crop_box(
+    width: int, height: int, rng: random.Random, scale: tuple[float, float], ratio: tuple[float, float]
+) -> list[int]:
+    """RandomResizedCrop box ``[top, left, h, w]`` (torchvision's algorithm, on ``rng``)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = rng.randint(0, height - h)
+            left = rng.randint(0, width - w)
+            return [top, left, h, w]
+    # fallback: central crop clamped to the ratio range
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return [(height - h) // 2, (width - w) // 2, h, w]
+
+
+def sample_params(width: int, height: int, rng: random.Random, config: AugmentationConfig) -> AugParams:
+    """Draw one augmentation parameter set for an image of ``width`` x ``height`` pixels."""
+    if width <= 0 or height <= 0:
+        raise AugmentationParamsError(f"image size must be positive, got {width}x{height}")
+    params: AugParams = {
+        "crop": sample_crop_box(width, height, rng, config.scale, config.ratio),
+        "size": [config.output_size, config.output_size],
+        "hf": int(rng.random() < config.hflip_p),
+        "vf": int(rng.random() < config.vflip_p),
+        "r90": rng.randint(1, 3) if rng.random() < config.rot90_p else 0,
+    }
+    if config.randaugment_n > 0 and rng.random() < config.randaugment_p:
+        ops = []
+        for _ in range(config.randaugment_n):
+            name = rng.choice(list(config.randaugment_ops))
+            magnitude = rng.uniform(0.0, config.randaugment_m)
+            if RANDAUGMENT_OPS[name][1] and rng.random() < 0.5:
+                magnitude = -magnitude
+            ops.append([name, _round(magnitude, 2)])
+        params["ra"] = ops
+    if rng.random() < config.color_jitter_p:
+        b, c, s, h = config.color_jitter
+        order = list(range(4))
+        rng.shuffle(order)
+        params["cj"] = [
+            _round(rng.uniform(max(0.0, 1 - b), 1 + b)),
+            _round(rng.uniform(max(0.0, 1 - c), 1 + c)),
+            _round(rng.uniform(max(0.0, 1 - s), 1 + s)),
+            _round(rng.uniform(-h, h)),
+            int("".join(map(str, order))),  # permutation packed as digits, e.g. 2031
+        ]
+    return params
+
+
+def _adjust_hue(img: Image.Image, hue: float) -> Image.Image:
+    if hue == 0.0:
+        return img
+    h, s, v = img.convert("HSV").split()
+    shift = int(round(hue * 255)) % 256
+    h = h.point(lambda x: (x + shift) % 256)
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
+
+
+def _color_jitter(img: Image.Image, cj: list[Any]) -> Image.Image:
+    b, c, s, h, order = cj
+    digits = f"{int(order):04d}"
+    for d in digits:
+        if d == "0":
+            img = ImageEnhance.Brightness(img).enhance(float(b))
+        elif d == "1":
+            img = ImageEnhance.Contrast(img).enhance(float(c))
+        elif d == "2":
+            img = ImageEnhance.Color(img).enhance(float(s))
+        elif d == "3":
+            img = _adjust_hue(img, float(h))
+        else:
+            raise AugmentationParamsError(f"bad colour-jitter order {order!r}")
+    return img
+
+
+_ROTATIONS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+
+
+def reapply(image: Image.Image, params: AugParams) -> Image.Image:
+    """Replay stored augmentation ``params`` on the original ``image`` (RGB); deterministic."""
+    try:
+        top, left, h, w = (int(v) for v in params["crop"])
+        out_h, out_w = (int(v) for v in params["size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AugmentationParamsError(f"augmentation params need 'crop' and 'size': {params!r}") from exc
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if h <= 0 or w <= 0 or top < 0 or left < 0 or top + h > image.height or left + w > image.width:
+        raise AugmentationParamsError(
+            f"crop box {params['crop']} does not fit an image of {image.width}x{image.height}"
+        )
+    img = image.resize((out_w, out_h), _RESAMPLE, box=(left, top, left + w, top + h))
+    if params.get("hf"):
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if params.get("vf"):
+        img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    k = int(params.get("r90", 0)) % 4
+    if k:
+        img = img.transpose(_ROTATIONS[k])
+    for name, magnitude in params.get("ra", []):
+        if name not in RANDAUGMENT_OPS:
+            raise AugmentationParamsError(f"unknown RandAugment op {name!r}")
+        img = RANDAUGMENT_OPS[name][0](img, float(magnitude))
+    if "cj" in params:
+        img = _color_jitter(img, params["cj"])
+    return img
+
+
+def augment(image: Image.Image, rng: random.Random, config: AugmentationConfig) -> tuple[Image.Image, AugParams]:
+    """Sample parameters for ``image`` and apply them; returns ``(view, params)``."""
+    params = sample_params(image.width, image.height, rng, config)
+    return reapply(image, params), params
+
+
+def center_view_params(width: int, height: int, output_size: int) -> AugParams:
+    """Parameters of the plain (un-augmented) view: the largest central square, resized."""
+    side = min(width, height)
+    return {"crop": [(height - side) // 2, (width - side) // 2, side, side], "size": [output_size, output_size]}
