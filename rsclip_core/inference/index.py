@@ -1,0 +1,280 @@
+"""The embedding index: tile windows + float16 embeddings of one raster under one model and tiling.
+
+Built by streaming tiles through the image encoder batch by batch (a reader thread prepares the
+next batch while onnxruntime runs the current one; memory is bounded by the batch size), then
+saved as one ``.npz`` (no pickle) keyed by raster fingerprint + model fingerprint + tiling hash,
+so a second query on the same raster costs only the text encoding and one matrix product.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from rsclip_core.inference.errors import RsclipCancelled, RsclipInputError
+from rsclip_core.inference.model import EmbeddingModel
+from rsclip_core.inference.raster import RasterSource, raster_fingerprint, windows_to_polygons
+from rsclip_core.inference.tiling import TileGrid, TilingConfig
+
+INDEX_SUFFIX = ".rsclip-index.npz"
+INDEX_VERSION = 1
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class EmbeddingIndex:
+    """Embeddings of the non-empty tiles of a raster, with their geometry and provenance."""
+
+    embeddings: np.ndarray  # float16 [N, D], L2-normalised
+    tile_rc: np.ndarray  # int64 [N, 2] grid (row, col)
+    valid_fraction: np.ndarray  # float32 [N]
+    grid: TileGrid
+    transform: Tuple[float, ...]  # affine (a, b, c, d, e, f) of the raster
+    crs_wkt: Optional[str]
+    raster_path: str
+    raster_size: Tuple[int, int]  # (width, height)
+    key: str
+    fingerprints: Dict[str, str]
+    tiling: Dict[str, Any]
+    model_name: str
+    n_grid_tiles: int = 0  # tiles planned (including skipped ones)
+    _emb32: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def affine(self) -> Any:
+        from affine import Affine
+
+        return Affine(*self.transform[:6])
+
+    @property
+    def crs(self) -> Any:
+        if not self.crs_wkt:
+            return None
+        from rasterio.crs import CRS
+
+        return CRS.from_wkt(self.crs_wkt)
+
+    @property
+    def cell_transform(self) -> Any:
+        """Affine transform of the output cell grid (one cell per tile stride)."""
+        from affine import Affine
+
+        g = self.grid
+        return self.affine * Affine.translation(g.col0, g.row0) * Affine.scale(g.stride_x, g.stride_y)
+
+    def embeddings_f32(self) -> np.ndarray:
+        """float32 copy of the embeddings, cached (re-queries then cost one matrix product)."""
+        if self._emb32 is None:
+            self._emb32 = self.embeddings.astype(np.float32)
+        return self._emb32
+
+    def windows(self) -> np.ndarray:
+        """int64 [N, 4] source-pixel windows of the tiles."""
+        return self.grid.windows(self.tile_rc)
+
+    def geometries(self) -> np.ndarray:
+        """Shapely polygons of the tiles in the raster CRS."""
+        return windows_to_polygons(self.windows(), self.affine)
+
+    def scores(self, text_embedding: np.ndarray) -> np.ndarray:
+        """Cosine similarity of every tile with one or more text embeddings: [N] or [N, Q]."""
+        t = np.asarray(text_embedding, dtype=np.float32)
+        return self.embeddings_f32() @ (t if t.ndim == 1 else t.T)
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "version": INDEX_VERSION,
+            "grid": self.grid.to_dict(),
+            "transform": list(self.transform),
+            "crs_wkt": self.crs_wkt,
+            "raster_path": self.raster_path,
+            "raster_size": list(self.raster_size),
+            "key": self.key,
+            "fingerprints": self.fingerprints,
+            "tiling": self.tiling,
+            "model_name": self.model_name,
+            "n_grid_tiles": self.n_grid_tiles,
+        }
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}.npz")
+        try:
+            np.savez(tmp, embeddings=self.embeddings, tile_rc=self.tile_rc,
+                     valid_fraction=self.valid_fraction, meta=np.array(json.dumps(meta)))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "EmbeddingIndex":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                arrays = {k: data[k] for k in ("embeddings", "tile_rc", "valid_fraction")}
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise RsclipInputError(f"{path}: not a readable rsclip index ({exc})") from exc
+        if meta.get("version") != INDEX_VERSION:
+            raise RsclipInputError(f"{path}: index version {meta.get('version')} not supported")
+        return cls(
+            embeddings=arrays["embeddings"],
+            tile_rc=arrays["tile_rc"].astype(np.int64),
+            valid_fraction=arrays["valid_fraction"],
+            grid=TileGrid.from_dict(meta["grid"]),
+            transform=tuple(meta["transform"]),
+            crs_wkt=meta["crs_wkt"],
+            raster_path=meta["raster_path"],
+            raster_size=tuple(meta["raster_size"]),  # type: ignore[arg-type]
+            key=meta["key"],
+            fingerprints=meta["fingerprints"],
+            tiling=meta["tiling"],
+            model_name=meta["model_name"],
+            n_grid_tiles=int(meta.get("n_grid_tiles", 0)),
+        )
+
+
+def index_key(raster_fp: str, model_fp: str, tiling_hash: str) -> str:
+    return hashlib.sha256(f"{raster_fp}|{model_fp}|{tiling_hash}".encode()).hexdigest()[:20]
+
+
+def index_path_for(raster: str | os.PathLike, key: str, cache_dir: str | os.PathLike) -> Path:
+    """``<cache_dir>/<raster stem>.<key>.rsclip-index.npz``."""
+    return Path(cache_dir) / f"{Path(raster).stem}.{key}{INDEX_SUFFIX}"
+
+
+def _resolve_tiling(model: EmbeddingModel, tiling: Optional[TilingConfig]) -> TilingConfig:
+    if tiling is None:
+        tiling = TilingConfig()
+    return tiling.validate()
+
+
+def open_raster(raster: str | os.PathLike, model: EmbeddingModel, tiling: Optional[TilingConfig]) -> RasterSource:
+    """Open and check a raster for this model and tiling (errors name the file or option)."""
+    return RasterSource(raster, _resolve_tiling(model, tiling), model.image_size, model.metadata.interpolation)
+
+
+def find_cached_index(raster: str | os.PathLike, model: EmbeddingModel, tiling: Optional[TilingConfig],
+                      cache_dir: str | os.PathLike) -> Tuple[Path, Optional[EmbeddingIndex]]:
+    """Where the index for this raster/model/tiling lives in ``cache_dir`` and, if present, the index."""
+    with open_raster(raster, model, tiling) as source:
+        key = index_key(raster_fingerprint(raster), model.fingerprint, source.tiling_hash())
+    path = index_path_for(raster, key, cache_dir)
+    if path.is_file():
+        try:
+            index = EmbeddingIndex.load(path)
+            if index.key == key:
+                return path, index
+        except RsclipInputError:
+            pass  # unreadable cache entry: rebuilt and replaced
+    return path, None
+
+
+def build_index(
+    raster: str | os.PathLike,
+    model: EmbeddingModel,
+    tiling: Optional[TilingConfig] = None,
+    *,
+    cache_dir: Optional[str | os.PathLike] = None,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelFn] = None,
+) -> EmbeddingIndex:
+    """Embed every non-empty tile of ``raster``; reuse/save the index in ``cache_dir`` if given.
+
+    ``progress(done_tiles, total_tiles)`` is called after each batch; ``cancel()`` returning
+    True stops the run with `RsclipCancelled` (nothing is saved).
+    """
+    with open_raster(raster, model, tiling) as source:
+        key = index_key(raster_fingerprint(raster), model.fingerprint, source.tiling_hash())
+        path = index_path_for(raster, key, cache_dir) if cache_dir is not None else None
+        if path is not None and path.is_file():
+            try:
+                cached = EmbeddingIndex.load(path)
+                if cached.key == key:
+                    if progress is not None:
+                        progress(source.grid.n_tiles, source.grid.n_tiles)
+                    return cached
+            except RsclipInputError:
+                pass
+        index = _embed(source, model, key, progress, cancel)
+    if path is not None:
+        index.save(path)
+    return index
+
+
+def _embed(source: RasterSource, model: EmbeddingModel, key: str,
+           progress: Optional[ProgressFn], cancel: Optional[CancelFn]) -> EmbeddingIndex:
+    rc_all = source.tile_rc
+    total = len(rc_all)
+    batch = int(source.tiling.batch_size)
+    embeddings = np.zeros((total, model.embed_dim), dtype=np.float16)
+    fractions = np.zeros(total, dtype=np.float32)
+    kept = np.zeros(total, dtype=bool)
+    windows = source.grid.windows(rc_all)
+
+    def read_batch(start: int) -> Tuple[List[int], List[np.ndarray]]:
+        import rasterio
+
+        from rsclip_core.inference.raster import GDAL_ENV
+
+        idx: List[int] = []
+        tiles: List[np.ndarray] = []
+        with rasterio.Env(**GDAL_ENV):
+            for k in range(start, min(start + batch, total)):
+                tile, fraction = source.read_tile(windows[k])
+                fractions[k] = fraction
+                if tile is not None:
+                    idx.append(k)
+                    tiles.append(tile)
+        return idx, tiles
+
+    if progress is not None:
+        progress(0, total)
+    starts = list(range(0, total, batch))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsclip-read") as pool:
+        pending = pool.submit(read_batch, starts[0]) if starts else None
+        for n, start in enumerate(starts):
+            idx, tiles = pending.result()  # type: ignore[union-attr]
+            if cancel is not None and cancel():
+                raise RsclipCancelled(f"{source.path}: cancelled after {start} of {total} tiles")
+            pending = pool.submit(read_batch, starts[n + 1]) if n + 1 < len(starts) else None
+            if tiles:
+                emb = model.encode_images(np.stack(tiles))
+                embeddings[idx] = emb.astype(np.float16)
+                kept[idx] = True
+            if progress is not None:
+                progress(min(start + batch, total), total)
+    ds = source.dataset
+    return EmbeddingIndex(
+        embeddings=np.ascontiguousarray(embeddings[kept]),
+        tile_rc=rc_all[kept],
+        valid_fraction=fractions[kept],
+        grid=source.grid,
+        transform=tuple(ds.transform)[:6],
+        crs_wkt=ds.crs.to_wkt() if ds.crs is not None else None,
+        raster_path=str(Path(source.path).resolve()),
+        raster_size=(ds.width, ds.height),
+        key=key,
+        fingerprints={"raster": raster_fingerprint(source.path), "model": model.fingerprint,
+                      "tiling": source.tiling_hash()},
+        tiling=source.describe(),
+        model_name=model.metadata.model_name,
+        n_grid_tiles=total,
+    )

@@ -1,0 +1,230 @@
+"""Zero-shot land cover: class files (name, prompts, colour) and per-tile / per-cell classification.
+
+Codes in the output rasters: 0 = no data (no tile), 1..K = the classes in file order,
+255 = unclassified (confidence below the threshold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from rsclip_core.inference.errors import RsclipFileNotFoundError, RsclipInputError
+from rsclip_core.inference.index import EmbeddingIndex
+from rsclip_core.inference.model import REPO_ROOT, EmbeddingModel
+from rsclip_core.inference.tiling import aggregate_to_cells
+
+NODATA_CODE = 0
+UNCLASSIFIED_CODE = 255
+UNCLASSIFIED_COLOR = (128, 128, 128)
+MAX_CLASSES = 254
+DEFAULT_CLASSES_FILE = REPO_ROOT / "resources" / "classes" / "landcover.yaml"
+
+
+@dataclass
+class LandCoverClass:
+    """One class: its name, the text prompts describing it and its map colour (RGB 0..255)."""
+
+    name: str
+    prompts: List[str] = field(default_factory=list)
+    color: Tuple[int, int, int] = (128, 128, 128)
+
+    def __post_init__(self) -> None:
+        self.name = str(self.name).strip()
+        self.prompts = [str(p).strip() for p in (self.prompts or []) if str(p).strip()] or [self.name]
+        self.color = _parse_color(self.color, self.name)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "prompts": list(self.prompts), "color": "#%02x%02x%02x" % self.color}
+
+
+def _parse_color(value: Any, name: str) -> Tuple[int, int, int]:
+    if isinstance(value, str):
+        text = value.strip().lstrip("#")
+        if len(text) != 6:
+            raise RsclipInputError(f"class {name!r}: colour {value!r} is not #rrggbb")
+        try:
+            return tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+        except ValueError as exc:
+            raise RsclipInputError(f"class {name!r}: colour {value!r} is not #rrggbb") from exc
+    try:
+        rgb = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise RsclipInputError(f"class {name!r}: colour {value!r} is not [r, g, b] or #rrggbb") from exc
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise RsclipInputError(f"class {name!r}: colour {value!r} needs 3 values in 0..255")
+    return rgb  # type: ignore[return-value]
+
+
+def default_classes_path(model: Optional[EmbeddingModel] = None) -> Path:
+    """The model's own class list (metadata ``default_classes``) if it has one, else rsclip's."""
+    if model is not None and model.metadata.default_classes:
+        candidate = model.model_dir / model.metadata.default_classes
+        if candidate.is_file():
+            return candidate
+    return DEFAULT_CLASSES_FILE
+
+
+def parse_classes(data: Any, origin: str = "classes") -> List[LandCoverClass]:
+    """Classes from parsed YAML/JSON: a list of {name, prompts, color} or {"classes": [...]}."""
+    if isinstance(data, dict) and "classes" in data:
+        data = data["classes"]
+    if isinstance(data, dict):  # {name: {prompts, color}} or {name: [prompts]}
+        data = [dict(name=k, **(v if isinstance(v, dict) else {"prompts": v})) for k, v in data.items()]
+    if not isinstance(data, list):
+        raise RsclipInputError(f"{origin}: expected a list of classes (name, prompts, color)")
+    classes = []
+    for i, item in enumerate(data):
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or not str(item.get("name", "")).strip():
+            raise RsclipInputError(f"{origin}: class #{i + 1} has no name")
+        prompts = item.get("prompts", [])
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        classes.append(LandCoverClass(item["name"], list(prompts), item.get("color", item.get("colour", _auto_color(i)))))
+    validate_classes(classes, origin)
+    return classes
+
+
+def validate_classes(classes: Sequence[LandCoverClass], origin: str = "classes") -> None:
+    if not classes:
+        raise RsclipInputError(f"{origin}: empty class list")
+    if len(classes) > MAX_CLASSES:
+        raise RsclipInputError(f"{origin}: at most {MAX_CLASSES} classes, got {len(classes)}")
+    names = [c.name for c in classes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise RsclipInputError(f"{origin}: duplicate class names {dupes}")
+
+
+def _auto_color(i: int) -> Tuple[int, int, int]:
+    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    return palette[i % len(palette)]
+
+
+def load_classes(path: Optional[str | os.PathLike] = None) -> List[LandCoverClass]:
+    """Read a class file (.yaml/.yml/.json); default: `default_classes_path()`."""
+    path = Path(path) if path is not None else default_classes_path()
+    if not path.is_file():
+        raise RsclipFileNotFoundError(f"--classes {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise RsclipInputError(f"--classes {path}: cannot parse ({str(exc).splitlines()[0]})") from exc
+    return parse_classes(data, f"--classes {path}")
+
+
+def save_classes(classes: Sequence[LandCoverClass], path: str | os.PathLike) -> Path:
+    """Write a class file (JSON for .json, YAML otherwise), atomically."""
+    validate_classes(classes, str(path))
+    path = Path(path)
+    payload = {"classes": [c.to_dict() for c in classes]}
+    if path.suffix.lower() == ".json":
+        text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+    else:
+        import yaml
+
+        text = yaml.safe_dump(payload, sort_keys=False, allow_unicode=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class LandCoverResult:
+    """Per-tile probabilities and the per-cell map derived from them."""
+
+    classes: List[LandCoverClass]
+    tile_probs: np.ndarray  # float32 [N, K]
+    tile_codes: np.ndarray  # uint8 [N]: 1..K or 255
+    codes: np.ndarray  # uint8 [rows, cols] cell map: 0 nodata, 1..K, 255 unclassified
+    confidence: np.ndarray  # float32 [rows, cols], NaN where no data
+    transform: Any  # affine of the cell grid
+    crs_wkt: Optional[str]
+    threshold: Optional[float]
+
+    def class_stats(self) -> List[Dict[str, Any]]:
+        """Cells, area (map units^2) and fraction of mapped area per class (plus unclassified)."""
+        cell_area = abs(self.transform.a * self.transform.e)
+        mapped = int((self.codes != NODATA_CODE).sum())
+        rows = []
+        entries = [(i + 1, c.name) for i, c in enumerate(self.classes)] + [(UNCLASSIFIED_CODE, "unclassified")]
+        for code, name in entries:
+            cells = int((self.codes == code).sum())
+            if code == UNCLASSIFIED_CODE and cells == 0:
+                continue
+            conf = self.confidence[self.codes == code]
+            rows.append({
+                "code": code,
+                "name": name,
+                "cells": cells,
+                "area": cells * cell_area,
+                "fraction": cells / mapped if mapped else 0.0,
+                "mean_confidence": float(conf.mean()) if cells else float("nan"),
+            })
+        return rows
+
+
+def class_text_embeddings(model: EmbeddingModel, classes: Sequence[LandCoverClass],
+                          templates: Optional[Sequence[str]] = None) -> np.ndarray:
+    """[K, D]: each class's prompts ensembled over the templates, then averaged and normalised."""
+    from rsclip_core.inference.model import l2_normalize
+
+    rows = [model.encode_prompts(c.prompts, templates).mean(axis=0) for c in classes]
+    return l2_normalize(np.stack(rows))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: List[LandCoverClass],
+             threshold: Optional[float] = None, *, templates: Optional[Sequence[str]] = None) -> LandCoverResult:
+    """Zero-shot classify every tile (softmax over ``logit_scale * cosine``) and map the cells.
+
+    Cells average the probabilities of all tiles covering them (weighted by overlap); a cell
+    whose best probability is below ``threshold`` becomes 255 (unclassified).
+    """
+    validate_classes(classes)
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise RsclipInputError(f"--threshold: must be a probability in [0, 1], got {threshold}")
+    text = class_text_embeddings(model, classes, templates)
+    if len(index):
+        probs = softmax(model.logit_scale * index.scores(text))
+    else:
+        probs = np.zeros((0, len(classes)), dtype=np.float32)
+    tile_codes = (probs.argmax(axis=1) + 1).astype(np.uint8) if len(probs) else np.zeros(0, np.uint8)
+    if threshold is not None and len(probs):
+        tile_codes[probs.max(axis=1) < threshold] = UNCLASSIFIED_CODE
+    sums, weights = aggregate_to_cells(index.grid, index.tile_rc, probs)
+    has = weights > 0
+    cell_probs = np.zeros(sums.shape, dtype=np.float32)
+    cell_probs[has] = sums[has] / weights[has][:, None]
+    codes = np.zeros(weights.shape, dtype=np.uint8)
+    confidence = np.full(weights.shape, np.nan, dtype=np.float32)
+    if has.any():
+        codes[has] = (cell_probs[has].argmax(axis=1) + 1).astype(np.uint8)
+        confidence[has] = cell_probs[has].max(axis=1)
+        if threshold is not None:
+            codes[has & (confidence < threshold)] = UNCLASSIFIED_CODE
+    return LandCoverResult(
+        classes=list(classes), tile_probs=probs, tile_codes=tile_codes, codes=codes,
+        confidence=confidence, transform=index.cell_transform, crs_wkt=index.crs_wkt,
+        threshold=None if threshold is None else float(threshold),
+    )

@@ -1,0 +1,221 @@
+"""End-to-end runs shared by ``rsclip-map`` and the QGIS plugin: raster -> index -> files on disk.
+
+Outputs are checked before any work (exists without ``overwrite`` -> error), written to temp
+names and renamed when complete. The index is cached in ``cache_dir`` (default: the folder of the
+first output), so re-running a query or a class list on the same raster only encodes text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from rsclip_core.inference.errors import RsclipInputError
+from rsclip_core.inference.index import CancelFn, EmbeddingIndex, ProgressFn, build_index
+from rsclip_core.inference.landcover import (
+    NODATA_CODE,
+    UNCLASSIFIED_CODE,
+    UNCLASSIFIED_COLOR,
+    LandCoverClass,
+    LandCoverResult,
+    classify,
+    load_classes,
+    validate_classes,
+)
+from rsclip_core.inference.model import EmbeddingModel, load_model
+from rsclip_core.inference.search import _check_query, score_heatmap, search
+from rsclip_core.inference.tiling import TilingConfig
+from rsclip_core.inference.writers import check_output, write_cog, write_gpkg
+
+
+@dataclass
+class SearchRun:
+    """Result of `run_search`: the hits and where they were written."""
+
+    hits: Any  # GeoDataFrame rank, score, query, geometry
+    index: EmbeddingIndex
+    out_gpkg: Optional[Path] = None
+    heatmap_tif: Optional[Path] = None
+
+
+@dataclass
+class ClassifyRun:
+    """Result of `run_classify`: output paths and per-class statistics."""
+
+    out_tif: Path
+    result: LandCoverResult
+    index: EmbeddingIndex
+    polygons_gpkg: Optional[Path] = None
+    confidence_tif: Optional[Path] = None
+    stats: List[Dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class IndexRun:
+    """Result of `run_index`: the index and its file."""
+
+    index: EmbeddingIndex
+    index_path: Path
+    reused: bool
+
+
+def _model(model: Optional[EmbeddingModel], model_dir: Optional[str | os.PathLike]) -> EmbeddingModel:
+    return model if model is not None else load_model(model_dir)
+
+
+def _cache_dir(cache_dir: Optional[str | os.PathLike], *outputs: Optional[Path]) -> Optional[Path]:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    for out in outputs:
+        if out is not None:
+            return out.parent
+    return None
+
+
+def run_index(raster: str | os.PathLike, *, model_dir: Optional[str | os.PathLike] = None,
+              tiling: Optional[TilingConfig] = None, cache_dir: Optional[str | os.PathLike] = None,
+              overwrite: bool = False, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+              model: Optional[EmbeddingModel] = None) -> IndexRun:
+    """Build (or find) the embedding index of ``raster`` in ``cache_dir`` (default: current folder)."""
+    from rsclip_core.inference.index import find_cached_index
+
+    model = _model(model, model_dir)
+    folder = Path(cache_dir) if cache_dir is not None else Path.cwd()
+    path, cached = find_cached_index(raster, model, tiling, folder)
+    if cached is not None and not overwrite:
+        return IndexRun(cached, path, reused=True)
+    if cached is not None:
+        path.unlink()
+    index = build_index(raster, model, tiling, cache_dir=folder, progress=progress, cancel=cancel)
+    return IndexRun(index, path, reused=False)
+
+
+def run_search(raster: str | os.PathLike, query: str, *, model_dir: Optional[str | os.PathLike] = None,
+               tiling: Optional[TilingConfig] = None, top_k: int = 50,
+               out_gpkg: Optional[str | os.PathLike] = None, heatmap_tif: Optional[str | os.PathLike] = None,
+               cache_dir: Optional[str | os.PathLike] = None, overwrite: bool = False,
+               progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+               model: Optional[EmbeddingModel] = None, suppress_overlap: bool = True) -> SearchRun:
+    """Rank the tiles of ``raster`` against ``query``; write hits (GPKG) and a heat-map (COG)."""
+    query = _check_query(query)
+    if int(top_k) < 1:
+        raise RsclipInputError(f"--top-k: must be >= 1, got {top_k}")
+    gpkg = check_output(out_gpkg, overwrite, "-o/--output")
+    heat = check_output(heatmap_tif, overwrite, "--heatmap")
+    model = _model(model, model_dir)
+    index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, gpkg, heat),
+                        progress=progress, cancel=cancel)
+    hits = search(index, model, query, top_k=int(top_k), suppress_overlap=suppress_overlap)
+    if gpkg is not None:
+        write_gpkg(gpkg, hits, layer="hits")
+    if heat is not None:
+        grid = score_heatmap(index, model, query)
+        write_cog(heat, grid, index.cell_transform, index.crs_wkt, nodata=float("nan"),
+                  tags={"query": query, "model": model.metadata.model_name, "raster": str(raster)},
+                  band_description=f"similarity to '{query}'", resampling="AVERAGE")
+    return SearchRun(hits=hits, index=index, out_gpkg=gpkg, heatmap_tif=heat)
+
+
+def landcover_polygons(result: LandCoverResult) -> Any:
+    """Dissolved polygons per class (and unclassified) with area, as a GeoDataFrame."""
+    import geopandas as gpd
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    codes = result.codes
+    records: Dict[int, list] = {}
+    for geom, value in shapes(codes, mask=codes != NODATA_CODE, transform=result.transform, connectivity=4):
+        records.setdefault(int(value), []).append(shape(geom))
+    names = {i + 1: c.name for i, c in enumerate(result.classes)}
+    names[UNCLASSIFIED_CODE] = "unclassified"
+    colors = {i + 1: c.color for i, c in enumerate(result.classes)}
+    colors[UNCLASSIFIED_CODE] = UNCLASSIFIED_COLOR
+    from shapely import union_all
+
+    rows = sorted(records)
+    frame = gpd.GeoDataFrame(
+        {
+            "class_id": np.array(rows, dtype=np.int32),
+            "class_name": [names.get(r, str(r)) for r in rows],
+            "color": ["#%02x%02x%02x" % colors.get(r, (0, 0, 0)) for r in rows],
+        },
+        geometry=[union_all(records[r]) for r in rows],
+        crs=result.crs_wkt if result.crs_wkt else None,
+    )
+    frame["area"] = frame.geometry.area  # map units^2 (pixels^2 without CRS)
+    frame["area_m2"] = _area_m2(frame)
+    mapped = float(frame["area"].sum())
+    frame["fraction"] = frame["area"] / mapped if mapped > 0 else 0.0
+    conf = result.confidence
+    frame["mean_confidence"] = [float(np.nanmean(conf[codes == r])) for r in rows]
+    return frame
+
+
+def _area_m2(frame: Any) -> Any:
+    """Areas in square metres: projected CRSs scaled by their unit, geographic via a local UTM."""
+    if frame.crs is None or frame.empty:
+        return np.full(len(frame), np.nan)
+    crs = frame.crs
+    if crs.is_geographic:
+        return frame.to_crs(frame.estimate_utm_crs()).geometry.area.to_numpy()
+    try:
+        factor = float(crs.axis_info[0].unit_conversion_factor)
+    except (IndexError, AttributeError, TypeError):
+        factor = 1.0
+    return frame.geometry.area.to_numpy() * factor * factor
+
+
+def _colormap(classes: Sequence[LandCoverClass]) -> Dict[int, tuple]:
+    cmap = {i: (0, 0, 0, 0) for i in range(256)}
+    for i, c in enumerate(classes):
+        cmap[i + 1] = tuple(c.color) + (255,)
+    cmap[UNCLASSIFIED_CODE] = UNCLASSIFIED_COLOR + (255,)
+    return cmap
+
+
+def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: Optional[str | os.PathLike] = None,
+                 tiling: Optional[TilingConfig] = None, out_tif: str | os.PathLike,
+                 polygons_gpkg: Optional[str | os.PathLike] = None,
+                 confidence_tif: Optional[str | os.PathLike] = None, threshold: Optional[float] = None,
+                 cache_dir: Optional[str | os.PathLike] = None, overwrite: bool = False,
+                 progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+                 model: Optional[EmbeddingModel] = None) -> ClassifyRun:
+    """Zero-shot land cover of ``raster``: class COG (+ confidence COG, + dissolved polygons GPKG).
+
+    ``classes`` is a list of `LandCoverClass` or a class file path (YAML/JSON).
+    """
+    if isinstance(classes, (str, os.PathLike)):
+        classes = load_classes(classes)
+    classes = list(classes)
+    validate_classes(classes)
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise RsclipInputError(f"--threshold: must be a probability in [0, 1], got {threshold}")
+    if out_tif is None:
+        raise RsclipInputError("-o/--output: a GeoTIFF path for the class map is required")
+    tif = check_output(out_tif, overwrite, "-o/--output")
+    gpkg = check_output(polygons_gpkg, overwrite, "--polygons")
+    conf_path = check_output(confidence_tif, overwrite, "--confidence")
+    model = _model(model, model_dir)
+    index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, tif),
+                        progress=progress, cancel=cancel)
+    result = classify(index, model, classes, threshold=threshold)
+    class_json = json.dumps([c.to_dict() for c in classes], ensure_ascii=False)
+    band_tags = {f"CLASS_{i + 1}": c.name for i, c in enumerate(classes)}
+    band_tags.update({f"CLASS_{NODATA_CODE}": "nodata", f"CLASS_{UNCLASSIFIED_CODE}": "unclassified",
+                      "CLASSES": class_json})
+    tags = {"model": model.metadata.model_name, "raster": str(raster),
+            "threshold": "" if threshold is None else str(threshold), "index_key": index.key}
+    write_cog(tif, result.codes, result.transform, result.crs_wkt, nodata=NODATA_CODE,
+              colormap=_colormap(classes), tags=tags, band_tags=band_tags, band_description="land cover class")
+    if conf_path is not None:
+        write_cog(conf_path, result.confidence, result.transform, result.crs_wkt, nodata=float("nan"),
+                  tags=tags, band_description="class probability", resampling="AVERAGE")
+    if gpkg is not None:
+        write_gpkg(gpkg, landcover_polygons(result), layer="landcover")
+    return ClassifyRun(out_tif=tif, result=result, index=index, polygons_gpkg=gpkg,  # type: ignore[arg-type]
+                       confidence_tif=conf_path, stats=result.class_stats())
