@@ -1,0 +1,68 @@
+"""``rsclip export``: reparameterize a registered model (+ checkpoint) and write a model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("export")
+@click.argument("model_name")
+@click.option(
+    "-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Model directory to create (image.onnx, text.onnx, tokenizer.json, rsclip.json, ...).",
+)
+@click.option(
+    "--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Trained checkpoint (.pt) of MODEL_NAME; without it the towers are randomly initialised.",
+)
+@click.option("--coreml", is_flag=True, help="Also write image.mlpackage and text.mlpackage (Core ML, FP16).")
+@click.option("--fp16", is_flag=True, help="Store ONNX weights as float16 (half size; compute stays float32).")
+@click.option(
+    "--classes", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="JSON file of default land-cover classes (names, optional prompts/colours) -> classes.json.",
+)
+@click.option(
+    "--resolution", "resolution_m", type=float, default=None, metavar="M",
+    help="Ground resolution the model was trained at, in metres per pixel (tiling hint).",
+)
+@click.option("--opset", type=click.IntRange(17, 21), default=17, show_default=True, help="ONNX opset.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after a successful export).")
+@click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
+def export(
+    model_name: str,
+    output: Path,
+    checkpoint: Path | None,
+    coreml: bool,
+    fp16: bool,
+    classes: Path | None,
+    resolution_m: float | None,
+    opset: int,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Export MODEL_NAME (see `rsclip models`) as ONNX (+ Core ML) into a model directory.
+
+    The model is reparameterized first and every graph is checked against torch
+    (onnxruntime, max |diff| <= 1e-4, cosine >= 0.9999) before OUTPUT is written.
+    """
+    from rsclip_core.export import ExportError, export_model
+
+    log = None if quiet else (lambda message: click.echo(message, err=True))
+    try:
+        path = export_model(
+            model_name,
+            output,
+            checkpoint=checkpoint,
+            coreml=coreml,
+            fp16=fp16,
+            classes=classes,
+            resolution_m=resolution_m,
+            overwrite=overwrite,
+            opset=opset,
+            log=log,
+        )
+    except (ExportError, FileNotFoundError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(path))
