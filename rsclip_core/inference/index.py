@@ -71,8 +71,9 @@ class EmbeddingIndex:
         """Affine transform of the output cell grid (one cell per tile stride)."""
         from affine import Affine
 
-        g = self.grid
-        return self.affine * Affine.translation(g.col0, g.row0) * Affine.scale(g.stride_x, g.stride_y)
+        g, t = self.grid, self.affine
+        return Affine(t.a * g.stride_x, t.b * g.stride_y, t.a * g.col0 + t.b * g.row0 + t.c,
+                      t.d * g.stride_x, t.e * g.stride_y, t.d * g.col0 + t.e * g.row0 + t.f)
 
     def embeddings_f32(self) -> np.ndarray:
         """float32 copy of the embeddings, cached (re-queries then cost one matrix product)."""

@@ -172,9 +172,10 @@ class RasterSource:
             self.extent_geometry = union_all(geoms)
             bounds = self.extent_geometry.bounds
         inv = ~ds.transform
-        xs = [bounds[0], bounds[2], bounds[0], bounds[2]]
-        ys = [bounds[1], bounds[1], bounds[3], bounds[3]]
-        cols, rows = zip(*(inv * (x, y) for x, y in zip(xs, ys)))
+        xs = np.array([bounds[0], bounds[2], bounds[0], bounds[2]])
+        ys = np.array([bounds[1], bounds[1], bounds[3], bounds[3]])
+        cols = inv.a * xs + inv.b * ys + inv.c  # affine's `*` on tuples is deprecated, `@` too new
+        rows = inv.d * xs + inv.e * ys + inv.f
         col0 = max(0, int(math.floor(min(cols) + 1e-9)))
         row0 = max(0, int(math.floor(min(rows) + 1e-9)))
         col1 = min(ds.width, int(math.ceil(max(cols) - 1e-9)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -147,7 +148,9 @@ def landcover_polygons(result: LandCoverResult) -> Any:
         geometry=[union_all(records[r]) for r in rows],
         crs=result.crs_wkt if result.crs_wkt else None,
     )
-    frame["area"] = frame.geometry.area  # map units^2 (pixels^2 without CRS)
+    with warnings.catch_warnings():  # geographic CRS: 'area' is in deg^2 on purpose, area_m2 is the real one
+        warnings.simplefilter("ignore", UserWarning)
+        frame["area"] = frame.geometry.area  # map units^2 (pixels^2 without CRS)
     frame["area_m2"] = _area_m2(frame)
     mapped = float(frame["area"].sum())
     frame["fraction"] = frame["area"] / mapped if mapped > 0 else 0.0

@@ -126,3 +126,59 @@ def write_toy_model(model_dir: str | Path, *, image_size: int = 32, context_leng
         meta.default_classes = spec.CLASSES_FILE
     (model_dir / spec.METADATA_FILE).write_text(meta.to_json())
     return model_dir
+
+
+def write_color_raster(path: str | Path, width: int = 256, height: int = 256, *, dtype: str = "uint8",
+                       crs: Optional[str] = "EPSG:32633", transform: Optional[object] = None,
+                       nodata: Optional[float] = None, alpha: bool = False, count: Optional[int] = None,
+                       seed: int = 0, tiled: bool = True) -> Path:
+    """A raster whose quadrants are red (top-left), green (top-right), blue (bottom-left) and
+    yellow (bottom-right), with mild noise; values scaled to the dtype's typical range.
+
+    ``alpha`` adds a 4th alpha band (0 on the left 1/8 of the raster); ``nodata`` sets the
+    nodata value and writes it on the bottom 1/8 rows; ``count`` > 3 adds extra (NIR-like) bands.
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(seed)
+    rgb = np.zeros((3, height, width), dtype=np.float64)
+    h2, w2 = height // 2, width // 2
+    rgb[0, :h2, :w2] = 0.8
+    rgb[1, :h2, w2:] = 0.8
+    rgb[2, h2:, :w2] = 0.8
+    rgb[0:2, h2:, w2:] = 0.8
+    rgb += rng.uniform(0.0, 0.15, rgb.shape)
+    bands = [rgb[i] for i in range(3)]
+    for _ in range(max(0, (count or 3) - 3)):
+        bands.append(rng.uniform(0.0, 1.0, (height, width)))
+    data = np.stack(bands)
+    if np.dtype(dtype) == np.uint8:
+        data = np.round(data * 250.0)
+    elif np.dtype(dtype) == np.uint16:
+        data = np.round(1000.0 + data * 12000.0)  # reflectance-like 16-bit range
+    else:
+        data = data * 0.3  # float reflectance
+    data = data.astype(dtype)
+    if nodata is not None:
+        data[:, height - height // 8:, :] = nodata
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": data.shape[0] + int(alpha),
+        "dtype": dtype, "crs": crs,
+        "transform": transform if transform is not None else from_origin(500000.0, 6000000.0, 1.0, 1.0),
+        "nodata": nodata,
+    }
+    if tiled and width >= 16 and height >= 16:
+        profile.update(tiled=True, blockxsize=16 * max(1, min(width, 256) // 16),
+                       blockysize=16 * max(1, min(height, 256) // 16))
+    path = Path(path)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, list(range(1, data.shape[0] + 1)))
+        if alpha:
+            a = np.full((height, width), np.iinfo(np.uint8).max if dtype == "uint8" else 65535, dtype=dtype)
+            a[:, : width // 8] = 0
+            dst.write(a, data.shape[0] + 1)
+            from rasterio.enums import ColorInterp
+
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return path
