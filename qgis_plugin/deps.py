@@ -34,8 +34,13 @@ from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence
 
 DEPS_DIR_ENV = "RSCLIP_QGIS_DEPS_DIR"
-# Packages QGIS already provides and that must never be replaced by the installer.
-PINNED = ("numpy",)
+# Packages QGIS's Python already provides (built against QGIS's own numpy / PROJ / GDAL): when
+# installed there, they are pinned to that version and never shadowed by the plugin folder.
+PINNED = ("numpy", "pyproj", "GDAL")
+# Versions known to break inside QGIS, excluded from every plan: (name, first bad version, why).
+KNOWN_BAD = (
+    ("pyproj", "3.7", "pyproj 3.7 segfaults when a second QGIS task thread creates a CRS"),
+)
 
 
 class DependencyInstallError(RuntimeError):
@@ -166,14 +171,74 @@ def _run_pip(args: Sequence[str], deps_dir: Path, log: Callable[[str], None]) ->
     return proc.stdout
 
 
-def pinned_constraints() -> List[str]:
-    """``name==version`` for every pinned package that is installed (what QGIS ships)."""
-    pins = []
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _dists_in(paths: Sequence[str]) -> dict:
+    """{normalised name: (version, dist)} of the distributions on ``paths`` (first one wins)."""
+    found: dict = {}
+    for dist in importlib.metadata.distributions(path=list(paths)):
+        name = _norm(dist.metadata["Name"] or "")
+        if name and name not in found:
+            found[name] = (dist.version, dist)
+    return found
+
+
+def system_version(name: str, deps_dir: Optional[Path] = None) -> Optional[str]:
+    """Version of ``name`` installed in QGIS's own Python, ignoring the plugin folder."""
+    folder = str(Path(deps_dir) if deps_dir is not None else default_deps_dir())
+    paths = [p for p in sys.path if p and os.path.abspath(p) != os.path.abspath(folder)]
+    entry = _dists_in(paths).get(_norm(name))
+    return entry[0] if entry else None
+
+
+def pinned_constraints(deps_dir: Optional[Path] = None) -> List[str]:
+    """Constraints for every plan: pinned system packages at their version, known-bad versions excluded."""
+    lines = []
+    pinned = set()
     for name in PINNED:
-        version = installed_version(name)
+        version = system_version(name, deps_dir)
         if version is not None:
-            pins.append(f"{name}=={version}")
-    return pins
+            lines.append(f"{name}=={version}")
+            pinned.add(_norm(name))
+    for name, bad_from, _why in KNOWN_BAD:
+        if _norm(name) not in pinned:
+            lines.append(f"{name}<{bad_from}")
+    return lines
+
+
+def folder_conflicts(deps_dir: Optional[Path] = None) -> List[str]:
+    """Distributions in the plugin folder that must go: shadowing a pinned system package, or known bad."""
+    folder = Path(deps_dir) if deps_dir is not None else default_deps_dir()
+    if not folder.is_dir():
+        return []
+    inside = _dists_in([str(folder)])
+    bad = []
+    for name in PINNED:
+        if _norm(name) in inside and system_version(name, folder) is not None:
+            bad.append(name)
+    for name, bad_from, _why in KNOWN_BAD:
+        entry = inside.get(_norm(name))
+        if entry and _version_tuple(entry[0]) >= _version_tuple(bad_from) and name not in bad:
+            bad.append(name)
+    return bad
+
+
+def remove_from_folder(name: str, deps_dir: Path) -> None:
+    """Uninstall one distribution from the plugin folder (files listed in its RECORD)."""
+    entry = _dists_in([str(deps_dir)]).get(_norm(name))
+    if entry is None:
+        return
+    dist = entry[1]
+    base = Path(str(dist.locate_file(""))).resolve()
+    for file in dist.files or []:
+        path = Path(str(dist.locate_file(file))).resolve()
+        if base in path.parents and path.is_file():
+            path.unlink()
+    for folder in sorted({p for p in base.iterdir() if p.is_dir()}, reverse=True):
+        if not any(f.is_file() for f in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def plan_install(specs: Sequence[str], deps_dir: Path, log: Callable[[str], None] = lambda _m: None) -> List[str]:
@@ -183,7 +248,7 @@ def plan_install(specs: Sequence[str], deps_dir: Path, log: Callable[[str], None
     """
     with tempfile.TemporaryDirectory(prefix="rsclip-pip-") as tmp:
         constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text("\n".join(pinned_constraints()) + "\n")
+        constraints.write_text("\n".join(pinned_constraints(deps_dir)) + "\n")
         report = Path(tmp) / "report.json"
         _run_pip(
             ["install", "--dry-run", "--quiet", "--only-binary=:all:", "--report", str(report),
@@ -196,10 +261,10 @@ def plan_install(specs: Sequence[str], deps_dir: Path, log: Callable[[str], None
     for item in planned:
         name = item["metadata"]["name"]
         version = item["metadata"]["version"]
-        if name.lower().replace("_", "-") in {p.lower() for p in PINNED}:
+        if _norm(name) in {_norm(p) for p in PINNED} and system_version(name, deps_dir) is not None:
             raise DependencyInstallError(
-                f"refusing to install {name} {version}: it would replace the {name} QGIS ships "
-                f"({installed_version(name)})"
+                f"refusing to install {name} {version}: it would shadow the {name} QGIS ships "
+                f"({system_version(name, deps_dir)})"
             )
         pins.append(f"{name}=={version}")
     return pins
@@ -213,10 +278,18 @@ def install(
     """Install ``specs`` (pip requirement strings) into the plugin-local folder; returns the pins installed."""
     folder = Path(deps_dir) if deps_dir is not None else default_deps_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    for name in folder_conflicts(folder):
+        log(f"removing {name} from {folder} (shadows QGIS's own or is a known-bad version)")
+        remove_from_folder(name, folder)
     pins = plan_install(specs, folder, log)
     if not pins:
         log("nothing to install: every requirement is already satisfied")
         return []
+    present = _dists_in([str(folder)])
+    for pin in pins:  # pip --target leaves an older version's .dist-info behind: remove it first
+        name = pin.split("==")[0]
+        if _norm(name) in present:
+            remove_from_folder(name, folder)
     log("installing into " + str(folder) + ": " + ", ".join(pins))
     _run_pip(
         ["install", "--no-deps", "--only-binary=:all:", "--upgrade", "--no-warn-script-location",
@@ -236,7 +309,7 @@ def ensure(
     """Activate the folder, then install whatever is still missing; returns the pins installed."""
     folder = activate(deps_dir)
     todo = missing_requirements(requirements)
-    if not todo:
+    if not todo and not folder_conflicts(folder):
         return []
     return install([req.spec for req in todo], folder, log)
 
@@ -251,11 +324,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     folder = activate(args.target)
     todo = [] if args.extra_only else missing_requirements()
+    conflicts = [] if args.extra_only else folder_conflicts(folder)
     if args.check:
         for req in todo:
             print(f"missing: {req.spec} (found {installed_version(req.dist) or 'none'})")
-        return 1 if todo else 0
+        for name in conflicts:
+            print(f"to replace: {name} in {folder}")
+        return 1 if todo or conflicts else 0
     specs = [req.spec for req in todo] + list(args.extra)
+    if conflicts and not todo:  # re-resolve what depended on the removed packages
+        specs += [req.spec for req in REQUIREMENTS]
     if not specs:
         print(f"rsclip plugin dependencies satisfied ({folder})")
         return 0

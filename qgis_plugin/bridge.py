@@ -1,0 +1,202 @@
+"""Glue between QGIS objects and ``rsclip_core.inference``: layers -> paths, extents -> TilingConfig.
+
+No tiling, preprocessing or output writing happens here: that is all ``rsclip_core.inference``.
+Heavy imports (rsclip_core.inference, shapely) stay inside functions so the plugin loads without them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+)
+
+from . import PLUGIN_DIR
+from .settings import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, DockSettings
+
+METADATA_FILE = "rsclip.json"  # rsclip_core.spec.METADATA_FILE (spec is stdlib-only, imported lazily)
+
+
+class PluginInputError(ValueError):
+    """Bad input chosen in the dock or a Processing dialog; the message names it."""
+
+
+def raster_path(layer: Optional[QgsRasterLayer]) -> str:
+    """File path of a GDAL raster layer (what rsclip_core reads)."""
+    if layer is None or not layer.isValid():
+        raise PluginInputError("no valid raster layer selected")
+    if layer.providerType() != "gdal":
+        raise PluginInputError(f"{layer.name()}: only file-based (GDAL) rasters are supported, not {layer.providerType()}")
+    path = layer.source().split("|")[0]
+    if not os.path.exists(path):
+        raise PluginInputError(f"{layer.name()}: {path} is not a local file")
+    return path
+
+
+def bundled_model_dir() -> Optional[Path]:
+    """The default model shipped with the plugin / repository, or None when there is none."""
+    candidates = [PLUGIN_DIR / "models" / "default"]
+    try:
+        from rsclip_core.inference import default_model_dir
+
+        candidates.append(Path(default_model_dir()))
+    except Exception:  # no bundled model, or rsclip_core not importable yet
+        pass
+    for candidate in candidates:
+        if (candidate / METADATA_FILE).is_file():
+            return candidate
+    return None
+
+
+def resolve_model_dir(path: str) -> Path:
+    """A model directory from what the user picked: the directory, or any file inside it (image.onnx...)."""
+    if not path:
+        bundled = bundled_model_dir()
+        if bundled is None:
+            raise PluginInputError(
+                "no bundled default model in this build: choose an exported rsclip model directory "
+                "(or its image.onnx) with 'Browse…'"
+            )
+        return bundled
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        candidate = candidate.parent
+    if not (candidate / METADATA_FILE).is_file():
+        raise PluginInputError(f"{path}: not an exported rsclip model (no {METADATA_FILE} next to it)")
+    return candidate
+
+
+def model_summary(model_dir: Path) -> str:
+    """Human-readable metadata of a model directory (reads rsclip.json only; no onnxruntime needed)."""
+    from rsclip_core.spec import ModelMetadata
+
+    meta = ModelMetadata.read(model_dir)
+    lines = [
+        f"<b>{meta.model_name}</b>",
+        f"embedding {meta.embed_dim}-d · input {meta.image_size}px · context {meta.context_length} tokens",
+    ]
+    if meta.resolution_m:
+        lines.append(f"trained at {meta.resolution_m:g} m/px")
+    source = meta.source or {}
+    for key in ("description", "licence", "license", "checkpoint", "teacher"):
+        if key in source:
+            lines.append(f"{key}: {source[key]}")
+    lines.append(f"<small>{model_dir}</small>")
+    return "<br>".join(lines)
+
+
+def transform_rect(rect: QgsRectangle, src: QgsCoordinateReferenceSystem, dst: QgsCoordinateReferenceSystem) -> Tuple[float, float, float, float]:
+    """Bounding box of ``rect`` reprojected from ``src`` to ``dst`` as (minx, miny, maxx, maxy)."""
+    if src.isValid() and dst.isValid() and src != dst:
+        rect = QgsCoordinateTransform(src, dst, QgsProject.instance()).transformBoundingBox(rect)
+    return (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+
+
+def geometries_to_shapely(geometries: Sequence[QgsGeometry], src: QgsCoordinateReferenceSystem,
+                          dst: QgsCoordinateReferenceSystem) -> List[Any]:
+    """QGIS polygons -> shapely geometries in the raster CRS (what TilingConfig.extent accepts)."""
+    import shapely.wkb
+
+    transform = None
+    if src.isValid() and dst.isValid() and src != dst:
+        transform = QgsCoordinateTransform(src, dst, QgsProject.instance())
+    shapes = []
+    for geometry in geometries:
+        if geometry is None or geometry.isEmpty():
+            continue
+        geometry = QgsGeometry(geometry)
+        if transform is not None:
+            geometry.transform(transform)
+        shapes.append(shapely.wkb.loads(bytes(geometry.asWkb())))
+    return shapes
+
+
+def dock_extent(settings: DockSettings, raster: QgsRasterLayer, canvas: Any = None) -> Any:
+    """The processing extent the dock's settings describe, in the raster CRS (TilingConfig.extent)."""
+    if settings.extent_mode == EXTENT_LAYER:
+        return None
+    if settings.extent_mode == EXTENT_CANVAS:
+        if canvas is None:
+            raise PluginInputError("processing extent 'visible canvas' needs a map canvas")
+        return transform_rect(canvas.extent(), canvas.mapSettings().destinationCrs(), raster.crs())
+    if settings.extent_mode == EXTENT_SELECTION:
+        layer = QgsProject.instance().mapLayer(settings.mask_layer_id) if settings.mask_layer_id else None
+        if layer is None:
+            raise PluginInputError("processing extent 'selected polygons': choose a polygon layer")
+        features = layer.selectedFeatures()
+        if not features:
+            raise PluginInputError(f"{layer.name()}: no features selected (select the polygons to process)")
+        shapes = geometries_to_shapely([f.geometry() for f in features], layer.crs(), raster.crs())
+        if not shapes:
+            raise PluginInputError(f"{layer.name()}: the selected features have no geometry")
+        return shapes
+    raise PluginInputError(f"unknown processing extent {settings.extent_mode!r}")
+
+
+def make_tiling(bands: Optional[Sequence[int]], resolution: float, tile_size: int, overlap_percent: float,
+                extent: Any) -> Any:
+    """A validated ``rsclip_core.inference.TilingConfig`` (0 means 'model / raster default')."""
+    from rsclip_core.inference import TilingConfig
+
+    tiling = TilingConfig(
+        tile_size=int(tile_size) if tile_size else None,
+        overlap=float(overlap_percent) / 100.0,
+        resolution=float(resolution) if resolution else None,
+        bands=tuple(int(b) for b in bands) if bands else None,
+        extent=extent,
+    )
+    return tiling.validate() if hasattr(tiling, "validate") else tiling
+
+
+def cache_dir() -> Path:
+    """Where embedding indexes are cached between queries and sessions."""
+    env = os.environ.get("RSCLIP_QGIS_CACHE")
+    base = Path(env) if env else Path(QgsApplication.qgisSettingsDirPath()) / "rsclip" / "index_cache"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def output_dir(settings_dir: str = "") -> Path:
+    """Folder for result files: the dock's choice, else ``rsclip_outputs`` next to the project, else temp."""
+    if settings_dir:
+        folder = Path(settings_dir)
+    else:
+        home = QgsProject.instance().homePath()
+        folder = Path(home) / "rsclip_outputs" if home else Path(tempfile.gettempdir()) / "rsclip_outputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class ModelCache:
+    """Loaded models by directory, so repeated runs skip creating onnxruntime sessions."""
+
+    def __init__(self) -> None:
+        self._models: Dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_dir: Path) -> Any:
+        from rsclip_core.inference import load_model
+
+        key = str(Path(model_dir).resolve())
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load_model(key)
+            return self._models[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+MODELS = ModelCache()

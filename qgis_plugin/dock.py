@@ -1,0 +1,646 @@
+"""The rsclip dock: input raster + tiling + model on top, Search and Land-cover tabs below.
+
+Every run goes through `rsclip_core.inference.run_search` / `run_classify` inside a `QgsTask`;
+this module only gathers the inputs and turns the files those functions write into styled layers.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateTransform,
+    QgsMapLayerProxyModel,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.gui import (
+    QgsDockWidget,
+    QgsDoubleSpinBox,
+    QgsFileWidget,
+    QgsMapLayerComboBox,
+    QgsRasterBandComboBox,
+)
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QColor, QIcon
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QColorDialog,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import PLUGIN_DIR, bridge, deps, layers
+from .settings import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, DockSettings, load_from_project, save_to_project
+from .tasks import InferenceTask
+
+COL_NAME, COL_PROMPTS, COL_COLOR = range(3)
+
+
+def _slug(text: str, limit: int = 32) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:limit] or "query"
+
+
+def _rgb_hex(rgb: Any) -> str:
+    return "#%02x%02x%02x" % tuple(int(v) for v in rgb)
+
+
+class ClassTable(QTableWidget):
+    """Editable land-cover class list: name, prompts (';'-separated) and colour (double-click)."""
+
+    def __init__(self, parent: Optional[QWidget] = None) -> None:
+        super().__init__(0, 3, parent)
+        self.setHorizontalHeaderLabels(["Class", "Prompts (; separated)", "Colour"])
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(COL_PROMPTS, QHeaderView.Stretch)
+        header.setSectionResizeMode(COL_COLOR, QHeaderView.ResizeToContents)
+        self.verticalHeader().setVisible(False)
+        self.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.cellDoubleClicked.connect(self._maybe_pick_color)
+
+    def _color_item(self, rgb: Any) -> QTableWidgetItem:
+        item = QTableWidgetItem(_rgb_hex(rgb))
+        item.setFlags(item.flags() & ~Qt.ItemIsEditable)
+        color = QColor(*[int(v) for v in rgb])
+        item.setBackground(color)
+        item.setForeground(QColor(0, 0, 0) if color.lightness() > 128 else QColor(255, 255, 255))
+        item.setData(Qt.UserRole, [int(v) for v in rgb])
+        return item
+
+    def _maybe_pick_color(self, row: int, column: int) -> None:
+        if column != COL_COLOR:
+            return
+        current = self.item(row, COL_COLOR).data(Qt.UserRole) or [128, 128, 128]
+        color = QColorDialog.getColor(QColor(*current), self, "Class colour")
+        if color.isValid():
+            self.setItem(row, COL_COLOR, self._color_item((color.red(), color.green(), color.blue())))
+
+    def add_class(self, name: str = "", prompts: Optional[List[str]] = None, color: Any = (128, 128, 128)) -> None:
+        row = self.rowCount()
+        self.insertRow(row)
+        self.setItem(row, COL_NAME, QTableWidgetItem(name))
+        self.setItem(row, COL_PROMPTS, QTableWidgetItem("; ".join(prompts or [])))
+        self.setItem(row, COL_COLOR, self._color_item(color))
+
+    def remove_selected(self) -> None:
+        for row in sorted({i.row() for i in self.selectedIndexes()}, reverse=True):
+            self.removeRow(row)
+
+    def set_classes(self, classes: List[dict]) -> None:
+        self.setRowCount(0)
+        for c in classes:
+            self.add_class(c["name"], list(c.get("prompts") or []), c.get("color", (128, 128, 128)))
+
+    def classes(self) -> List[dict]:
+        """Rows as ``{"name", "prompts", "color"}`` dicts (empty names skipped)."""
+        out = []
+        for row in range(self.rowCount()):
+            name = (self.item(row, COL_NAME).text() if self.item(row, COL_NAME) else "").strip()
+            if not name:
+                continue
+            prompts_text = self.item(row, COL_PROMPTS).text() if self.item(row, COL_PROMPTS) else ""
+            prompts = [p.strip() for p in prompts_text.split(";") if p.strip()]
+            color = self.item(row, COL_COLOR).data(Qt.UserRole) if self.item(row, COL_COLOR) else [128, 128, 128]
+            out.append({"name": name, "prompts": prompts, "color": list(color)})
+        return out
+
+
+def classes_to_dicts(classes: Any) -> List[dict]:
+    return [{"name": c.name, "prompts": list(c.prompts), "color": list(c.color)} for c in classes]
+
+
+def dicts_to_classes(rows: List[dict]) -> List[Any]:
+    from rsclip_core.inference import LandCoverClass
+
+    return [LandCoverClass(r["name"], list(r.get("prompts") or []), tuple(r["color"])) for r in rows]
+
+
+class RsclipDock(QgsDockWidget):
+    """Dock widget of the plugin. Public ``start_search``/``start_landcover`` return the task started."""
+
+    layersAdded = pyqtSignal(list)  # the QgsMapLayers a finished run added (main thread)
+
+    def __init__(self, iface: Any, parent: Optional[QWidget] = None) -> None:
+        super().__init__("rsclip — text search & land cover", parent)
+        self.setObjectName("RsclipDock")
+        self.iface = iface
+        self.tasks: List[InferenceTask] = []
+        self.last_hits_layer: Optional[QgsVectorLayer] = None
+        self.last_error: str = ""
+        self._loading = False
+        self._build_ui()
+        self.load_settings()
+        self.refresh_dependencies()
+        QgsProject.instance().readProject.connect(self._on_project_read)
+        QgsProject.instance().cleared.connect(self._on_project_read)
+
+    # ---- UI -------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        body = QWidget(self)
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(4, 4, 4, 4)
+
+        self.deps_box = QWidget(body)
+        deps_row = QHBoxLayout(self.deps_box)
+        deps_row.setContentsMargins(0, 0, 0, 0)
+        self.deps_label = QLabel(self.deps_box)
+        self.deps_label.setWordWrap(True)
+        self.deps_label.setStyleSheet("color: #a04000;")
+        self.deps_button = QPushButton("Install…", self.deps_box)
+        self.deps_button.clicked.connect(self.install_dependencies)
+        deps_row.addWidget(self.deps_label, 1)
+        deps_row.addWidget(self.deps_button)
+        layout.addWidget(self.deps_box)
+
+        # Input raster and tiling.
+        input_box = QGroupBox("Raster and tiling", body)
+        form = QFormLayout(input_box)
+        self.raster_combo = QgsMapLayerComboBox(input_box)
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.raster_combo.layerChanged.connect(self._on_raster_changed)
+        form.addRow("Raster", self.raster_combo)
+        bands_row = QHBoxLayout()
+        self.band_combos = []
+        for label in ("R", "G", "B"):
+            combo = QgsRasterBandComboBox(input_box)
+            combo.setShowNotSetOption(False)
+            bands_row.addWidget(QLabel(label, input_box))
+            bands_row.addWidget(combo, 1)
+            self.band_combos.append(combo)
+        form.addRow("Bands", bands_row)
+        self.resolution_spin = QgsDoubleSpinBox(input_box)
+        self.resolution_spin.setRange(0.0, 10000.0)
+        self.resolution_spin.setDecimals(2)
+        self.resolution_spin.setSuffix(" m/px")
+        self.resolution_spin.setSpecialValueText("native")
+        self.resolution_spin.setClearValue(0.0)
+        self.resolution_spin.setToolTip("Ground resolution tiles are resampled to (native = the raster's own)")
+        form.addRow("Resolution", self.resolution_spin)
+        self.tile_spin = QSpinBox(input_box)
+        self.tile_spin.setRange(0, 4096)
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setSpecialValueText("model input size")
+        form.addRow("Tile size", self.tile_spin)
+        self.overlap_spin = QgsDoubleSpinBox(input_box)
+        self.overlap_spin.setRange(0.0, 90.0)
+        self.overlap_spin.setDecimals(0)
+        self.overlap_spin.setSuffix(" %")
+        form.addRow("Overlap", self.overlap_spin)
+        self.extent_combo = QComboBox(input_box)
+        self.extent_combo.addItem("Whole layer", EXTENT_LAYER)
+        self.extent_combo.addItem("Visible map canvas", EXTENT_CANVAS)
+        self.extent_combo.addItem("Selected polygons of…", EXTENT_SELECTION)
+        self.extent_combo.currentIndexChanged.connect(self._on_extent_mode)
+        form.addRow("Extent", self.extent_combo)
+        self.mask_combo = QgsMapLayerComboBox(input_box)
+        self.mask_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.mask_combo.setAllowEmptyLayer(True)
+        form.addRow("Polygons", self.mask_combo)
+        layout.addWidget(input_box)
+
+        # Model.
+        model_box = QGroupBox("Model", body)
+        model_layout = QVBoxLayout(model_box)
+        model_row = QHBoxLayout()
+        self.model_combo = QComboBox(model_box)
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.model_browse = QPushButton("Browse…", model_box)
+        self.model_browse.setToolTip("Choose an exported rsclip model: its rsclip.json or image.onnx")
+        self.model_browse.clicked.connect(self.browse_model)
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.model_browse)
+        model_layout.addLayout(model_row)
+        self.model_info = QLabel(model_box)
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextFormat(Qt.RichText)
+        model_layout.addWidget(self.model_info)
+        layout.addWidget(model_box)
+
+        # Tabs.
+        self.tabs = QTabWidget(body)
+        search_tab = QWidget()
+        search_form = QFormLayout(search_tab)
+        self.query_edit = QLineEdit(search_tab)
+        self.query_edit.setPlaceholderText("e.g. tennis courts, ships in a harbour")
+        self.query_edit.returnPressed.connect(self.start_search)
+        search_form.addRow("Query", self.query_edit)
+        self.topk_spin = QSpinBox(search_tab)
+        self.topk_spin.setRange(1, 10000)
+        search_form.addRow("Top-k", self.topk_spin)
+        search_buttons = QHBoxLayout()
+        self.search_button = QPushButton("Search", search_tab)
+        self.search_button.clicked.connect(self.start_search)
+        self.zoom_button = QPushButton("Zoom to hits", search_tab)
+        self.zoom_button.clicked.connect(self.zoom_to_hits)
+        self.zoom_button.setEnabled(False)
+        search_buttons.addWidget(self.search_button)
+        search_buttons.addWidget(self.zoom_button)
+        search_form.addRow(search_buttons)
+        self.tabs.addTab(search_tab, "Search")
+
+        lc_tab = QWidget()
+        lc_layout = QVBoxLayout(lc_tab)
+        self.class_table = ClassTable(lc_tab)
+        lc_layout.addWidget(self.class_table, 1)
+        class_buttons = QHBoxLayout()
+        for text, slot in (("Add", self._add_class), ("Remove", self.class_table.remove_selected),
+                           ("Defaults", self.reset_default_classes), ("Load…", self.load_class_file),
+                           ("Save…", self.save_class_file)):
+            button = QPushButton(text, lc_tab)
+            button.clicked.connect(slot)
+            class_buttons.addWidget(button)
+        lc_layout.addLayout(class_buttons)
+        lc_form = QFormLayout()
+        self.threshold_spin = QgsDoubleSpinBox(lc_tab)
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setSpecialValueText("none")
+        self.threshold_spin.setToolTip("Pixels whose class probability is below this become 'unclassified'")
+        lc_form.addRow("Min. confidence", self.threshold_spin)
+        lc_layout.addLayout(lc_form)
+        self.landcover_button = QPushButton("Map land cover", lc_tab)
+        self.landcover_button.clicked.connect(self.start_landcover)
+        lc_layout.addWidget(self.landcover_button)
+        self.tabs.addTab(lc_tab, "Land cover")
+        layout.addWidget(self.tabs, 1)
+
+        out_row = QFormLayout()
+        self.output_widget = QgsFileWidget(body)
+        self.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.output_widget.lineEdit().setPlaceholderText("rsclip_outputs next to the project")
+        out_row.addRow("Output folder", self.output_widget)
+        layout.addLayout(out_row)
+
+        status_row = QHBoxLayout()
+        self.progress = QProgressBar(body)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.cancel_button = QPushButton("Cancel", body)
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_tasks)
+        status_row.addWidget(self.progress, 1)
+        status_row.addWidget(self.cancel_button)
+        layout.addLayout(status_row)
+        self.status_label = QLabel(body)
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        self.setWidget(body)
+        self._on_extent_mode()
+
+    # ---- settings -------------------------------------------------------------------------
+    def current_settings(self) -> DockSettings:
+        raster = self.raster_combo.currentLayer()
+        mask = self.mask_combo.currentLayer()
+        return DockSettings(
+            raster_layer_id=raster.id() if raster else "",
+            bands=[c.currentBand() for c in self.band_combos],
+            resolution=self.resolution_spin.value(),
+            tile_size=self.tile_spin.value(),
+            overlap_percent=self.overlap_spin.value(),
+            extent_mode=self.extent_combo.currentData(),
+            mask_layer_id=mask.id() if mask else "",
+            model_path=self.model_combo.currentData() or "",
+            output_dir=self.output_widget.filePath(),
+            query=self.query_edit.text(),
+            top_k=self.topk_spin.value(),
+            threshold=self.threshold_spin.value(),
+            classes=self.class_table.classes(),
+        )
+
+    def apply_settings(self, s: DockSettings) -> None:
+        self._loading = True
+        try:
+            project = QgsProject.instance()
+            raster = project.mapLayer(s.raster_layer_id) if s.raster_layer_id else None
+            if raster is not None:
+                self.raster_combo.setLayer(raster)
+            self._on_raster_changed(self.raster_combo.currentLayer())
+            for combo, band in zip(self.band_combos, s.bands or []):
+                combo.setBand(int(band))
+            self.resolution_spin.setValue(s.resolution)
+            self.tile_spin.setValue(s.tile_size)
+            self.overlap_spin.setValue(s.overlap_percent)
+            self.extent_combo.setCurrentIndex(max(0, self.extent_combo.findData(s.extent_mode)))
+            mask = project.mapLayer(s.mask_layer_id) if s.mask_layer_id else None
+            self.mask_combo.setLayer(mask)
+            self._fill_models(s.model_path)
+            self.output_widget.setFilePath(s.output_dir)
+            self.query_edit.setText(s.query)
+            self.topk_spin.setValue(s.top_k)
+            self.threshold_spin.setValue(s.threshold)
+            if s.classes is not None:
+                self.class_table.set_classes(s.classes)
+            else:
+                self.reset_default_classes()
+        finally:
+            self._loading = False
+
+    def load_settings(self) -> None:
+        self.apply_settings(load_from_project())
+
+    def save_settings(self) -> None:
+        save_to_project(self.current_settings())
+
+    def _on_project_read(self, *_args: Any) -> None:
+        self.load_settings()
+
+    # ---- inputs ---------------------------------------------------------------------------
+    def _on_raster_changed(self, layer: Optional[QgsRasterLayer]) -> None:
+        n_bands = layer.bandCount() if isinstance(layer, QgsRasterLayer) else 0
+        for i, combo in enumerate(self.band_combos):
+            combo.setLayer(layer)
+            if n_bands:
+                combo.setBand(i + 1 if n_bands >= 3 else 1)
+
+    def _on_extent_mode(self, *_args: Any) -> None:
+        self.mask_combo.setEnabled(self.extent_combo.currentData() == EXTENT_SELECTION)
+
+    def _fill_models(self, selected: str = "") -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        bundled = bridge.bundled_model_dir()
+        if bundled is not None:
+            self.model_combo.addItem(f"Bundled: {bundled.name}", "")
+        else:
+            self.model_combo.addItem("(no bundled model: Browse… for one)", "")
+        if selected:
+            self.model_combo.addItem(selected, selected)
+            self.model_combo.setCurrentIndex(1)
+        self.model_combo.blockSignals(False)
+        self._on_model_changed()
+
+    def set_model_path(self, path: str) -> None:
+        """Select a user model (a model directory or a file inside it)."""
+        index = self.model_combo.findData(path)
+        if index < 0:
+            self.model_combo.addItem(path, path)
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+
+    def browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose an exported rsclip model", "", "rsclip model (rsclip.json *.onnx);;All files (*)"
+        )
+        if path:
+            self.set_model_path(path)
+
+    def _on_model_changed(self, *_args: Any) -> None:
+        path = self.model_combo.currentData() or ""
+        try:
+            self.model_info.setText(bridge.model_summary(bridge.resolve_model_dir(path)))
+        except Exception as exc:  # shown, not raised: the user can pick another model
+            self.model_info.setText(f"<i>{exc}</i>")
+        if not self._loading:
+            self.save_settings()
+
+    # ---- classes --------------------------------------------------------------------------
+    def _add_class(self) -> None:
+        self.class_table.add_class("new class", [], (128, 128, 128))
+
+    def reset_default_classes(self) -> None:
+        try:
+            from rsclip_core.inference import load_classes
+
+            self.class_table.set_classes(classes_to_dicts(load_classes()))
+        except Exception as exc:
+            self.status_label.setText(f"Default classes unavailable: {exc}")
+
+    def load_class_file(self, path: str = "") -> None:
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Load class file", "", "Class files (*.yaml *.yml *.json)")
+        if not path:
+            return
+        from rsclip_core.inference import load_classes
+
+        try:
+            self.class_table.set_classes(classes_to_dicts(load_classes(path)))
+        except Exception as exc:
+            self._report_error(str(exc))
+
+    def save_class_file(self, path: str = "") -> None:
+        if not path:
+            path, _ = QFileDialog.getSaveFileName(self, "Save class file", "", "YAML (*.yaml);;JSON (*.json)")
+        if not path:
+            return
+        from rsclip_core.inference import save_classes
+
+        try:
+            save_classes(dicts_to_classes(self.class_table.classes()), path)
+            self.status_label.setText(f"Saved {path}")
+        except Exception as exc:
+            self._report_error(str(exc))
+
+    # ---- dependencies ---------------------------------------------------------------------
+    def refresh_dependencies(self) -> List[Any]:
+        missing = deps.missing_requirements()
+        self.deps_box.setVisible(bool(missing))
+        if missing:
+            self.deps_label.setText(
+                "Missing Python packages: " + ", ".join(r.spec for r in missing)
+                + f". They can be installed into {deps.default_deps_dir()} (QGIS's numpy is kept)."
+            )
+        for button in (self.search_button, self.landcover_button):
+            button.setEnabled(not missing)
+        return missing
+
+    def install_dependencies(self) -> Optional[InferenceTask]:
+        missing = deps.missing_requirements()
+        if not missing:
+            return None
+        answer = QMessageBox.question(
+            self, "rsclip: install dependencies",
+            "Install " + ", ".join(r.spec for r in missing) + f" with pip into\n{deps.default_deps_dir()}?\n\n"
+            "numpy stays at the version QGIS ships; nothing in QGIS's own folders is changed.",
+        )
+        if answer != QMessageBox.Yes:
+            return None
+
+        def work(progress: Any, cancel: Any) -> List[str]:
+            return deps.ensure(log=lambda m: None)
+
+        def done(pins: List[str]) -> None:
+            self.refresh_dependencies()
+            self.status_label.setText(f"Installed {len(pins)} packages. Restart QGIS if a package was already loaded.")
+
+        return self._start(InferenceTask("rsclip: installing dependencies", work, done, self._on_task_error))
+
+    # ---- runs -----------------------------------------------------------------------------
+    def _common_inputs(self) -> tuple:
+        settings = self.current_settings()
+        raster = self.raster_combo.currentLayer()
+        path = bridge.raster_path(raster)
+        extent = bridge.dock_extent(settings, raster, self.iface.mapCanvas() if self.iface else None)
+        tiling = bridge.make_tiling(settings.bands, settings.resolution, settings.tile_size,
+                                    settings.overlap_percent, extent)
+        model_dir = bridge.resolve_model_dir(settings.model_path)
+        return settings, raster, path, tiling, model_dir
+
+    def start_search(self) -> Optional[InferenceTask]:
+        """Run the text search in a QgsTask; the hits layer is added when it finishes."""
+        try:
+            settings, raster, path, tiling, model_dir = self._common_inputs()
+            query = settings.query.strip()
+            if not query:
+                raise bridge.PluginInputError("type a query first (e.g. 'tennis courts')")
+            out = bridge.output_dir(settings.output_dir) / f"search_{_slug(query)}_{time.strftime('%Y%m%d_%H%M%S')}.gpkg"
+        except Exception as exc:
+            self._report_error(str(exc))
+            return None
+        self.save_settings()
+        cache = bridge.cache_dir()
+        top_k = settings.top_k
+
+        def work(progress: Any, cancel: Any) -> Any:
+            from rsclip_core.inference import run_search
+
+            started = time.perf_counter()
+            result = run_search(path, query, tiling=tiling, top_k=top_k, out_gpkg=out, cache_dir=cache,
+                                overwrite=True, progress=progress, cancel=cancel, model=bridge.MODELS.get(model_dir))
+            return result, time.perf_counter() - started
+
+        def done(value: Any) -> None:
+            result, seconds = value
+            layer = layers.style_hits(layers.open_vector(str(result.out_gpkg), f"rsclip: {query}", "hits"))
+            layers.add_to_project([layer])
+            self.last_hits_layer = layer
+            self.zoom_button.setEnabled(True)
+            self.zoom_to_hits()
+            self.status_label.setText(
+                f"'{query}': {layer.featureCount()} hits from {len(result.index)} tiles in {seconds:.1f} s"
+            )
+            self.layersAdded.emit([layer])
+
+        return self._start(InferenceTask(f"rsclip search: {query}", work, done, self._on_task_error))
+
+    def start_landcover(self) -> Optional[InferenceTask]:
+        """Run zero-shot land cover in a QgsTask; class raster + polygons are added when it finishes."""
+        try:
+            settings, raster, path, tiling, model_dir = self._common_inputs()
+            rows = settings.classes or []
+            if len(rows) < 2:
+                raise bridge.PluginInputError("land cover needs at least two classes")
+            classes = dicts_to_classes(rows)
+            stamp = time.strftime("%Y%m%d_%H%M%S")
+            folder = bridge.output_dir(settings.output_dir)
+            out_tif = folder / f"landcover_{_slug(raster.name())}_{stamp}.tif"
+            out_gpkg = folder / f"landcover_{_slug(raster.name())}_{stamp}.gpkg"
+        except Exception as exc:
+            self._report_error(str(exc))
+            return None
+        self.save_settings()
+        cache = bridge.cache_dir()
+        threshold = settings.threshold or None
+
+        def work(progress: Any, cancel: Any) -> Any:
+            from rsclip_core.inference import run_classify
+
+            return run_classify(path, classes, tiling=tiling, out_tif=out_tif, polygons_gpkg=out_gpkg,
+                                threshold=threshold, cache_dir=cache, overwrite=True, progress=progress,
+                                cancel=cancel, model=bridge.MODELS.get(model_dir))
+
+        def done(result: Any) -> None:
+            style = [(i + 1, c.name, tuple(c.color)) for i, c in enumerate(classes)]
+            raster_layer = QgsRasterLayer(str(result.out_tif), f"rsclip land cover: {raster.name()}", "gdal")
+            layers.style_landcover_raster(raster_layer, style)
+            polygons = layers.style_landcover_polygons(
+                layers.open_vector(str(result.polygons_gpkg), f"rsclip land cover polygons: {raster.name()}", "landcover"),
+                style,
+            )
+            polygons.setOpacity(0.0)  # the raster shows the map; polygons carry areas and statistics
+            layers.add_to_project([polygons, raster_layer])
+            summary = ", ".join(f"{s.get('name', '?')} {100 * float(s.get('fraction', 0)):.0f}%" for s in result.stats[:6])
+            self.status_label.setText(f"Land cover written to {result.out_tif.name}: {summary}")
+            self.layersAdded.emit([raster_layer, polygons])
+
+        return self._start(InferenceTask(f"rsclip land cover: {raster.name()}", work, done, self._on_task_error))
+
+    def _start(self, task: InferenceTask) -> InferenceTask:
+        self.tasks.append(task)
+        self.last_error = ""
+        self.progress.setValue(0)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText(task.description() + " …")
+        task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        task.taskCompleted.connect(lambda: self._forget(task))
+        task.taskTerminated.connect(lambda: self._forget(task))
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _forget(self, task: InferenceTask) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)
+        self.cancel_button.setEnabled(bool(self.tasks))
+        if not self.tasks:
+            self.progress.setValue(100 if task.status() == task.Complete else 0)
+
+    def cancel_tasks(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def _on_task_error(self, error: Optional[BaseException], cancelled: bool) -> None:
+        if cancelled:
+            self.status_label.setText("Cancelled.")
+            return
+        self._report_error(str(error) if error is not None else "the task failed")
+
+    def _report_error(self, message: str) -> None:
+        self.last_error = message
+        self.status_label.setText(f"<span style='color:#b00020'>{message}</span>")
+        bar = self.iface.messageBar() if self.iface is not None else None
+        if bar is not None:
+            try:
+                bar.pushMessage("rsclip", message, level=Qgis.Warning, duration=8)
+            except TypeError:  # test stubs with a simpler signature
+                bar.pushMessage("rsclip", message)
+
+    def zoom_to_hits(self) -> None:
+        layer = self.last_hits_layer
+        if layer is None or self.iface is None or layer.featureCount() == 0:
+            return
+        canvas = self.iface.mapCanvas()
+        extent = layer.extent()
+        dest = canvas.mapSettings().destinationCrs()
+        if dest.isValid() and layer.crs().isValid() and dest != layer.crs():
+            extent = QgsCoordinateTransform(layer.crs(), dest, QgsProject.instance()).transformBoundingBox(extent)
+        extent.scale(1.15)
+        canvas.setExtent(extent)
+        canvas.refresh()
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802
+        self.save_settings()
+        super().closeEvent(event)
+
+    def cleanup(self) -> None:
+        """Disconnect from the project and stop running tasks (plugin unload)."""
+        self.cancel_tasks()
+        for signal in (QgsProject.instance().readProject, QgsProject.instance().cleared):
+            try:
+                signal.disconnect(self._on_project_read)
+            except TypeError:
+                pass
+
+
+def plugin_icon() -> QIcon:
+    return QIcon(str(PLUGIN_DIR / "icon.png"))

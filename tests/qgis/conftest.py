@@ -1,0 +1,115 @@
+"""Fixtures for the QGIS plugin tests: real QGIS (pytest-qgis), a tiny ONNX model, a real GeoTIFF.
+
+Run with ``scripts/test_qgis.sh``: Debian's python3 (QGIS 3.22, numpy 1.24, no torch), the
+plugin's dependencies from its plugin-local folder, ``rsclip_core`` from this checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from qgis_plugin import bootstrap_paths  # noqa: E402
+
+bootstrap_paths()
+
+SHARED_DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+REAL_RASTER = SHARED_DATA / "rasters" / "rasterio" / "RGB.byte.tif"  # Landsat-7, EPSG:32618, 791x718
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Process Qt events (task manager signals, finished() callbacks) until ``condition()``."""
+    from qgis.core import QgsApplication
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+    for _ in range(5):
+        QgsApplication.processEvents()
+
+
+def run_dock_task(dock: Any, start: Callable[[], Any], timeout: float = 120.0) -> Any:
+    """Start a dock run and wait until its finished() callback has run; returns what start() returned."""
+    task = start()
+    assert task is not None, f"the dock refused to start: {dock.last_error}"
+    wait_until(lambda: task not in dock.tasks, timeout)
+    return task
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny colour model (rsclip_core.inference.toy_model) written by scripts/test_qgis.sh."""
+    env = os.environ.get("RSCLIP_QGIS_TEST_MODEL")
+    if env and (Path(env) / "rsclip.json").is_file():
+        return Path(env)
+    try:  # works where onnx is importable (not in Debian's QGIS Python)
+        from rsclip_core.inference.toy_model import write_toy_model
+
+        return write_toy_model(tmp_path_factory.mktemp("model"))
+    except ImportError:
+        pytest.fail("no test model: run the suite with scripts/test_qgis.sh (it writes one with the venv)")
+
+
+@pytest.fixture(scope="session")
+def raster_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Landsat GeoTIFF from ../shared/data when present, else a generated colour raster."""
+    if REAL_RASTER.is_file():
+        return REAL_RASTER
+    from rsclip_core.inference.toy_model import write_color_raster
+
+    return write_color_raster(tmp_path_factory.mktemp("raster") / "colour.tif", 512, 448, crs="EPSG:32618")
+
+
+@pytest.fixture()
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh embedding-index cache per test (the plugin reads $RSCLIP_QGIS_CACHE)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("RSCLIP_QGIS_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture()
+def raster_layer(qgis_new_project: Any, raster_path: Path) -> Any:
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    layer = QgsRasterLayer(str(raster_path), raster_path.stem, "gdal")
+    assert layer.isValid(), raster_path
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+@pytest.fixture()
+def plugin(qgis_iface: Any, qgis_new_project: Any) -> Any:
+    """The plugin as QGIS loads it: classFactory(iface) + initGui(); unloaded afterwards."""
+    import qgis_plugin
+    from qgis.core import QgsProject
+
+    QgsProject.instance().clear()  # no dock settings left over from another test
+    instance = qgis_plugin.classFactory(qgis_iface)
+    instance.initGui()
+    yield instance
+    instance.unload()
+
+
+@pytest.fixture()
+def dock(plugin: Any, raster_layer: Any, model_dir: Path, cache_dir: Path, tmp_path: Path) -> Any:
+    """The plugin's dock pointed at the test raster, the tiny model and a temp output folder."""
+    d = plugin.dock
+    d.raster_combo.setLayer(raster_layer)
+    d.set_model_path(str(model_dir / "image.onnx"))
+    out = tmp_path / "outputs"
+    out.mkdir()
+    d.output_widget.setFilePath(str(out))
+    return d
