@@ -187,11 +187,13 @@ def _run_job(kind: str, raster: str, params: Dict[str, Any], model: Any = None,
                 model = _worker_model(params["model_dir"], params.get("threads"))
             if kind == "classify":
                 outputs = params["outputs"]
-                if not params["overwrite"] and all(Path(p).exists() for p in outputs.values() if p):
+                present = [Path(p).exists() for p in outputs.values() if p]
+                if not params["overwrite"] and all(present):
                     return JobResult(raster, "skipped", "outputs exist")
+                # an incomplete set is what a stopped batch leaves: redo that raster's outputs
                 run = run_classify(raster, params["classes"], model=model, tiling=params["tiling"],
                                    threshold=params["threshold"], cache_dir=params["cache_dir"],
-                                   overwrite=params["overwrite"], progress=progress, **outputs)
+                                   overwrite=params["overwrite"] or any(present), progress=progress, **outputs)
                 top = max(run.stats, key=lambda s: s["cells"]) if run.stats else None
                 detail = str(run.out_tif) + (f" (mostly {top['name']}, {top['fraction']:.0%})" if top else "")
             else:

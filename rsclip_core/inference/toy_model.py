@@ -168,6 +168,8 @@ def write_color_raster(path: str | Path, width: int = 256, height: int = 256, *,
         "transform": transform if transform is not None else from_origin(500000.0, 6000000.0, 1.0, 1.0),
         "nodata": nodata,
     }
+    if data.shape[0] > 3 and not alpha:
+        profile["photometric"] = "MINISBLACK"  # like NAIP RGBN (GDAL would call band 4 alpha)
     if tiled and width >= 16 and height >= 16:
         profile.update(tiled=True, blockxsize=16 * max(1, min(width, 256) // 16),
                        blockysize=16 * max(1, min(height, 256) // 16))
