@@ -157,8 +157,24 @@ def store_weights_fp16(model: onnx.ModelProto, min_elements: int = _FP16_MIN_ELE
     return model
 
 
-def _finalize(path: Path, props: dict[str, str], doc: str, fp16: bool) -> None:
+def _set_output_shape(model: onnx.ModelProto, embed_dim: int) -> None:
+    """Output ``embedding`` is [batch, D] with a static D (the exporter leaves D symbolic at times).
+
+    Tools such as Deepness read the embedding size from the graph's output shape.
+    """
+    (output,) = model.graph.output
+    dims = output.type.tensor_type.shape.dim
+    while len(dims) < 2:
+        dims.add()
+    dims[0].Clear()
+    dims[0].dim_param = "batch"
+    dims[1].Clear()
+    dims[1].dim_value = int(embed_dim)
+
+
+def _finalize(path: Path, props: dict[str, str], doc: str, fp16: bool, embed_dim: int) -> None:
     model = onnx.load(str(path))
+    _set_output_shape(model, embed_dim)
     if fp16:
         store_weights_fp16(model)
     existing = {p.key for p in model.metadata_props}
@@ -193,7 +209,7 @@ def export_onnx_image(
         f"{_image_size(model)}] RGB standardised with the metadata mean/std -> {spec.EMBEDDING_OUTPUT} "
         f"float32 [N,{model.embed_dim}] L2-normalised"
     )
-    _finalize(path, props, doc, fp16)
+    _finalize(path, props, doc, fp16, int(model.embed_dim))
     return path
 
 
@@ -214,5 +230,5 @@ def export_onnx_text(
         f"rsclip {model.name} text encoder: {spec.TEXT_INPUT} int64 [N,{model.context_length}] token ids "
         f"-> {spec.EMBEDDING_OUTPUT} float32 [N,{model.embed_dim}] L2-normalised"
     )
-    _finalize(path, props, doc, fp16)
+    _finalize(path, props, doc, fp16, int(model.embed_dim))
     return path
