@@ -56,6 +56,7 @@ class EmbeddingModel:
         self.tokenizer = tokenizer
         self._mean = np.asarray(metadata.mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self._inv_std = (1.0 / np.asarray(metadata.std, dtype=np.float32)).reshape(1, 3, 1, 1)
+        self._identity_norm = bool(np.all(self._mean == 0.0) and np.all(self._inv_std == 1.0))
         self._fingerprint: Optional[str] = None
 
     @property
@@ -92,7 +93,10 @@ class EmbeddingModel:
             raise RsclipInputError(f"encode_images: expected float32 [N, 3, {S}, {S}], got {images.shape}")
         if len(images) == 0:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
-        x = np.ascontiguousarray((images - self._mean) * self._inv_std, dtype=np.float32)
+        if self._identity_norm:
+            x = np.ascontiguousarray(images)
+        else:
+            x = np.ascontiguousarray((images - self._mean) * self._inv_std, dtype=np.float32)
         out = self.image_session.run([spec.EMBEDDING_OUTPUT], {spec.IMAGE_INPUT: x})[0]
         return self._check(out, len(images), "image")
 

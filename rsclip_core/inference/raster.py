@@ -258,29 +258,33 @@ class RasterSource:
         win = Window(c0, r0, cw, ch)
         shape = (3, y1 - y0, x1 - x0)
         raw = ds.read(list(self.bands), window=win, out_shape=shape, resampling=self.resampling)
-        valid = np.zeros((S, S), dtype=bool)
+        inner_valid: Optional[np.ndarray] = None  # None = every pixel of the read part is valid
         if self.has_mask:
             masks = ds.read_masks(list(self.bands), window=win, out_shape=shape, resampling=Resampling.nearest)
-            valid[y0:y1, x0:x1] = (masks > 0).all(axis=0)
-        else:
-            valid[y0:y1, x0:x1] = True
-        inner = raw.astype(np.float32)
-        finite = np.isfinite(inner).all(axis=0)
-        valid[y0:y1, x0:x1] &= finite
-        fraction = float(valid.mean())
-        if fraction < self.tiling.min_valid_fraction or fraction == 0.0:
+            inner_valid = np.logical_and.reduce(masks > 0, axis=0)
+        if raw.dtype.kind == "f":
+            finite = np.isfinite(raw).all(axis=0)
+            inner_valid = finite if inner_valid is None else inner_valid & finite
+        n_inner = shape[1] * shape[2]
+        n_valid = n_inner if inner_valid is None else int(np.count_nonzero(inner_valid))
+        fraction = n_valid / float(S * S)
+        if n_valid == 0 or fraction < self.tiling.min_valid_fraction:
             return None, fraction
-        lo = self.stretch[:, 0].astype(np.float32)[:, None, None]
-        hi = self.stretch[:, 1].astype(np.float32)[:, None, None]
-        inner = np.clip((inner - lo) / (hi - lo), 0.0, 1.0)
-        tile = np.empty((3, S, S), dtype=np.float32)
-        tile[:, y0:y1, x0:x1] = inner
-        inner_valid = valid[y0:y1, x0:x1]
-        values = inner[:, inner_valid]
-        if values.size == 0 or (values.max(axis=1) - values.min(axis=1)).max() <= 0.0:
+        values = raw.reshape(3, -1) if inner_valid is None or n_valid == n_inner else raw[:, inner_valid]
+        if (values.max(axis=1) == values.min(axis=1)).all():
             return None, fraction  # a single constant value: fill, not imagery
-        if not valid.all():
-            fill = values.mean(axis=1).astype(np.float32)
+        lo, hi = self.stretch[:, 0], self.stretch[:, 1]
+        scale = (1.0 / (hi - lo)).astype(np.float32)[:, None, None]
+        offset = (-lo / (hi - lo)).astype(np.float32)[:, None, None]
+        tile = np.empty((3, S, S), dtype=np.float32)
+        inner = tile[:, y0:y1, x0:x1]
+        np.multiply(raw, scale, out=inner, casting="unsafe")
+        inner += offset
+        np.clip(inner, 0.0, 1.0, out=inner)
+        if n_valid < S * S:  # padding and masked pixels take the mean colour of the valid ones
+            valid = np.zeros((S, S), dtype=bool)
+            valid[y0:y1, x0:x1] = True if inner_valid is None else inner_valid
+            fill = tile[:, valid].mean(axis=1)
             tile[:, ~valid] = fill[:, None]
         return tile, fraction
 
