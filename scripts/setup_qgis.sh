@@ -4,8 +4,9 @@
 #      GDAL as QGIS) -- apt, only for packages not yet installed;
 #   2. the plugin's runtime dependencies (onnxruntime, tokenizers, shapely 2, geopandas, pyogrio)
 #      through the plugin's own guarded installer (qgis_plugin/deps.py: numpy pinned to what QGIS
-#      ships, installed into the plugin-local folder qgis_plugin/deps/py3XX) -- the code path a user
-#      triggers from the dock, so CI exercises it for real;
+#      ships, pyproj pinned to Debian's (same PROJ as QGIS), installed into the plugin-local
+#      folder qgis_plugin/deps/py3XX) -- the code path a user triggers from the dock, so CI
+#      exercises it for real;
 #   3. the test tools (pytest, pytest-qgis<3) into build/qgis-testdeps with the same installer.
 # Usage: bash scripts/setup_qgis.sh        (root or sudo for the apt step)
 set -euo pipefail
@@ -14,7 +15,7 @@ PY=/usr/bin/python3
 TESTDEPS=build/qgis-testdeps
 start=$(date +%s)
 
-APT_PACKAGES=(qgis python3-qgis python3-gdal python3-pip python3-rasterio python3-yaml)
+APT_PACKAGES=(qgis python3-qgis python3-gdal python3-pip python3-rasterio python3-pyproj python3-yaml)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -2,7 +2,7 @@
 # Run the QGIS plugin tests (tests/qgis) headless in Debian's python3 with real QGIS 3.22.
 # Needs scripts/setup_qgis.sh first, and the dev venv (.venv) to write the tiny ONNX test model
 # (QGIS's Python has no onnx; the model dir itself only needs onnxruntime to run).
-# Usage: bash scripts/test_qgis.sh [pytest args...]      e.g. -k search -x
+# Usage: bash scripts/test_qgis.sh [pytest args...]      e.g. -k search -x, or tests/qgis/test_dock.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
@@ -24,4 +24,4 @@ export RSCLIP_QGIS_TEST_MODEL="$MODEL_DIR"
 export PYTHONPATH="$REPO/build/qgis-testdeps:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 # -p no:cacheprovider: the repo's pytest config (addopts -m 'not ... qgis') is not for this suite.
-exec "$PY" -m pytest -c tests/qgis/pytest.ini --rootdir "$REPO" -p no:cacheprovider tests/qgis "$@"
+exec "$PY" -m pytest -c tests/qgis/pytest.ini --rootdir "$REPO" -p no:cacheprovider "$@"

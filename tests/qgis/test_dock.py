@@ -220,3 +220,29 @@ def test_class_file_round_trip(dock, tmp_path):
     ]
     dock.reset_default_classes()
     assert len(dock.class_table.classes()) >= 8
+
+
+def test_missing_dependencies_banner_and_install_flow(plugin, monkeypatch):
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    from qgis_plugin import deps
+
+    dock = plugin.dock
+    missing = [deps.Requirement("onnxruntime", "onnxruntime", "1.16")]
+    calls = []
+    monkeypatch.setattr(deps, "missing_requirements", lambda *a, **k: list(missing))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Yes))
+
+    def fake_ensure(*args, **kwargs):
+        calls.append(kwargs)
+        missing.clear()
+        return ["onnxruntime==1.0"]
+
+    monkeypatch.setattr(deps, "ensure", fake_ensure)
+    assert dock.refresh_dependencies() == missing
+    assert not dock.deps_box.isHidden() and "onnxruntime>=1.16" in dock.deps_label.text()
+    assert not dock.search_button.isEnabled() and not dock.landcover_button.isEnabled()
+    run_dock_task(dock, dock.install_dependencies)
+    assert len(calls) == 1
+    assert dock.deps_box.isHidden() and dock.search_button.isEnabled()
+    assert "Installed 1 packages" in dock.status_label.text()
