@@ -36,10 +36,10 @@ class Captioner(Protocol):
 
 
 class CocaCaptioner:
-    """open_clip CoCa captioner; sampling with ``top_p`` gives S diverse captions per image."""
+    """open_clip CoCa captioner; nucleus sampling (``top_p``) gives S diverse captions per image."""
 
     def __init__(self, arch: str, checkpoint: Optional[str | Path], model: Any = None,
-                 generation_type: str = "top_p", top_p: float = 0.9, max_seq_len: int = 30) -> None:
+                 top_p: float = 0.9, max_seq_len: int = 30) -> None:
         import open_clip
 
         if model is None:
@@ -53,7 +53,7 @@ class CocaCaptioner:
         self.transform = open_clip.image_transform(size, is_train=False)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.arch, self.checkpoint = arch, str(checkpoint) if checkpoint else None
-        self.generation_type, self.top_p, self.max_seq_len = generation_type, top_p, max_seq_len
+        self.top_p, self.max_seq_len = top_p, max_seq_len
         self.name = f"coca:{arch}"
 
     def caption(self, record: ImageTextRecord, image: Any, num_captions: int, rng: random.Random,
@@ -62,19 +62,49 @@ class CocaCaptioner:
         import torch
 
         x = self.transform(image).unsqueeze(0).repeat(num_captions, 1, 1, 1)
-        torch.manual_seed(rng.randrange(2**31))
-        with torch.inference_mode():
-            tokens = self.model.generate(x, generation_type=self.generation_type, top_p=self.top_p,
-                                         seq_len=self.max_seq_len)
+        generator = torch.Generator().manual_seed(rng.randrange(2**31))
+        tokens = self._sample(x, generator)
         out = []
         for t in tokens:
             text = open_clip.decode(t).split("<end_of_text>")[0].replace("<start_of_text>", "")
             out.append(text.strip())
         return out
 
+    def _sample(self, images: Any, generator: Any, sot: int = 49406, eos: int = 49407,
+                min_len: int = 5) -> Any:
+        """Nucleus (top-p) sampling with CoCa's decoder (open_clip's ``generate`` needs the
+        transformers<5 generation API, so the loop lives here; same steps as open_clip's top_p path)."""
+        import torch
+        from torch.nn import functional as F
+
+        with torch.inference_mode():
+            image_latent, image_embs = self.model._encode_image(images)
+            out = torch.full((images.shape[0], 1), sot, dtype=torch.long)
+            done = torch.zeros(images.shape[0], dtype=torch.bool)
+            for step in range(self.max_seq_len - 1):
+                logits = self.model(images, out, image_latent=image_latent, image_embs=image_embs,
+                                    output_labels=False)["logits"][:, -1].float()
+                if step < min_len:
+                    logits[:, eos] = -float("inf")
+                if step == self.max_seq_len - 2:
+                    nxt = torch.full((images.shape[0],), eos, dtype=torch.long)
+                else:
+                    probs = F.softmax(logits, dim=-1)
+                    sorted_p, idx = probs.sort(dim=-1, descending=True)
+                    keep = sorted_p.cumsum(-1) - sorted_p < self.top_p  # smallest set with mass >= top_p
+                    sorted_p = sorted_p * keep
+                    choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=generator)
+                    nxt = idx.gather(1, choice).squeeze(1)
+                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                done |= nxt == eos
+                if done.all():
+                    break
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "coca", "arch": self.arch, "checkpoint": self.checkpoint,
-                "generation_type": self.generation_type, "top_p": self.top_p}
+                "generation": "top_p", "top_p": self.top_p, "max_seq_len": self.max_seq_len}
 
 
 class NeighbourCaptioner:

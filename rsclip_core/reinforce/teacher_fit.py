@@ -71,9 +71,11 @@ def cached_image_features(
     batch_size: int = 32,
     chunk_size: int = 256,
     progress: bool = True,
+    tower: Optional[Callable[[Any], Any]] = None,
 ) -> np.ndarray:
     """float16 [N, C] pooled tower features of ``records`` (one view), cached under ``cache_dir``.
 
+    The tower runs through onnxruntime (:class:`~rsclip_core.reinforce.towers.OnnxImageTower`).
     Work is saved per chunk of ``chunk_size`` images (atomic writes), so a killed run resumes.
     Unreadable images get a zero row (and are reported on stderr).
     """
@@ -82,7 +84,7 @@ def cached_image_features(
     import torch
     from tqdm import tqdm
 
-    from rsclip_core.reinforce.towers import TowerPreprocess, images_to_tensor, load_image_tower
+    from rsclip_core.reinforce.towers import OnnxImageTower, TowerPreprocess, images_to_tensor
 
     cache = Path(cache_dir) / f"{tower_name}-{image_size}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,7 @@ def cached_image_features(
         return np.load(final)
     n_chunks = math.ceil(len(records) / chunk_size)
     chunk_paths = [cache / f".{final.stem}.chunk{c:04d}.npy" for c in range(n_chunks)]
-    model = None
+    model = tower
     preprocess = TowerPreprocess(image_size=image_size)
     bar = tqdm(total=len(records), desc=f"{tower_name} {name} v{view}", unit="img", disable=not progress)
     for c, chunk_path in enumerate(chunk_paths):
@@ -101,7 +103,7 @@ def cached_image_features(
             bar.update(len(chunk))
             continue
         if model is None:
-            model = load_image_tower(tower_name)
+            model = OnnxImageTower(tower_name, cache_dir=Path(cache_dir).parent)
         feats = []
         for b in range(0, len(chunk), batch_size):
             views, ok = [], []
@@ -115,10 +117,12 @@ def cached_image_features(
                     views.append(None)
                     ok.append(False)
             good = [v for v in views if v is not None]
-            out = np.zeros((len(views), model.num_features), dtype=np.float16)
+            f = np.zeros((0, 1), np.float32)
             if good:
                 with torch.inference_mode():
-                    f = model(images_to_tensor(good, preprocess)).float().numpy()
+                    f = np.asarray(model(images_to_tensor(good, preprocess)), dtype=np.float32)
+            out = np.zeros((len(views), f.shape[1] if good else getattr(model, "num_features", 1)), np.float16)
+            if good:
                 out[np.array(ok)] = f.astype(np.float16)
             feats.append(out)
             bar.update(len(views))
@@ -214,7 +218,7 @@ class FitData:
     image_views: list[np.ndarray]
     caption_feats: np.ndarray
     caption_owner: np.ndarray  # [M] image index of each caption
-    label_feats: Optional[np.ndarray] = None  # [L, 384] label-prompt features
+    label_feats: Optional[np.ndarray] = None  # [L, T, 384] label-prompt features (T templates)
     image_label: Optional[np.ndarray] = None  # [N] index into label_feats or -1
 
 
@@ -295,7 +299,8 @@ def fit_heads(
                 use = (rng.random(len(idx)) < cfg.label_caption_prob) & (data.image_label[idx] >= 0)
                 if use.any():
                     t = t.clone()
-                    t[torch.from_numpy(use)] = labels[data.image_label[idx][use]]
+                    tmpl = rng.integers(0, labels.shape[1], size=int(use.sum()))
+                    t[torch.from_numpy(use)] = labels[data.image_label[idx][use], tmpl]
             if cfg.feature_noise > 0:
                 x = x + cfg.feature_noise * torch.randn_like(x) * x.std()
             zi = nn.functional.normalize(heads["image"](x), dim=-1)
@@ -310,7 +315,7 @@ def fit_heads(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         metrics = retrieval_from_features(heads, val)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mR": metrics["mR"],
                         "temperature": float(1 / logit_scale.exp())})
@@ -323,6 +328,11 @@ def fit_heads(
     heads.load_state_dict(best_state[0])
     heads.eval()
     return heads, {"val": best, "history": history, "logit_scale": best_state[1]}
+
+
+def _head_in_dim(head: Any) -> int:
+    """Input width of a head built by :func:`build_head` (its first parameter is the LayerNorm weight)."""
+    return int(next(head.parameters()).shape[0])
 
 
 def save_teacher_checkpoint(path: str | Path, heads: Any, *, image_tower: str, text_tower: str,
@@ -341,6 +351,8 @@ def save_teacher_checkpoint(path: str | Path, heads: Any, *, image_tower: str, t
         "text_tower": text_tower,
         "image_size": image_size,
         "embed_dim": cfg.embed_dim,
+        "image_in_dim": _head_in_dim(heads["image"]),
+        "text_in_dim": _head_in_dim(heads["text"]),
         "image_head": asdict(cfg.image_head),
         "text_head": asdict(cfg.text_head),
         "state_dict": {k: v.detach().cpu() for k, v in heads.state_dict().items()},
@@ -366,12 +378,9 @@ def load_teacher_checkpoint(path: str | Path) -> tuple[dict[str, Any], Any]:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise TeacherFitError(f"{path}: not an rsclip offline-teacher checkpoint")
-    from rsclip_core.reinforce.towers import load_image_tower  # noqa: F401  (validates extras)
-
-    img_in = {"efficientnet_lite0": 1280, "efficientnet_lite1": 1280, "efficientnet_lite2": 1280}[payload["image_tower"]]
     heads = nn.ModuleDict({
-        "image": build_head(img_in, payload["embed_dim"], HeadConfig(**payload["image_head"])),
-        "text": build_head(384, payload["embed_dim"], HeadConfig(**payload["text_head"])),
+        "image": build_head(payload["image_in_dim"], payload["embed_dim"], HeadConfig(**payload["image_head"])),
+        "text": build_head(payload["text_in_dim"], payload["embed_dim"], HeadConfig(**payload["text_head"])),
     })
     heads.load_state_dict(payload["state_dict"])
     return payload, heads.eval()
