@@ -148,7 +148,24 @@ def _layer_groups(module: nn.Module) -> list[tuple[str, nn.Module]]:
             groups += [(f"encoder.layer.{n}", m) for n, m in child.layer.named_children()]
         else:
             groups.append((name, child))
-    return [(n, m) for n, m in groups if any(True for _ in m.parameters())]
+    merged: list[tuple[str, nn.Module]] = []
+    for name, module in groups:
+        if not any(True for _ in module.parameters()):
+            continue
+        if merged and isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(("blocks", "stages")):
+            # a top-level norm belongs to the conv before it (stem conv + bn1, conv_head + bn2)
+            prev_name, prev = merged[-1]
+            merged[-1] = (prev_name, nn.ModuleList([prev, module]))
+            continue
+        merged.append((name, module))
+    return merged
+
+
+def _frozen_names(trunk: nn.Module, module: nn.Module, prefix: str) -> list[str]:
+    """Qualified names (from the model) of ``module`` or, for merged groups, of its members."""
+    names = {id(m): n for n, m in trunk.named_modules()}
+    members = [module] if id(module) in names else list(module.children())
+    return [f"{prefix}.{names[id(m)]}" for m in members]
 
 
 def _tower_trunk(tower: nn.Module) -> tuple[str, nn.Module]:
@@ -178,7 +195,7 @@ def lock_towers(model: RSClipModel, image: bool = True, text: bool = True, unloc
                 continue
             for p in module.parameters():
                 p.requires_grad_(False)
-            frozen.append(f"{tower_name}.{trunk_attr}.{name}")
+            frozen.extend(_frozen_names(trunk, module, f"{tower_name}.{trunk_attr}"))
     model._frozen_modules = frozen
     model.train(model.training)
     return frozen

@@ -90,10 +90,12 @@ class HFSentenceTextTower(nn.Module):
         self.context_length = context_length
         self.pad_id = pad_id
         if load_pretrained and not config_overrides:
-            self.transformer = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+            self.transformer = AutoModel.from_pretrained(
+                str(self.model_dir), local_files_only=True, add_pooling_layer=False
+            )
         else:
             config = AutoConfig.from_pretrained(str(self.model_dir), local_files_only=True, **(config_overrides or {}))
-            self.transformer = AutoModel.from_config(config)
+            self.transformer = AutoModel.from_config(config, add_pooling_layer=False)
         hidden = int(self.transformer.config.hidden_size)
         self.proj = nn.Linear(hidden, embed_dim, bias=proj_bias)
         nn.init.normal_(self.proj.weight, std=hidden**-0.5)
