@@ -171,3 +171,44 @@ def test_single_vs_batch_usage_errors(model_dir, tmp_path):
     assert r.exit_code != 0 and "--out-dir" in r.output
     r = invoke("classify", a, "-m", model_dir)
     assert r.exit_code != 0 and "-o OUT.tif" in r.output
+
+
+def test_bundled_sample_raster_maps_with_band_mapping(model_dir, tmp_path):
+    from rsclip_core.inference.model import REPO_ROOT
+
+    sample = REPO_ROOT / "resources" / "samples" / "naip_m_4709963_se_14_1_20200831.tif"
+    if not sample.is_file():
+        pytest.skip("sample raster not in this checkout")
+    out = tmp_path / "lc.tif"
+    no_bands = invoke("classify", sample, "-m", model_dir, "-o", out)
+    assert no_bands.exit_code != 0 and "--bands" in error_line(no_bands)
+    result = invoke("classify", sample, "-m", model_dir, "-o", out, "--bands", "1,2,3", "--tile", 64,
+                    "--polygons", tmp_path / "lc.gpkg", "-q")
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds, rasterio.open(sample) as src:
+        assert ds.crs == src.crs and ds.transform.a == 64 * src.transform.a
+        assert ds.bounds.left == src.bounds.left and ds.bounds.top == src.bounds.top
+        codes = ds.read(1)
+        assert (codes > 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("parts, bands", [
+    (("rasters", "rasterio", "RGB.byte.tif"), None),
+    (("rasters", "opengeos_data", "landsat_2020.tif"), "1,2,3"),
+])
+def test_real_rasters_through_the_cli(model_dir, tmp_path, parts, bands):
+    from tests.conftest import shared_data_path
+
+    raster = shared_data_path(*parts)
+    args = ["classify", raster, "-m", model_dir, "-o", tmp_path / "lc.tif", "--polygons", tmp_path / "lc.gpkg",
+            "--tile", 64, "--overlap", 0.25, "-q"]
+    if bands:
+        args += ["--bands", bands]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    import geopandas as gpd
+
+    polys = gpd.read_file(tmp_path / "lc.gpkg")
+    with rasterio.open(raster) as src:
+        assert polys.crs == src.crs
+    assert (polys["area_m2"] > 0).all()

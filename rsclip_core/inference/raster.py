@@ -93,6 +93,12 @@ class RasterSource:
         self.bands = self._resolve_bands()
         flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
         self.has_mask = any(f != [MaskFlags.all_valid] for f in flags)
+        # nodata-only masks are computed from the pixels read (a pixel is valid if any band is
+        # valid, like rasterio's dataset_mask); alpha / internal masks are read from GDAL, once
+        # for per-dataset masks
+        self.nodata_only = self.has_mask and all(f == [MaskFlags.nodata] for f in flags)
+        self.nodata = [ds.nodatavals[b - 1] for b in self.bands]
+        self.per_dataset_mask = all(MaskFlags.per_dataset in f for f in flags)
         self.stretch = self._compute_stretch()
         self.region = self._resolve_region()
         self.tile_w, self.tile_h = self._tile_source_size()
@@ -259,8 +265,14 @@ class RasterSource:
         shape = (3, y1 - y0, x1 - x0)
         raw = ds.read(list(self.bands), window=win, out_shape=shape, resampling=self.resampling)
         inner_valid: Optional[np.ndarray] = None  # None = every pixel of the read part is valid
-        if self.has_mask:
-            masks = ds.read_masks(list(self.bands), window=win, out_shape=shape, resampling=Resampling.nearest)
+        if self.nodata_only:
+            inner_valid = np.logical_or.reduce(
+                [raw[i] != nd for i, nd in enumerate(self.nodata) if nd is not None and not np.isnan(nd)]
+                or [np.ones(shape[1:], dtype=bool)], axis=0)
+        elif self.has_mask:
+            mask_bands = [self.bands[0]] if self.per_dataset_mask else list(self.bands)
+            masks = ds.read_masks(mask_bands, window=win, out_shape=(len(mask_bands),) + shape[1:],
+                                  resampling=Resampling.nearest)
             inner_valid = np.logical_and.reduce(masks > 0, axis=0)
         if raw.dtype.kind == "f":
             finite = np.isfinite(raw).all(axis=0)
