@@ -158,7 +158,7 @@ def _stitch_rsscn7(root: Path, out: Path, per_class: int, cols: int) -> tuple:
     rows = int(np.ceil(len(flat) / cols))
     truth = np.full((rows, cols), -1, dtype=np.int64)
     with rasterio.open(out, "w", driver="GTiff", width=cols * 224, height=rows * 224, count=3, dtype="uint8",
-                       crs="EPSG:3857", transform=from_origin(0, 0, 1.0, 1.0), tiled=True,
+                       crs="EPSG:3857", transform=from_origin(100000.0, 200000.0, 1.0, 1.0), tiled=True,
                        blockxsize=224 // 16 * 16, blockysize=224 // 16 * 16) as dst:
         for k, (ci, f) in enumerate(flat):
             r, c = divmod(k, cols)
@@ -203,4 +203,10 @@ def test_rsscn7_mosaic_accuracy(tmp_path):
     print(f"\nRSSCN7 mosaic ({mask.sum()} tiles, {model.metadata.model_name}): per-tile accuracy {accuracy:.3f}")
     for name, acc in per_class.items():
         print(f"  {name:12s} {acc:.3f}")
-    assert accuracy > 1.0 / len(names), "no better than chance"
+    chance = 1.0 / len(names)
+    wanted = os.environ.get("RSSCN7_MIN_ACCURACY")
+    if wanted is None and not model.metadata.source.get("checkpoint"):
+        pytest.skip(f"accuracy {accuracy:.3f} (chance {chance:.3f}) not asserted: {model_dir} records no trained "
+                    "checkpoint (set RSSCN7_MIN_ACCURACY to assert anyway)")
+    minimum = float(wanted) if wanted is not None else chance + 0.05
+    assert accuracy >= minimum, f"per-tile accuracy {accuracy:.3f} < {minimum:.3f} (chance {chance:.3f})"
