@@ -37,7 +37,9 @@ def raster_path(layer: Optional[QgsRasterLayer]) -> str:
     if layer is None or not layer.isValid():
         raise PluginInputError("no valid raster layer selected")
     if layer.providerType() != "gdal":
-        raise PluginInputError(f"{layer.name()}: only file-based (GDAL) rasters are supported, not {layer.providerType()}")
+        raise PluginInputError(
+            f"{layer.name()}: only file-based (GDAL) rasters are supported, not {layer.providerType()}"
+        )
     path = layer.source().split("|")[0]
     if not os.path.exists(path):
         raise PluginInputError(f"{layer.name()}: {path} is not a local file")
@@ -96,15 +98,18 @@ def model_summary(model_dir: Path) -> str:
     return "<br>".join(lines)
 
 
-def transform_rect(rect: QgsRectangle, src: QgsCoordinateReferenceSystem, dst: QgsCoordinateReferenceSystem) -> Tuple[float, float, float, float]:
+def transform_rect(
+    rect: QgsRectangle, src: QgsCoordinateReferenceSystem, dst: QgsCoordinateReferenceSystem
+) -> Tuple[float, float, float, float]:
     """Bounding box of ``rect`` reprojected from ``src`` to ``dst`` as (minx, miny, maxx, maxy)."""
     if src.isValid() and dst.isValid() and src != dst:
         rect = QgsCoordinateTransform(src, dst, QgsProject.instance()).transformBoundingBox(rect)
     return (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
 
 
-def geometries_to_shapely(geometries: Sequence[QgsGeometry], src: QgsCoordinateReferenceSystem,
-                          dst: QgsCoordinateReferenceSystem) -> List[Any]:
+def geometries_to_shapely(
+    geometries: Sequence[QgsGeometry], src: QgsCoordinateReferenceSystem, dst: QgsCoordinateReferenceSystem
+) -> List[Any]:
     """QGIS polygons -> shapely geometries in the raster CRS (what TilingConfig.extent accepts)."""
     import shapely.wkb
 
@@ -144,8 +149,9 @@ def dock_extent(settings: DockSettings, raster: QgsRasterLayer, canvas: Any = No
     raise PluginInputError(f"unknown processing extent {settings.extent_mode!r}")
 
 
-def make_tiling(bands: Optional[Sequence[int]], resolution: float, tile_size: int, overlap_percent: float,
-                extent: Any) -> Any:
+def make_tiling(
+    bands: Optional[Sequence[int]], resolution: float, tile_size: int, overlap_percent: float, extent: Any
+) -> Any:
     """A validated ``rsclip_core.inference.TilingConfig`` (0 means 'model / raster default')."""
     from rsclip_core.inference import TilingConfig
 

@@ -38,9 +38,7 @@ DEPS_DIR_ENV = "RSCLIP_QGIS_DEPS_DIR"
 # installed there, they are pinned to that version and never shadowed by the plugin folder.
 PINNED = ("numpy", "pyproj", "GDAL")
 # Versions known to break inside QGIS, excluded from every plan: (name, first bad version, why).
-KNOWN_BAD = (
-    ("pyproj", "3.7", "pyproj 3.7 segfaults when a second QGIS task thread creates a CRS"),
-)
+KNOWN_BAD = (("pyproj", "3.7", "pyproj 3.7 segfaults when a second QGIS task thread creates a CRS"),)
 
 
 class DependencyInstallError(RuntimeError):
@@ -152,7 +150,9 @@ def python_executable() -> str:
 def _pip_env(deps_dir: Path) -> dict:
     env = dict(os.environ)
     # The dry run must see what is already in the plugin-local folder, or it would plan it again.
-    env["PYTHONPATH"] = os.pathsep.join([str(deps_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(deps_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env.pop("PIP_REQUIRE_VIRTUALENV", None)
     return env
@@ -241,7 +241,9 @@ def remove_from_folder(name: str, deps_dir: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def plan_install(specs: Sequence[str], deps_dir: Path, log: Callable[[str], None] = lambda _m: None) -> List[str]:
+def plan_install(
+    specs: Sequence[str], deps_dir: Path, log: Callable[[str], None] = lambda _m: None
+) -> List[str]:
     """Resolve ``specs`` against QGIS's Python without installing: the exact ``name==version`` pins to add.
 
     Raises DependencyInstallError if the plan would replace a pinned package (numpy).
@@ -251,8 +253,17 @@ def plan_install(specs: Sequence[str], deps_dir: Path, log: Callable[[str], None
         constraints.write_text("\n".join(pinned_constraints(deps_dir)) + "\n")
         report = Path(tmp) / "report.json"
         _run_pip(
-            ["install", "--dry-run", "--quiet", "--only-binary=:all:", "--report", str(report),
-             "-c", str(constraints), *specs],
+            [
+                "install",
+                "--dry-run",
+                "--quiet",
+                "--only-binary=:all:",
+                "--report",
+                str(report),
+                "-c",
+                str(constraints),
+                *specs,
+            ],
             deps_dir,
             log,
         )
@@ -275,7 +286,7 @@ def install(
     deps_dir: Optional[Path] = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> List[str]:
-    """Install ``specs`` (pip requirement strings) into the plugin-local folder; returns the pins installed."""
+    """Install ``specs`` (pip requirement strings) into the plugin-local folder; returns the pins."""
     folder = Path(deps_dir) if deps_dir is not None else default_deps_dir()
     folder.mkdir(parents=True, exist_ok=True)
     for name in folder_conflicts(folder):
@@ -292,8 +303,16 @@ def install(
             remove_from_folder(name, folder)
     log("installing into " + str(folder) + ": " + ", ".join(pins))
     _run_pip(
-        ["install", "--no-deps", "--only-binary=:all:", "--upgrade", "--no-warn-script-location",
-         "--target", str(folder), *pins],
+        [
+            "install",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--upgrade",
+            "--no-warn-script-location",
+            "--target",
+            str(folder),
+            *pins,
+        ],
         folder,
         log,
     )
@@ -317,9 +336,15 @@ def ensure(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python3 -m qgis_plugin.deps``: check or install the plugin's dependencies for this Python."""
     parser = argparse.ArgumentParser(prog="python3 -m qgis_plugin.deps", description=main.__doc__)
-    parser.add_argument("--target", type=Path, default=None, help="folder to install into (default: plugin-local)")
-    parser.add_argument("--check", action="store_true", help="only report what is missing (exit 1 if anything)")
-    parser.add_argument("--extra-only", action="store_true", help="install only the extra specs (e.g. test tools)")
+    parser.add_argument(
+        "--target", type=Path, default=None, help="folder to install into (default: plugin-local)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only report what is missing (exit 1 if anything)"
+    )
+    parser.add_argument(
+        "--extra-only", action="store_true", help="install only the extra specs (e.g. test tools)"
+    )
     parser.add_argument("extra", nargs="*", help="additional requirement specs to install (e.g. test tools)")
     args = parser.parse_args(argv)
     folder = activate(args.target)

@@ -52,7 +52,14 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import PLUGIN_DIR, bridge, deps, layers
-from .settings import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, DockSettings, load_from_project, save_to_project
+from .settings import (
+    EXTENT_CANVAS,
+    EXTENT_LAYER,
+    EXTENT_SELECTION,
+    DockSettings,
+    load_from_project,
+    save_to_project,
+)
 from .tasks import InferenceTask
 
 COL_NAME, COL_PROMPTS, COL_COLOR = range(3)
@@ -60,6 +67,13 @@ COL_NAME, COL_PROMPTS, COL_COLOR = range(3)
 
 def _slug(text: str, limit: int = 32) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:limit] or "query"
+
+
+def _model_label(path: str) -> str:
+    """Short combo-box label of a user model: its directory name (the full path is the tooltip)."""
+    candidate = Path(path)
+    folder = candidate.parent if candidate.suffix in (".onnx", ".json") else candidate
+    return f"{folder.name or path} (user model)"
 
 
 def _rgb_hex(rgb: Any) -> str:
@@ -97,7 +111,9 @@ class ClassTable(QTableWidget):
         if color.isValid():
             self.setItem(row, COL_COLOR, self._color_item((color.red(), color.green(), color.blue())))
 
-    def add_class(self, name: str = "", prompts: Optional[List[str]] = None, color: Any = (128, 128, 128)) -> None:
+    def add_class(
+        self, name: str = "", prompts: Optional[List[str]] = None, color: Any = (128, 128, 128)
+    ) -> None:
         row = self.rowCount()
         self.insertRow(row)
         self.setItem(row, COL_NAME, QTableWidgetItem(name))
@@ -122,7 +138,9 @@ class ClassTable(QTableWidget):
                 continue
             prompts_text = self.item(row, COL_PROMPTS).text() if self.item(row, COL_PROMPTS) else ""
             prompts = [p.strip() for p in prompts_text.split(";") if p.strip()]
-            color = self.item(row, COL_COLOR).data(Qt.UserRole) if self.item(row, COL_COLOR) else [128, 128, 128]
+            color = (
+                self.item(row, COL_COLOR).data(Qt.UserRole) if self.item(row, COL_COLOR) else [128, 128, 128]
+            )
             out.append({"name": name, "prompts": prompts, "color": list(color)})
         return out
 
@@ -196,7 +214,9 @@ class RsclipDock(QgsDockWidget):
         self.resolution_spin.setSuffix(" m/px")
         self.resolution_spin.setSpecialValueText("native")
         self.resolution_spin.setClearValue(0.0)
-        self.resolution_spin.setToolTip("Ground resolution tiles are resampled to (native = the raster's own)")
+        self.resolution_spin.setToolTip(
+            "Ground resolution tiles are resampled to (native = the raster's own)"
+        )
         form.addRow("Resolution", self.resolution_spin)
         self.tile_spin = QSpinBox(input_box)
         self.tile_spin.setRange(0, 4096)
@@ -265,9 +285,13 @@ class RsclipDock(QgsDockWidget):
         self.class_table = ClassTable(lc_tab)
         lc_layout.addWidget(self.class_table, 1)
         class_buttons = QHBoxLayout()
-        for text, slot in (("Add", self._add_class), ("Remove", self.class_table.remove_selected),
-                           ("Defaults", self.reset_default_classes), ("Load…", self.load_class_file),
-                           ("Save…", self.save_class_file)):
+        for text, slot in (
+            ("Add", self._add_class),
+            ("Remove", self.class_table.remove_selected),
+            ("Defaults", self.reset_default_classes),
+            ("Load…", self.load_class_file),
+            ("Save…", self.save_class_file),
+        ):
             button = QPushButton(text, lc_tab)
             button.clicked.connect(slot)
             class_buttons.addWidget(button)
@@ -386,7 +410,8 @@ class RsclipDock(QgsDockWidget):
         else:
             self.model_combo.addItem("(no bundled model: Browse… for one)", "")
         if selected:
-            self.model_combo.addItem(selected, selected)
+            self.model_combo.addItem(_model_label(selected), selected)
+            self.model_combo.setItemData(1, selected, Qt.ToolTipRole)
             self.model_combo.setCurrentIndex(1)
         self.model_combo.blockSignals(False)
         self._on_model_changed()
@@ -395,8 +420,9 @@ class RsclipDock(QgsDockWidget):
         """Select a user model (a model directory or a file inside it)."""
         index = self.model_combo.findData(path)
         if index < 0:
-            self.model_combo.addItem(path, path)
+            self.model_combo.addItem(_model_label(path), path)
             index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, path, Qt.ToolTipRole)
         self.model_combo.setCurrentIndex(index)
 
     def browse_model(self) -> None:
@@ -429,7 +455,9 @@ class RsclipDock(QgsDockWidget):
 
     def load_class_file(self, path: str = "") -> None:
         if not path:
-            path, _ = QFileDialog.getOpenFileName(self, "Load class file", "", "Class files (*.yaml *.yml *.json)")
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Load class file", "", "Class files (*.yaml *.yml *.json)"
+            )
         if not path:
             return
         from rsclip_core.inference import load_classes
@@ -458,7 +486,8 @@ class RsclipDock(QgsDockWidget):
         self.deps_box.setVisible(bool(missing))
         if missing:
             self.deps_label.setText(
-                "Missing Python packages: " + ", ".join(r.spec for r in missing)
+                "Missing Python packages: "
+                + ", ".join(r.spec for r in missing)
                 + f". They can be installed into {deps.default_deps_dir()} (QGIS's numpy is kept)."
             )
         for button in (self.search_button, self.landcover_button):
@@ -470,8 +499,11 @@ class RsclipDock(QgsDockWidget):
         if not missing:
             return None
         answer = QMessageBox.question(
-            self, "rsclip: install dependencies",
-            "Install " + ", ".join(r.spec for r in missing) + f" with pip into\n{deps.default_deps_dir()}?\n\n"
+            self,
+            "rsclip: install dependencies",
+            "Install "
+            + ", ".join(r.spec for r in missing)
+            + f" with pip into\n{deps.default_deps_dir()}?\n\n"
             "numpy stays at the version QGIS ships; nothing in QGIS's own folders is changed.",
         )
         if answer != QMessageBox.Yes:
@@ -482,7 +514,9 @@ class RsclipDock(QgsDockWidget):
 
         def done(pins: List[str]) -> None:
             self.refresh_dependencies()
-            self.status_label.setText(f"Installed {len(pins)} packages. Restart QGIS if a package was already loaded.")
+            self.status_label.setText(
+                f"Installed {len(pins)} packages. Restart QGIS if a package was already loaded."
+            )
 
         return self._start(InferenceTask("rsclip: installing dependencies", work, done, self._on_task_error))
 
@@ -492,8 +526,9 @@ class RsclipDock(QgsDockWidget):
         raster = self.raster_combo.currentLayer()
         path = bridge.raster_path(raster)
         extent = bridge.dock_extent(settings, raster, self.iface.mapCanvas() if self.iface else None)
-        tiling = bridge.make_tiling(settings.bands, settings.resolution, settings.tile_size,
-                                    settings.overlap_percent, extent)
+        tiling = bridge.make_tiling(
+            settings.bands, settings.resolution, settings.tile_size, settings.overlap_percent, extent
+        )
         model_dir = bridge.resolve_model_dir(settings.model_path)
         return settings, raster, path, tiling, model_dir
 
@@ -504,7 +539,10 @@ class RsclipDock(QgsDockWidget):
             query = settings.query.strip()
             if not query:
                 raise bridge.PluginInputError("type a query first (e.g. 'tennis courts')")
-            out = bridge.output_dir(settings.output_dir) / f"search_{_slug(query)}_{time.strftime('%Y%m%d_%H%M%S')}.gpkg"
+            out = (
+                bridge.output_dir(settings.output_dir)
+                / f"search_{_slug(query)}_{time.strftime('%Y%m%d_%H%M%S')}.gpkg"
+            )
         except Exception as exc:
             self._report_error(str(exc))
             return None
@@ -516,8 +554,18 @@ class RsclipDock(QgsDockWidget):
             from rsclip_core.inference import run_search
 
             started = time.perf_counter()
-            result = run_search(path, query, tiling=tiling, top_k=top_k, out_gpkg=out, cache_dir=cache,
-                                overwrite=True, progress=progress, cancel=cancel, model=bridge.MODELS.get(model_dir))
+            result = run_search(
+                path,
+                query,
+                tiling=tiling,
+                top_k=top_k,
+                out_gpkg=out,
+                cache_dir=cache,
+                overwrite=True,
+                progress=progress,
+                cancel=cancel,
+                model=bridge.MODELS.get(model_dir),
+            )
             return result, time.perf_counter() - started
 
         def done(value: Any) -> None:
@@ -556,25 +604,41 @@ class RsclipDock(QgsDockWidget):
         def work(progress: Any, cancel: Any) -> Any:
             from rsclip_core.inference import run_classify
 
-            return run_classify(path, classes, tiling=tiling, out_tif=out_tif, polygons_gpkg=out_gpkg,
-                                threshold=threshold, cache_dir=cache, overwrite=True, progress=progress,
-                                cancel=cancel, model=bridge.MODELS.get(model_dir))
+            return run_classify(
+                path,
+                classes,
+                tiling=tiling,
+                out_tif=out_tif,
+                polygons_gpkg=out_gpkg,
+                threshold=threshold,
+                cache_dir=cache,
+                overwrite=True,
+                progress=progress,
+                cancel=cancel,
+                model=bridge.MODELS.get(model_dir),
+            )
 
         def done(result: Any) -> None:
             style = [(i + 1, c.name, tuple(c.color)) for i, c in enumerate(classes)]
             raster_layer = QgsRasterLayer(str(result.out_tif), f"rsclip land cover: {raster.name()}", "gdal")
             layers.style_landcover_raster(raster_layer, style)
             polygons = layers.style_landcover_polygons(
-                layers.open_vector(str(result.polygons_gpkg), f"rsclip land cover polygons: {raster.name()}", "landcover"),
+                layers.open_vector(
+                    str(result.polygons_gpkg), f"rsclip land cover polygons: {raster.name()}", "landcover"
+                ),
                 style,
             )
             polygons.setOpacity(0.0)  # the raster shows the map; polygons carry areas and statistics
             layers.add_to_project([polygons, raster_layer])
-            summary = ", ".join(f"{s.get('name', '?')} {100 * float(s.get('fraction', 0)):.0f}%" for s in result.stats[:6])
+            summary = ", ".join(
+                f"{s.get('name', '?')} {100 * float(s.get('fraction', 0)):.0f}%" for s in result.stats[:6]
+            )
             self.status_label.setText(f"Land cover written to {result.out_tif.name}: {summary}")
             self.layersAdded.emit([raster_layer, polygons])
 
-        return self._start(InferenceTask(f"rsclip land cover: {raster.name()}", work, done, self._on_task_error))
+        return self._start(
+            InferenceTask(f"rsclip land cover: {raster.name()}", work, done, self._on_task_error)
+        )
 
     def _start(self, task: InferenceTask) -> InferenceTask:
         self.tasks.append(task)
@@ -623,7 +687,9 @@ class RsclipDock(QgsDockWidget):
         extent = layer.extent()
         dest = canvas.mapSettings().destinationCrs()
         if dest.isValid() and layer.crs().isValid() and dest != layer.crs():
-            extent = QgsCoordinateTransform(layer.crs(), dest, QgsProject.instance()).transformBoundingBox(extent)
+            extent = QgsCoordinateTransform(layer.crs(), dest, QgsProject.instance()).transformBoundingBox(
+                extent
+            )
         extent.scale(1.15)
         canvas.setExtent(extent)
         canvas.refresh()

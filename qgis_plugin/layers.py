@@ -73,7 +73,7 @@ def style_hits(layer: QgsVectorLayer) -> QgsVectorLayer:
         if rank is not None:
             label.fieldName = f"'#' || \"{rank}\" || '  ' || format_number(\"{score}\", 3)"
         else:
-            label.fieldName = f"format_number(\"{score}\", 3)"
+            label.fieldName = f'format_number("{score}", 3)'
         label.isExpression = True
         label.placement = QgsPalLayerSettings.OverPoint
         text = QgsTextFormat()
@@ -91,7 +91,9 @@ def style_hits(layer: QgsVectorLayer) -> QgsVectorLayer:
     return layer
 
 
-def style_landcover_raster(layer: QgsRasterLayer, classes: Sequence[Tuple[int, str, Tuple[int, int, int]]]) -> QgsRasterLayer:
+def style_landcover_raster(
+    layer: QgsRasterLayer, classes: Sequence[Tuple[int, str, Tuple[int, int, int]]]
+) -> QgsRasterLayer:
     """Paletted renderer: the GeoTIFF's colour table, labelled with the class names.
 
     ``classes`` are (pixel value, name, rgb); values in the colour table but not in ``classes``
@@ -118,7 +120,9 @@ def style_landcover_raster(layer: QgsRasterLayer, classes: Sequence[Tuple[int, s
     return layer
 
 
-def style_landcover_polygons(layer: QgsVectorLayer, classes: Sequence[Tuple[int, str, Tuple[int, int, int]]]) -> QgsVectorLayer:
+def style_landcover_polygons(
+    layer: QgsVectorLayer, classes: Sequence[Tuple[int, str, Tuple[int, int, int]]]
+) -> QgsVectorLayer:
     """Categorized fill by class name with the class colours."""
     field = _first_field(layer, CLASS_FIELDS)
     if field is None:
@@ -126,7 +130,11 @@ def style_landcover_polygons(layer: QgsVectorLayer, classes: Sequence[Tuple[int,
     categories = []
     for _value, name, rgb in classes:
         symbol = QgsFillSymbol.createSimple(
-            {"color": "{},{},{},160".format(*rgb), "outline_color": "{},{},{},255".format(*rgb), "outline_width": "0.2"}
+            {
+                "color": "{},{},{},160".format(*rgb),
+                "outline_color": "{},{},{},255".format(*rgb),
+                "outline_width": "0.2",
+            }
         )
         categories.append(QgsRendererCategory(name, symbol, name))
     layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))

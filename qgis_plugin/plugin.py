@@ -45,7 +45,10 @@ class RsclipPlugin:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
         if self.action is not None:
-            for name, arg in (("removePluginMenu", (MENU, self.action)), ("removeToolBarIcon", (self.action,))):
+            for name, arg in (
+                ("removePluginMenu", (MENU, self.action)),
+                ("removeToolBarIcon", (self.action,)),
+            ):
                 remove = getattr(self.iface, name, None)  # test stubs lack some of these
                 if remove is not None:
                     remove(*arg)

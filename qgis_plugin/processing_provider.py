@@ -98,33 +98,70 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
 
     def add_common_parameters(self, with_cache_input: bool = True) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model (rsclip.json or image.onnx of an exported model; empty = bundled default)",
-            behavior=QgsProcessingParameterFile.File, fileFilter=MODEL_FILTER, optional=True))
-        bands = QgsProcessingParameterBand(self.BANDS, "Bands used as R, G, B (empty = 1, 2, 3)",
-                                           parentLayerParameterName=self.INPUT, optional=True, allowMultiple=True)
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL,
+                "Model (rsclip.json or image.onnx of an exported model; empty = bundled default)",
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter=MODEL_FILTER,
+                optional=True,
+            )
+        )
+        bands = QgsProcessingParameterBand(
+            self.BANDS,
+            "Bands used as R, G, B (empty = 1, 2, 3)",
+            parentLayerParameterName=self.INPUT,
+            optional=True,
+            allowMultiple=True,
+        )
         self.addParameter(bands)
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, "Ground resolution in m/px (0 = native)", QgsProcessingParameterNumber.Double,
-            defaultValue=0.0, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.TILE_SIZE, "Tile size in px (0 = model input size)", QgsProcessingParameterNumber.Integer,
-            defaultValue=0, minValue=0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.OVERLAP, "Tile overlap (%)", QgsProcessingParameterNumber.Double,
-            defaultValue=0.0, minValue=0.0, maxValue=90.0))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.RESOLUTION,
+                "Ground resolution in m/px (0 = native)",
+                QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.TILE_SIZE,
+                "Tile size in px (0 = model input size)",
+                QgsProcessingParameterNumber.Integer,
+                defaultValue=0,
+                minValue=0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.OVERLAP,
+                "Tile overlap (%)",
+                QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
+                maxValue=90.0,
+            )
+        )
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Processing extent", optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK, "Only inside these polygons", [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.MASK, "Only inside these polygons", [QgsProcessing.TypeVectorPolygon], optional=True
+            )
+        )
         if with_cache_input:
             cache = QgsProcessingParameterFile(
-                self.CACHE_FOLDER, "Embedding index folder (reuse / store the index; empty = plugin cache)",
-                behavior=QgsProcessingParameterFile.Folder, optional=True)
+                self.CACHE_FOLDER,
+                "Embedding index folder (reuse / store the index; empty = plugin cache)",
+                behavior=QgsProcessingParameterFile.Folder,
+                optional=True,
+            )
             cache.setFlags(cache.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(cache)
 
-    def common_inputs(self, parameters: Dict[str, Any], context: QgsProcessingContext,
-                      feedback: QgsProcessingFeedback) -> Tuple[str, Any, Any]:
+    def common_inputs(
+        self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> Tuple[str, Any, Any]:
         """(raster path, TilingConfig, EmbeddingModel) from the shared parameters."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         try:
@@ -134,7 +171,8 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
                 source = self.parameterAsSource(parameters, self.MASK, context)
                 if source is not None:
                     extent = bridge.geometries_to_shapely(
-                        [f.geometry() for f in source.getFeatures()], source.sourceCrs(), layer.crs())
+                        [f.geometry() for f in source.getFeatures()], source.sourceCrs(), layer.crs()
+                    )
                     if not extent:
                         raise bridge.PluginInputError("MASK: the polygon layer has no geometries")
             elif parameters.get(self.EXTENT) is not None:
@@ -143,7 +181,9 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
                     extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
             bands = self.parameterAsInts(parameters, self.BANDS, context) or None
             if bands is not None and len(bands) not in (1, 3):
-                raise bridge.PluginInputError(f"BANDS: choose 3 bands (R, G, B) or 1 (grey), got {len(bands)}")
+                raise bridge.PluginInputError(
+                    f"BANDS: choose 3 bands (R, G, B) or 1 (grey), got {len(bands)}"
+                )
             tiling = bridge.make_tiling(
                 bands,
                 self.parameterAsDouble(parameters, self.RESOLUTION, context),
@@ -159,7 +199,11 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
         return path, tiling, model
 
     def cache_folder(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> str:
-        folder = self.parameterAsFile(parameters, self.CACHE_FOLDER, context) if self.CACHE_FOLDER in parameters else ""
+        folder = (
+            self.parameterAsFile(parameters, self.CACHE_FOLDER, context)
+            if self.CACHE_FOLDER in parameters
+            else ""
+        )
         return folder or str(bridge.cache_dir())
 
     @staticmethod
@@ -195,21 +239,40 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
         return "Text search"
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return ("Ranks the tiles of a raster by similarity to a text query (e.g. 'tennis courts') and writes "
-                "the best non-overlapping tiles as polygons with rank and score, plus an optional heat-map.")
+        return (
+            "Ranks the tiles of a raster by similarity to a text query (e.g. 'tennis courts') and writes "
+            "the best non-overlapping tiles as polygons with rank and score, plus an optional heat-map."
+        )
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         self.add_common_parameters()
         self.addParameter(QgsProcessingParameterString(self.QUERY, "Text query"))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.TOP_K, "Number of hits", QgsProcessingParameterNumber.Integer, defaultValue=20, minValue=1))
-        self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, "Search hits", QgsProcessing.TypeVectorPolygon))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.HEATMAP, "Similarity heat-map", optional=True, createByDefault=False))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.TOP_K,
+                "Number of hits",
+                QgsProcessingParameterNumber.Integer,
+                defaultValue=20,
+                minValue=1,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OUTPUT, "Search hits", QgsProcessing.TypeVectorPolygon
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.HEATMAP, "Similarity heat-map", optional=True, createByDefault=False
+            )
+        )
 
-    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
-                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+    def processAlgorithm(
+        self,
+        parameters: Dict[str, Any],
+        context: QgsProcessingContext,  # noqa: N802
+        feedback: QgsProcessingFeedback,
+    ) -> Dict[str, Any]:
         from rsclip_core.inference import run_search
 
         path, tiling, model = self.common_inputs(parameters, context, feedback)
@@ -219,9 +282,18 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
             raise QgsProcessingException(f"OUTPUT: {out}: hits are written as a GeoPackage (.gpkg)")
         heatmap = self.parameterAsOutputLayer(parameters, self.HEATMAP, context) or None
         run = self.run_guarded(
-            run_search, feedback, raster=path, query=query, tiling=tiling, model=model,
-            top_k=self.parameterAsInt(parameters, self.TOP_K, context), out_gpkg=out, heatmap_tif=heatmap,
-            cache_dir=self.cache_folder(parameters, context), overwrite=True)
+            run_search,
+            feedback,
+            raster=path,
+            query=query,
+            tiling=tiling,
+            model=model,
+            top_k=self.parameterAsInt(parameters, self.TOP_K, context),
+            out_gpkg=out,
+            heatmap_tif=heatmap,
+            cache_dir=self.cache_folder(parameters, context),
+            overwrite=True,
+        )
         feedback.pushInfo(f"{len(run.hits)} hits among {len(run.index)} tiles")
         if context.willLoadLayerOnCompletion(out):
             context.layerToLoadOnCompletionDetails(out).setPostProcessor(_keep(_HitsStyler()))
@@ -245,27 +317,55 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
         return "Zero-shot land cover"
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return ("Classifies every tile against a list of land-cover classes described by text prompts "
-                "(YAML/JSON class file; empty = the default list) and writes a colour-mapped class raster, "
-                "optionally dissolved class polygons with areas and a confidence raster.")
+        return (
+            "Classifies every tile against a list of land-cover classes described by text prompts "
+            "(YAML/JSON class file; empty = the default list) and writes a colour-mapped class raster, "
+            "optionally dissolved class polygons with areas and a confidence raster."
+        )
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         self.add_common_parameters()
-        self.addParameter(QgsProcessingParameterFile(
-            self.CLASSES, "Class file (YAML/JSON: name, prompts, color; empty = default list)",
-            behavior=QgsProcessingParameterFile.File, fileFilter="Class files (*.yaml *.yml *.json)", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Minimum confidence (0 = none; below it pixels are 'unclassified')",
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=1.0))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.CLASSES,
+                "Class file (YAML/JSON: name, prompts, color; empty = default list)",
+                behavior=QgsProcessingParameterFile.File,
+                fileFilter="Class files (*.yaml *.yml *.json)",
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.THRESHOLD,
+                "Minimum confidence (0 = none; below it pixels are 'unclassified')",
+                QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
+                maxValue=1.0,
+            )
+        )
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Land-cover map"))
-        self.addParameter(QgsProcessingParameterVectorDestination(
-            self.POLYGONS, "Land-cover polygons", QgsProcessing.TypeVectorPolygon, optional=True,
-            createByDefault=True))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.CONFIDENCE, "Confidence", optional=True, createByDefault=False))
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.POLYGONS,
+                "Land-cover polygons",
+                QgsProcessing.TypeVectorPolygon,
+                optional=True,
+                createByDefault=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.CONFIDENCE, "Confidence", optional=True, createByDefault=False
+            )
+        )
 
-    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
-                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+    def processAlgorithm(
+        self,
+        parameters: Dict[str, Any],
+        context: QgsProcessingContext,  # noqa: N802
+        feedback: QgsProcessingFeedback,
+    ) -> Dict[str, Any]:
         from rsclip_core.inference import load_classes, run_classify
 
         path, tiling, model = self.common_inputs(parameters, context, feedback)
@@ -277,13 +377,25 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
         if polygons and not polygons.lower().endswith(".gpkg"):
-            raise QgsProcessingException(f"POLYGONS: {polygons}: polygons are written as a GeoPackage (.gpkg)")
+            raise QgsProcessingException(
+                f"POLYGONS: {polygons}: polygons are written as a GeoPackage (.gpkg)"
+            )
         confidence = self.parameterAsOutputLayer(parameters, self.CONFIDENCE, context) or None
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) or None
         run = self.run_guarded(
-            run_classify, feedback, raster=path, classes=classes, tiling=tiling, model=model, out_tif=out,
-            polygons_gpkg=polygons, confidence_tif=confidence, threshold=threshold,
-            cache_dir=self.cache_folder(parameters, context), overwrite=True)
+            run_classify,
+            feedback,
+            raster=path,
+            classes=classes,
+            tiling=tiling,
+            model=model,
+            out_tif=out,
+            polygons_gpkg=polygons,
+            confidence_tif=confidence,
+            threshold=threshold,
+            cache_dir=self.cache_folder(parameters, context),
+            overwrite=True,
+        )
         for row in run.stats:
             feedback.pushInfo(f"{row['name']}: {100.0 * row['fraction']:.1f}%")
         styler = _keep(_LandCoverStyler(classes))
@@ -310,9 +422,11 @@ class BuildIndexAlgorithm(_RsclipAlgorithm):
         return "Build embedding index"
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return ("Embeds every tile of a raster once and stores the index in a folder. Pass that folder as "
-                "'Embedding index folder' to Text search / Zero-shot land cover (e.g. in the model builder) "
-                "and each query then only encodes its text.")
+        return (
+            "Embeds every tile of a raster once and stores the index in a folder. Pass that folder as "
+            "'Embedding index folder' to Text search / Zero-shot land cover (e.g. in the model builder) "
+            "and each query then only encodes its text."
+        )
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
         self.add_common_parameters(with_cache_input=False)
@@ -320,8 +434,12 @@ class BuildIndexAlgorithm(_RsclipAlgorithm):
         self.addOutput(QgsProcessingOutputFile(self.INDEX_FILE, "Index file"))
         self.addOutput(QgsProcessingOutputNumber(self.TILES, "Tiles embedded"))
 
-    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
-                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+    def processAlgorithm(
+        self,
+        parameters: Dict[str, Any],
+        context: QgsProcessingContext,  # noqa: N802
+        feedback: QgsProcessingFeedback,
+    ) -> Dict[str, Any]:
         from rsclip_core.inference import run_index
 
         path, tiling, model = self.common_inputs(parameters, context, feedback)

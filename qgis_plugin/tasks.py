@@ -20,8 +20,13 @@ Work = Callable[[Callable[[int, int], None], Callable[[], bool]], Any]
 class InferenceTask(QgsTask):
     """Run ``work(progress, cancel)`` off the main thread; report back on the main thread."""
 
-    def __init__(self, description: str, work: Work, on_done: Callable[[Any], None],
-                 on_error: Callable[[Optional[BaseException], bool], None]) -> None:
+    def __init__(
+        self,
+        description: str,
+        work: Work,
+        on_done: Callable[[Any], None],
+        on_error: Callable[[Optional[BaseException], bool], None],
+    ) -> None:
         super().__init__(description, QgsTask.CanCancel)
         self._work = work
         self._on_done = on_done

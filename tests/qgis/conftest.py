@@ -93,8 +93,9 @@ def raster_layer(qgis_new_project: Any, raster_path: Path) -> Any:
 @pytest.fixture()
 def plugin(qgis_iface: Any, qgis_new_project: Any) -> Any:
     """The plugin as QGIS loads it: classFactory(iface) + initGui(); unloaded afterwards."""
-    import qgis_plugin
     from qgis.core import QgsProject
+
+    import qgis_plugin
 
     QgsProject.instance().clear()  # no dock settings left over from another test
     instance = qgis_plugin.classFactory(qgis_iface)

@@ -187,8 +187,12 @@ def test_settings_persist_in_the_project(dock, tmp_path, raster_layer, model_dir
     dock.topk_spin.setValue(7)
     dock.overlap_spin.setValue(25)
     dock.resolution_spin.setValue(30)
-    dock.class_table.set_classes([{"name": "sea", "prompts": ["the sea", "water"], "color": [0, 0, 255]},
-                                  {"name": "land", "prompts": ["land"], "color": [0, 255, 0]}])
+    dock.class_table.set_classes(
+        [
+            {"name": "sea", "prompts": ["the sea", "water"], "color": [0, 0, 255]},
+            {"name": "land", "prompts": ["land"], "color": [0, 255, 0]},
+        ]
+    )
     dock.save_settings()
     raster_id = raster_layer.id()
     project_file = tmp_path / "saved.qgz"
@@ -207,8 +211,12 @@ def test_settings_persist_in_the_project(dock, tmp_path, raster_layer, model_dir
 
 
 def test_class_file_round_trip(dock, tmp_path):
-    dock.class_table.set_classes([{"name": "water", "prompts": ["water", "a lake"], "color": [0, 100, 200]},
-                                  {"name": "trees", "prompts": ["forest"], "color": [0, 100, 0]}])
+    dock.class_table.set_classes(
+        [
+            {"name": "water", "prompts": ["water", "a lake"], "color": [0, 100, 200]},
+            {"name": "trees", "prompts": ["forest"], "color": [0, 100, 0]},
+        ]
+    )
     path = tmp_path / "classes.yaml"
     dock.save_class_file(str(path))
     assert path.is_file()

@@ -42,8 +42,23 @@ def test_metadata_is_valid_for_the_plugin_repository():
     parser = configparser.ConfigParser()
     parser.read(REPO / "metadata.txt", encoding="utf-8")
     general = parser["general"]
-    for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
-                "repository", "tracker", "homepage", "tags", "category", "icon", "experimental", "deprecated"):
+    for key in (
+        "name",
+        "qgisMinimumVersion",
+        "description",
+        "about",
+        "version",
+        "author",
+        "email",
+        "repository",
+        "tracker",
+        "homepage",
+        "tags",
+        "category",
+        "icon",
+        "experimental",
+        "deprecated",
+    ):
         assert general.get(key, "").strip(), f"metadata.txt: {key} missing"
     assert general["qgisMinimumVersion"] == "3.22"
     assert re.fullmatch(r"\d+\.\d+\.\d+", general["version"])

@@ -41,7 +41,9 @@ def test_text_search_algorithm(provider, raster_path, model_dir, tmp_path):
     heat = tmp_path / "heat.tif"
     params = _common(raster_path, model_dir, tmp_path / "cache")
     (tmp_path / "cache").mkdir()
-    params.update({"QUERY": "green forest", "TOP_K": 7, "OUTPUT": str(out), "HEATMAP": str(heat), "OVERLAP": 25})
+    params.update(
+        {"QUERY": "green forest", "TOP_K": 7, "OUTPUT": str(out), "HEATMAP": str(heat), "OVERLAP": 25}
+    )
     result = processing.run("rsclip:textsearch", params)
     assert Path(result["OUTPUT"]) == out and out.is_file()
     layer = QgsVectorLayer(str(out), "hits", "ogr")
@@ -59,8 +61,10 @@ def test_build_index_then_land_cover_reuses_it(provider, raster_path, model_dir,
     import processing
 
     index_folder = tmp_path / "index"
-    built = processing.run("rsclip:buildindex", {"INPUT": str(raster_path), "MODEL": str(model_dir),
-                                                  "OUTPUT_FOLDER": str(index_folder)})
+    built = processing.run(
+        "rsclip:buildindex",
+        {"INPUT": str(raster_path), "MODEL": str(model_dir), "OUTPUT_FOLDER": str(index_folder)},
+    )
     index_file = Path(built["INDEX_FILE"])
     assert index_file.is_file() and index_file.parent == index_folder and built["TILES"] > 0
     stamp = index_file.stat().st_mtime_ns
@@ -74,15 +78,25 @@ def test_build_index_then_land_cover_reuses_it(provider, raster_path, model_dir,
     )
     out = tmp_path / "lc.tif"
     polygons = tmp_path / "lc.gpkg"
-    result = processing.run("rsclip:landcover", {
-        "INPUT": str(raster_path), "MODEL": str(model_dir), "CACHE_FOLDER": str(index_folder),
-        "CLASSES": str(classes), "OUTPUT": str(out), "POLYGONS": str(polygons)})
+    result = processing.run(
+        "rsclip:landcover",
+        {
+            "INPUT": str(raster_path),
+            "MODEL": str(model_dir),
+            "CACHE_FOLDER": str(index_folder),
+            "CLASSES": str(classes),
+            "OUTPUT": str(out),
+            "POLYGONS": str(polygons),
+        },
+    )
     assert index_file.stat().st_mtime_ns == stamp and len(list(index_folder.glob("*.npz"))) == 1
     raster = QgsRasterLayer(str(raster_path), "r", "gdal")
     lc = QgsRasterLayer(result["OUTPUT"], "lc", "gdal")
     assert lc.isValid() and lc.crs() == raster.crs()
-    table = {entry.value: entry.color.name() for entry in
-             QgsPalettedRasterRenderer.colorTableToClassData(lc.dataProvider().colorTable(1))}
+    table = {
+        entry.value: entry.color.name()
+        for entry in QgsPalettedRasterRenderer.colorTableToClassData(lc.dataProvider().colorTable(1))
+    }
     assert table[1] == "#0000ff" and table[2] == "#00ff00" and table[3] == "#ff0000"
     poly = QgsVectorLayer(result["POLYGONS"], "poly", "ogr")
     assert poly.isValid() and poly.crs() == raster.crs()
@@ -99,7 +113,9 @@ def test_mask_and_extent_parameters(provider, raster_path, model_dir, tmp_path):
     mask = QgsVectorLayer("Polygon?crs=EPSG:4326", "mask", "memory")
     from qgis.core import QgsCoordinateTransform
 
-    to_wgs = QgsCoordinateTransform(raster.crs(), QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    to_wgs = QgsCoordinateTransform(
+        raster.crs(), QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance()
+    )
     geometry = QgsGeometry.fromRect(right)
     geometry.transform(to_wgs)
     feature = QgsFeature()
@@ -119,8 +135,14 @@ def test_mask_and_extent_parameters(provider, raster_path, model_dir, tmp_path):
 
     left = QgsRectangle(full.xMinimum(), full.yMinimum(), full.center().x(), full.yMaximum())
     out2 = tmp_path / "extent.gpkg"
-    params.update({"MASK": None, "EXTENT": f"{left.xMinimum()},{left.xMaximum()},{left.yMinimum()},"
-                   f"{left.yMaximum()} [{raster.crs().authid()}]", "OUTPUT": str(out2)})
+    params.update(
+        {
+            "MASK": None,
+            "EXTENT": f"{left.xMinimum()},{left.xMaximum()},{left.yMinimum()},"
+            f"{left.yMaximum()} [{raster.crs().authid()}]",
+            "OUTPUT": str(out2),
+        }
+    )
     processing.run("rsclip:textsearch", params)
     hits2 = QgsVectorLayer(str(out2), "hits", "ogr")
     assert hits2.featureCount() > 0

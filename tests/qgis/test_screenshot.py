@@ -36,7 +36,9 @@ def _to_array(image: QImage) -> np.ndarray:
     image = image.convertToFormat(QImage.Format_RGB32)
     ptr = image.constBits()
     ptr.setsize(image.height() * image.bytesPerLine())
-    return np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine() // 4, 4)[:, : image.width(), :3]
+    return np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine() // 4, 4)[
+        :, : image.width(), :3
+    ]
 
 
 def test_dock_screenshot_with_results(dock, raster_layer, tmp_path):
@@ -49,7 +51,7 @@ def test_dock_screenshot_with_results(dock, raster_layer, tmp_path):
     assert dock.last_error == ""
     project = QgsProject.instance()
     hits = dock.last_hits_layer
-    landcover = [l for l in project.mapLayers().values() if l.name().startswith("rsclip land cover:")][0]
+    landcover = next(x for x in project.mapLayers().values() if x.name().startswith("rsclip land cover:"))
     landcover.renderer().setOpacity(0.6)
 
     extent = raster_layer.extent()
@@ -73,7 +75,14 @@ def test_dock_screenshot_with_results(dock, raster_layer, tmp_path):
     painter = QPainter(canvas)
     painter.setFont(QFont("Sans", 11))
     painter.setPen(QColor(30, 30, 30))
-    painter.drawText(10, 5, map_w, title_h, Qt.AlignVCenter, f"Search: '{dock.query_edit.text()}' (top {hits.featureCount()})")
+    painter.drawText(
+        10,
+        5,
+        map_w,
+        title_h,
+        Qt.AlignVCenter,
+        f"Search: '{dock.query_edit.text()}' (top {hits.featureCount()})",
+    )
     painter.drawText(20 + map_w, 5, map_w, title_h, Qt.AlignVCenter, "Zero-shot land cover (default classes)")
     painter.drawText(30 + 2 * map_w, 5, panel.width(), title_h, Qt.AlignVCenter, "rsclip dock")
     painter.drawImage(10, title_h + 10, search_map)
@@ -81,7 +90,11 @@ def test_dock_screenshot_with_results(dock, raster_layer, tmp_path):
     painter.drawImage(30 + 2 * map_w, title_h + 10, panel)
     painter.end()
 
-    target = REPO_ROOT / "docs" / "img" / "qgis_dock.png" if os.environ.get("RSCLIP_WRITE_SCREENSHOT") else tmp_path / "qgis_dock.png"
+    target = (
+        REPO_ROOT / "docs" / "img" / "qgis_dock.png"
+        if os.environ.get("RSCLIP_WRITE_SCREENSHOT")
+        else tmp_path / "qgis_dock.png"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     assert canvas.save(str(target))
     assert Path(target).stat().st_size > 20_000
