@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.models is None:
         from rsclip_core.models import list_models
 
-        students = [m for m in list_models() if not m.startswith("tiny")]
+        students = [m for m in list_models() if not m.startswith(("tiny", "teacher"))]
     else:
         students = args.models
     default = args.default or _default_student(students)
@@ -291,12 +291,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _default_student(students: list[str]) -> str | None:
+    """The registry's ``DEFAULT_MODEL`` if it defines one, else the MobileCLIP-S0-style student."""
     try:
         from rsclip_core.models import DEFAULT_MODEL  # type: ignore[attr-defined]
 
         return str(DEFAULT_MODEL)
     except ImportError:
-        return students[0] if students else None
+        preferred = "mobileclip-s0-rs"
+        return preferred if preferred in students else (students[0] if students else None)
 
 
 if __name__ == "__main__":

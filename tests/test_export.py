@@ -179,6 +179,12 @@ def test_model_dir_layout_and_graph_io(exported):
         assert [d.dim_value for d in shape[1:]] == dims
         out_shape = outp.type.tensor_type.shape.dim
         assert out_shape[0].dim_param and out_shape[1].dim_value == meta.embed_dim
+        # onnxruntime < 1.17 has no int64 ArgMax (CLIP's EOT pooling): it must see int32
+        inferred = onnx.shape_inference.infer_shapes(graph)
+        types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+        for node in graph.graph.node:
+            if node.op_type in ("ArgMax", "ArgMin"):
+                assert types.get(node.input[0]) != onnx.TensorProto.INT64, node.name
     session = _session(out / spec.IMAGE_ONNX)
     for batch in (1, 7):
         emb = session.run(None, {spec.IMAGE_INPUT: _pixels(meta.image_size, batch)})[0]

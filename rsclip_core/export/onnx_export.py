@@ -172,9 +172,37 @@ def _set_output_shape(model: onnx.ModelProto, embed_dim: int) -> None:
     dims[1].dim_value = int(embed_dim)
 
 
+def cast_int64_argmax(model: onnx.ModelProto) -> int:
+    """Feed ArgMax/ArgMin on int64 tensors through a Cast to int32; returns how many were patched.
+
+    CLIP-style text towers pool at ``tokens.argmax(-1)`` (the EOT id is the largest). onnxruntime
+    only implements int64 ArgMax since 1.17, and QGIS installs often carry an older one; token ids
+    (< 2**31) are exact in int32, so the result is unchanged.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in inferred.graph.input})
+    types.update({i.name: i.data_type for i in inferred.graph.initializer})
+    nodes = []
+    patched = 0
+    for node in model.graph.node:
+        if node.op_type in ("ArgMax", "ArgMin") and types.get(node.input[0]) == TensorProto.INT64:
+            cast_out = f"{node.input[0]}__int32_{patched}"
+            nodes.append(
+                helper.make_node("Cast", [node.input[0]], [cast_out], to=TensorProto.INT32, name=f"{node.name}_cast")
+            )
+            node.input[0] = cast_out
+            patched += 1
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return patched
+
+
 def _finalize(path: Path, props: dict[str, str], doc: str, fp16: bool, embed_dim: int) -> None:
     model = onnx.load(str(path))
     _set_output_shape(model, embed_dim)
+    cast_int64_argmax(model)
     if fp16:
         store_weights_fp16(model)
     existing = {p.key for p in model.metadata_props}
