@@ -43,16 +43,18 @@ def make_raster(path: Path, size: int, block: int = 256) -> Path:
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
                "crs": "EPSG:32633", "transform": from_origin(500000.0, 6000000.0, 0.5, 0.5),
                "tiled": True, "blockxsize": block, "blockysize": block, "photometric": "RGB"}
-    centres = rng.uniform(0, size, (24, 2))
-    colours = rng.uniform(20, 235, (24, 3))
-    xs = np.arange(size, dtype=np.float32)
+    cell = 16  # Voronoi "fields" computed on a coarse grid, then repeated: cheap and bounded
+    coarse_n = -(-size // cell)
+    centres = rng.uniform(0, coarse_n, (24, 2))
+    colours = rng.uniform(20, 235, (24, 3)).astype(np.int16)
+    cy, cx = np.mgrid[0:coarse_n, 0:coarse_n]
+    labels = np.argmin([(cy - c[1]) ** 2 + (cx - c[0]) ** 2 for c in centres], axis=0)
+    cols = np.arange(size) // cell
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, size, block):
             h = min(block, size - row)
-            ys = np.arange(row, row + h, dtype=np.float32)
-            d = (ys[None, :, None] - centres[:, 1, None, None]) ** 2 + (xs[None, None, :] - centres[:, 0, None, None]) ** 2
-            nearest = d.argmin(axis=0)  # Voronoi "fields"
-            strip = colours[nearest].transpose(2, 0, 1) + rng.normal(0, 12, (3, h, size))
+            nearest = labels[(np.arange(row, row + h) // cell)[:, None], cols[None, :]]
+            strip = colours[nearest].transpose(2, 0, 1) + rng.integers(-15, 16, (3, h, size), dtype=np.int16)
             dst.write(np.clip(strip, 0, 255).astype(np.uint8), window=Window(0, row, size, h))
     return path
 

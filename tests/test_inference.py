@@ -252,3 +252,17 @@ def test_no_partial_files_left_on_failure(model, raster, tmp_path, monkeypatch):
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
     assert writers.GPKG_VERSION == "1.2"
+
+
+def test_all_nodata_raster_warns_and_writes_empty_outputs(model, tmp_path):
+    from rasterio.transform import from_origin
+
+    from rsclip_core.inference import RsclipWarning
+
+    path = tmp_path / "empty.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(0, 100, 1, 1), nodata=0) as ds:
+        ds.write(np.zeros((3, 64, 64), dtype=np.uint8))
+    with pytest.warns(RsclipWarning, match="no tile has enough valid pixels"):
+        run = run_search(path, "red", model=model, tiling=TILING, out_gpkg=tmp_path / "h.gpkg")
+    assert len(run.hits) == 0 and (tmp_path / "h.gpkg").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from rsclip_core.inference.errors import RsclipCancelled, RsclipInputError
+from rsclip_core.inference.errors import RsclipCancelled, RsclipInputError, RsclipWarning
 from rsclip_core.inference.model import EmbeddingModel
 from rsclip_core.inference.raster import RasterSource, raster_fingerprint, windows_to_polygons
 from rsclip_core.inference.tiling import TileGrid, TilingConfig
@@ -215,6 +216,9 @@ def build_index(
             except RsclipInputError:
                 pass
         index = _embed(source, model, key, progress, cancel)
+    if len(index) == 0:
+        warnings.warn(f"{raster}: no tile has enough valid pixels (all nodata, transparent or blank?)",
+                      RsclipWarning, stacklevel=2)
     if path is not None:
         index.save(path)
     return index
