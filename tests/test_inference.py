@@ -266,3 +266,22 @@ def test_all_nodata_raster_warns_and_writes_empty_outputs(model, tmp_path):
     with pytest.warns(RsclipWarning, match="no tile has enough valid pixels"):
         run = run_search(path, "red", model=model, tiling=TILING, out_gpkg=tmp_path / "h.gpkg")
     assert len(run.hits) == 0 and (tmp_path / "h.gpkg").exists()
+
+
+def test_cancelled_build_resumes_from_checkpoint(model, raster, tmp_path):
+    tiling = TilingConfig(tile_size=32, batch_size=4)
+    full = build_index(raster, model, tiling)
+    calls = {"n": 0}
+
+    def cancel_after_two_batches() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(RsclipCancelled):
+        build_index(raster, model, tiling, cache_dir=tmp_path, cancel=cancel_after_two_batches)
+    assert len(list(tmp_path.glob(".*.resume.npz"))) == 1 and not list(tmp_path.glob("*.rsclip-index.npz"))
+    seen = []
+    resumed = build_index(raster, model, tiling, cache_dir=tmp_path, progress=lambda d, t: seen.append(d))
+    assert seen[0] == 8  # two batches of 4 were already done
+    assert np.array_equal(resumed.embeddings, full.embeddings) and np.array_equal(resumed.tile_rc, full.tile_rc)
+    assert not list(tmp_path.glob(".*.resume.npz"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from rsclip_core.inference.tiling import TileGrid, TilingConfig
 
 INDEX_SUFFIX = ".rsclip-index.npz"
 INDEX_VERSION = 1
+CHECKPOINT_SECONDS = 30.0  # how often an index build saves its progress (when it has a cache dir)
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -201,7 +203,9 @@ def build_index(
     """Embed every non-empty tile of ``raster``; reuse/save the index in ``cache_dir`` if given.
 
     ``progress(done_tiles, total_tiles)`` is called after each batch; ``cancel()`` returning
-    True stops the run with `RsclipCancelled` (nothing is saved).
+    True stops the run with `RsclipCancelled`. With a ``cache_dir`` the work done so far is
+    checkpointed there (every ``CHECKPOINT_SECONDS`` and on cancel), so the next call with the
+    same raster, model and tiling resumes where the last one stopped.
     """
     with open_raster(raster, model, tiling) as source:
         key = index_key(raster_fingerprint(raster), model.fingerprint, source.tiling_hash())
@@ -215,17 +219,46 @@ def build_index(
                     return cached
             except RsclipInputError:
                 pass
-        index = _embed(source, model, key, progress, cancel)
+        checkpoint = path.with_name(f".{path.name[:-4]}.resume.npz") if path is not None else None
+        index = _embed(source, model, key, progress, cancel, checkpoint)
     if len(index) == 0:
         warnings.warn(f"{raster}: no tile has enough valid pixels (all nodata, transparent or blank?)",
                       RsclipWarning, stacklevel=2)
     if path is not None:
         index.save(path)
+        if checkpoint is not None and checkpoint.exists():
+            checkpoint.unlink()
     return index
 
 
-def _embed(source: RasterSource, model: EmbeddingModel, key: str,
-           progress: Optional[ProgressFn], cancel: Optional[CancelFn]) -> EmbeddingIndex:
+def _save_checkpoint(path: Path, key: str, next_start: int, embeddings: np.ndarray, fractions: np.ndarray,
+                     kept: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}.npz")
+    try:
+        np.savez(tmp, key=np.array(key), next_start=np.array(next_start), embeddings=embeddings,
+                 fractions=fractions, kept=kept)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _load_checkpoint(path: Optional[Path], key: str, embeddings: np.ndarray) -> Optional[dict]:
+    """The saved progress of an interrupted build, if it matches this raster/model/tiling."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = {k: data[k] for k in ("key", "next_start", "embeddings", "fractions", "kept")}
+    except Exception:
+        return None
+    if str(state["key"]) != key or state["embeddings"].shape != embeddings.shape:
+        return None
+    return state
+
+
+def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Optional[ProgressFn],
+           cancel: Optional[CancelFn], checkpoint: Optional[Path] = None) -> EmbeddingIndex:
     rc_all = source.tile_rc
     total = len(rc_all)
     batch = int(source.tiling.batch_size)
@@ -233,6 +266,14 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str,
     fractions = np.zeros(total, dtype=np.float32)
     kept = np.zeros(total, dtype=bool)
     windows = source.grid.windows(rc_all)
+    first = 0
+    state = _load_checkpoint(checkpoint, key, embeddings)
+    if state is not None:
+        embeddings[:] = state["embeddings"]
+        fractions[:] = state["fractions"]
+        kept[:] = state["kept"]
+        first = int(state["next_start"])
+    last_save = time.monotonic()
 
     def read_batch(start: int) -> Tuple[List[int], List[np.ndarray]]:
         import rasterio
@@ -251,21 +292,27 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str,
         return idx, tiles
 
     if progress is not None:
-        progress(0, total)
-    starts = list(range(0, total, batch))
+        progress(first, total)
+    starts = list(range(first, total, batch))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsclip-read") as pool:
         pending = pool.submit(read_batch, starts[0]) if starts else None
         for n, start in enumerate(starts):
             idx, tiles = pending.result()  # type: ignore[union-attr]
             if cancel is not None and cancel():
+                if checkpoint is not None and start > first:
+                    _save_checkpoint(checkpoint, key, start, embeddings, fractions, kept)
                 raise RsclipCancelled(f"{source.path}: cancelled after {start} of {total} tiles")
             pending = pool.submit(read_batch, starts[n + 1]) if n + 1 < len(starts) else None
             if tiles:
                 emb = model.encode_images(np.stack(tiles))
                 embeddings[idx] = emb.astype(np.float16)
                 kept[idx] = True
+            done = min(start + batch, total)
+            if checkpoint is not None and done < total and time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                _save_checkpoint(checkpoint, key, done, embeddings, fractions, kept)
+                last_save = time.monotonic()
             if progress is not None:
-                progress(min(start + batch, total), total)
+                progress(done, total)
     ds = source.dataset
     return EmbeddingIndex(
         embeddings=np.ascontiguousarray(embeddings[kept]),
