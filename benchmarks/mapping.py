@@ -61,8 +61,16 @@ def make_raster(path: Path, size: int, block: int = 256) -> Path:
 
 def child(raster: str, model_dir: str, work: str) -> dict:
     """One end-to-end mapping run (executed in a fresh interpreter)."""
-    from rsclip_core.inference import (EmbeddingIndex, TilingConfig, build_index, load_classes, load_model,
-                                       run_classify, run_search, search)
+    from rsclip_core.inference import (
+        EmbeddingIndex,
+        TilingConfig,
+        build_index,
+        load_classes,
+        load_model,
+        run_classify,
+        run_search,
+        search,
+    )
 
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model = load_model(model_dir)

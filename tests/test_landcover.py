@@ -185,7 +185,7 @@ def test_rsscn7_mosaic_accuracy(tmp_path):
     except (RsclipInputError, FileNotFoundError) as exc:
         pytest.skip(f"no trained model: {exc}")
     model = load_model(model_dir)
-    names, truth = _stitch_rsscn7(root, tmp_path / "mosaic.tif", per_class=int(os.environ.get("RSSCN7_PER_CLASS", 20)),
+    names, truth = _stitch_rsscn7(root, tmp_path / "mosaic.tif", per_class=int(os.environ.get("RSSCN7_PER_CLASS", "20")),
                                   cols=10)
     prompts = {"aGrass": ["grassland", "a meadow"], "bField": ["farmland", "crop fields"],
                "cIndustry": ["an industrial area", "factories"], "dRiverLake": ["a river", "a lake"],

@@ -11,13 +11,14 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 import click
 
-EXPECTED_ERRORS: Tuple[type, ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+EXPECTED_ERRORS: tuple[type, ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
 MAIN_HELP = """Search rasters with text and map land cover zero-shot with an rsclip model.
 
@@ -35,7 +36,7 @@ Without -m the model in $RSCLIP_MODEL or the bundled resources/models/default is
 
 
 # -- option parsing -------------------------------------------------------------------------
-def _parse_bands(value: Optional[str]) -> Optional[Tuple[int, ...]]:
+def _parse_bands(value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
@@ -48,7 +49,7 @@ def _parse_bands(value: Optional[str]) -> Optional[Tuple[int, ...]]:
     return bands
 
 
-def _parse_extent(value: Optional[str]) -> Any:
+def _parse_extent(value: str | None) -> Any:
     if value is None:
         return None
     parts = value.replace(" ", "").split(",")
@@ -85,7 +86,7 @@ def tiling_options(func: Callable) -> Callable:
     return func
 
 
-def _tiling(opts: Dict[str, Any]) -> Any:
+def _tiling(opts: dict[str, Any]) -> Any:
     from rsclip_core.inference import TilingConfig
 
     return TilingConfig(
@@ -103,7 +104,7 @@ def _one_line(exc: BaseException) -> str:
 class _Fail:
     """Turn expected errors into ``Error: <one line>`` and a non-zero exit."""
 
-    def __enter__(self) -> "_Fail":
+    def __enter__(self) -> _Fail:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
@@ -153,10 +154,10 @@ class JobResult:
     seconds: float = 0.0
 
 
-_WORKER_MODEL: Dict[str, Any] = {}
+_WORKER_MODEL: dict[str, Any] = {}
 
 
-def _worker_model(model_dir: Optional[str], threads: Optional[int]) -> Any:
+def _worker_model(model_dir: str | None, threads: int | None) -> Any:
     from rsclip_core.inference import load_model
 
     key = f"{model_dir}|{threads}"
@@ -165,7 +166,7 @@ def _worker_model(model_dir: Optional[str], threads: Optional[int]) -> Any:
     return _WORKER_MODEL[key]
 
 
-def classify_outputs(raster: Path, out_dir: Path) -> Dict[str, Path]:
+def classify_outputs(raster: Path, out_dir: Path) -> dict[str, Path]:
     """Batch-mode output names for one raster."""
     return {
         "out_tif": out_dir / f"{raster.stem}.landcover.tif",
@@ -174,8 +175,8 @@ def classify_outputs(raster: Path, out_dir: Path) -> Dict[str, Path]:
     }
 
 
-def _run_job(kind: str, raster: str, params: Dict[str, Any], model: Any = None,
-             progress: Optional[Callable[[int, int], None]] = None) -> JobResult:
+def _run_job(kind: str, raster: str, params: dict[str, Any], model: Any = None,
+             progress: Callable[[int, int], None] | None = None) -> JobResult:
     """One raster of a batch; never raises (failures are reported in the result)."""
     from rsclip_core.inference import run_classify, run_index
 
@@ -213,10 +214,10 @@ def _run_job(kind: str, raster: str, params: Dict[str, Any], model: Any = None,
         return JobResult(raster, "failed", reason, time.perf_counter() - start)
 
 
-def _run_batch(kind: str, jobs: List[Tuple[str, Dict[str, Any]]], model: Any, workers: int, quiet: bool) -> List[JobResult]:
+def _run_batch(kind: str, jobs: list[tuple[str, dict[str, Any]]], model: Any, workers: int, quiet: bool) -> list[JobResult]:
     from tqdm.auto import tqdm
 
-    results: List[JobResult] = []
+    results: list[JobResult] = []
     if workers <= 1 or len(jobs) <= 1:
         for n, (raster, params) in enumerate(jobs, 1):
             bar = _Bar(f"[{n}/{len(jobs)}] {Path(raster).name}", quiet)
@@ -234,7 +235,7 @@ def _run_batch(kind: str, jobs: List[Tuple[str, Dict[str, Any]]], model: Any, wo
         futures = {pool.submit(_run_job, kind, raster, dict(params, threads=threads)): raster
                    for raster, params in jobs}
         order = {raster: i for i, (raster, _) in enumerate(jobs)}
-        done: List[JobResult] = []
+        done: list[JobResult] = []
         with tqdm(total=len(futures), desc=f"{kind} ({workers} workers)", unit="raster", disable=quiet) as bar:
             for future in as_completed(futures):
                 done.append(future.result())
@@ -277,9 +278,9 @@ def cli() -> None:
               help="Batch: write <name>.landcover.tif, .confidence.tif and .landcover.gpkg here.")
 @click.option("--threshold", type=float, help="Cells below this probability become 'unclassified' (255).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Rasters processed in parallel.")
-def classify(rasters: Tuple[str, ...], classes_file: Optional[Path], output: Optional[Path],
-             polygons: Optional[Path], confidence: Optional[Path], out_dir: Optional[Path],
-             threshold: Optional[float], workers: int, **opts: Any) -> None:
+def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path | None,
+             polygons: Path | None, confidence: Path | None, out_dir: Path | None,
+             threshold: float | None, workers: int, **opts: Any) -> None:
     """Zero-shot land-cover map of one or many RASTERS (paths, folders or quoted globs).
 
     \b
@@ -323,8 +324,8 @@ def classify(rasters: Tuple[str, ...], classes_file: Optional[Path], output: Opt
         sys.exit(1)
 
 
-def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output: Path, polygons: Optional[Path],
-                     confidence: Optional[Path], threshold: Optional[float], opts: Dict[str, Any]) -> None:
+def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output: Path, polygons: Path | None,
+                     confidence: Path | None, threshold: float | None, opts: dict[str, Any]) -> None:
     from rsclip_core.inference import run_classify
 
     bar = _Bar(raster.name, opts["quiet"])
@@ -356,7 +357,7 @@ def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output
 @click.option("--heatmap", type=click.Path(dir_okay=False, path_type=Path),
               help="Score heat-map GeoTIFF (COG, one cell per tile stride).")
 @click.option("--keep-overlapping", is_flag=True, help="Do not suppress hits overlapping a better one.")
-def search(raster: Path, query: str, top_k: int, output: Optional[Path], heatmap: Optional[Path],
+def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: Path | None,
            keep_overlapping: bool, **opts: Any) -> None:
     """Find the tiles of RASTER that best match the text QUERY.
 
@@ -402,7 +403,7 @@ def search(raster: Path, query: str, top_k: int, output: Optional[Path], heatmap
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the indexes [--cache-dir or the current folder].")
 @click.option("--workers", type=int, default=1, show_default=True, help="Rasters processed in parallel.")
-def index(rasters: Tuple[str, ...], out_dir: Optional[Path], workers: int, **opts: Any) -> None:
+def index(rasters: tuple[str, ...], out_dir: Path | None, workers: int, **opts: Any) -> None:
     """Embed the tiles of RASTERS once, so later searches/classifications only encode text.
 
     \b
@@ -433,7 +434,7 @@ def index(rasters: Tuple[str, ...], out_dir: Optional[Path], workers: int, **opt
 @cli.command()
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def info(model_dir: Optional[Path], as_json: bool) -> None:
+def info(model_dir: Path | None, as_json: bool) -> None:
     """Check an exported model directory and describe it (default: the bundled model).
 
     \b

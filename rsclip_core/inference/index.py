@@ -16,7 +16,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,16 +41,16 @@ class EmbeddingIndex:
     tile_rc: np.ndarray  # int64 [N, 2] grid (row, col)
     valid_fraction: np.ndarray  # float32 [N]
     grid: TileGrid
-    transform: Tuple[float, ...]  # affine (a, b, c, d, e, f) of the raster
-    crs_wkt: Optional[str]
+    transform: tuple[float, ...]  # affine (a, b, c, d, e, f) of the raster
+    crs_wkt: str | None
     raster_path: str
-    raster_size: Tuple[int, int]  # (width, height)
+    raster_size: tuple[int, int]  # (width, height)
     key: str
-    fingerprints: Dict[str, str]
-    tiling: Dict[str, Any]
+    fingerprints: dict[str, str]
+    tiling: dict[str, Any]
     model_name: str
     n_grid_tiles: int = 0  # tiles planned (including skipped ones)
-    _emb32: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    _emb32: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -126,7 +126,7 @@ class EmbeddingIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "EmbeddingIndex":
+    def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -164,19 +164,19 @@ def index_path_for(raster: str | os.PathLike, key: str, cache_dir: str | os.Path
     return Path(cache_dir) / f"{Path(raster).stem}.{key}{INDEX_SUFFIX}"
 
 
-def _resolve_tiling(model: EmbeddingModel, tiling: Optional[TilingConfig]) -> TilingConfig:
+def _resolve_tiling(model: EmbeddingModel, tiling: TilingConfig | None) -> TilingConfig:
     if tiling is None:
         tiling = TilingConfig()
     return tiling.validate()
 
 
-def open_raster(raster: str | os.PathLike, model: EmbeddingModel, tiling: Optional[TilingConfig]) -> RasterSource:
+def open_raster(raster: str | os.PathLike, model: EmbeddingModel, tiling: TilingConfig | None) -> RasterSource:
     """Open and check a raster for this model and tiling (errors name the file or option)."""
     return RasterSource(raster, _resolve_tiling(model, tiling), model.image_size, model.metadata.interpolation)
 
 
-def find_cached_index(raster: str | os.PathLike, model: EmbeddingModel, tiling: Optional[TilingConfig],
-                      cache_dir: str | os.PathLike) -> Tuple[Path, Optional[EmbeddingIndex]]:
+def find_cached_index(raster: str | os.PathLike, model: EmbeddingModel, tiling: TilingConfig | None,
+                      cache_dir: str | os.PathLike) -> tuple[Path, EmbeddingIndex | None]:
     """Where the index for this raster/model/tiling lives in ``cache_dir`` and, if present, the index."""
     with open_raster(raster, model, tiling) as source:
         key = index_key(raster_fingerprint(raster), model.fingerprint, source.tiling_hash())
@@ -194,11 +194,11 @@ def find_cached_index(raster: str | os.PathLike, model: EmbeddingModel, tiling: 
 def build_index(
     raster: str | os.PathLike,
     model: EmbeddingModel,
-    tiling: Optional[TilingConfig] = None,
+    tiling: TilingConfig | None = None,
     *,
-    cache_dir: Optional[str | os.PathLike] = None,
-    progress: Optional[ProgressFn] = None,
-    cancel: Optional[CancelFn] = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
 ) -> EmbeddingIndex:
     """Embed every non-empty tile of ``raster``; reuse/save the index in ``cache_dir`` if given.
 
@@ -243,7 +243,7 @@ def _save_checkpoint(path: Path, key: str, next_start: int, embeddings: np.ndarr
             tmp.unlink()
 
 
-def _load_checkpoint(path: Optional[Path], key: str, embeddings: np.ndarray) -> Optional[dict]:
+def _load_checkpoint(path: Path | None, key: str, embeddings: np.ndarray) -> dict | None:
     """The saved progress of an interrupted build, if it matches this raster/model/tiling."""
     if path is None or not path.is_file():
         return None
@@ -257,8 +257,8 @@ def _load_checkpoint(path: Optional[Path], key: str, embeddings: np.ndarray) -> 
     return state
 
 
-def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Optional[ProgressFn],
-           cancel: Optional[CancelFn], checkpoint: Optional[Path] = None) -> EmbeddingIndex:
+def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: ProgressFn | None,
+           cancel: CancelFn | None, checkpoint: Path | None = None) -> EmbeddingIndex:
     rc_all = source.tile_rc
     total = len(rc_all)
     batch = int(source.tiling.batch_size)
@@ -275,13 +275,13 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Opti
         first = int(state["next_start"])
     last_save = time.monotonic()
 
-    def read_batch(start: int) -> Tuple[List[int], List[np.ndarray]]:
+    def read_batch(start: int) -> tuple[list[int], list[np.ndarray]]:
         import rasterio
 
         from rsclip_core.inference.raster import GDAL_ENV
 
-        idx: List[int] = []
-        tiles: List[np.ndarray] = []
+        idx: list[int] = []
+        tiles: list[np.ndarray] = []
         with rasterio.Env(**GDAL_ENV):
             for k in range(start, min(start + batch, total)):
                 tile, fraction = source.read_tile(windows[k])

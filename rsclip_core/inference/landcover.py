@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +32,8 @@ class LandCoverClass:
     """One class: its name, the text prompts describing it and its map colour (RGB 0..255)."""
 
     name: str
-    prompts: List[str] = field(default_factory=list)
-    color: Tuple[int, int, int] = (128, 128, 128)
+    prompts: list[str] = field(default_factory=list)
+    color: tuple[int, int, int] = (128, 128, 128)
 
     def __post_init__(self) -> None:
         self.name = str(self.name).strip()
@@ -40,10 +41,10 @@ class LandCoverClass:
         self.color = _parse_color(self.color, self.name)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "prompts": list(self.prompts), "color": "#%02x%02x%02x" % self.color}
+        return {"name": self.name, "prompts": list(self.prompts), "color": "#{:02x}{:02x}{:02x}".format(*self.color)}
 
 
-def _parse_color(value: Any, name: str) -> Tuple[int, int, int]:
+def _parse_color(value: Any, name: str) -> tuple[int, int, int]:
     if isinstance(value, str):
         text = value.strip().lstrip("#")
         if len(text) != 6:
@@ -61,7 +62,7 @@ def _parse_color(value: Any, name: str) -> Tuple[int, int, int]:
     return rgb  # type: ignore[return-value]
 
 
-def default_classes_path(model: Optional[EmbeddingModel] = None) -> Path:
+def default_classes_path(model: EmbeddingModel | None = None) -> Path:
     """The model's own class list (metadata ``default_classes``) if it has one, else rsclip's."""
     if model is not None and model.metadata.default_classes:
         candidate = model.model_dir / model.metadata.default_classes
@@ -70,7 +71,7 @@ def default_classes_path(model: Optional[EmbeddingModel] = None) -> Path:
     return DEFAULT_CLASSES_FILE
 
 
-def parse_classes(data: Any, origin: str = "classes") -> List[LandCoverClass]:
+def parse_classes(data: Any, origin: str = "classes") -> list[LandCoverClass]:
     """Classes from parsed YAML/JSON: a list of {name, prompts, color} or {"classes": [...]}."""
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
@@ -103,13 +104,13 @@ def validate_classes(classes: Sequence[LandCoverClass], origin: str = "classes")
         raise RsclipInputError(f"{origin}: duplicate class names {dupes}")
 
 
-def _auto_color(i: int) -> Tuple[int, int, int]:
+def _auto_color(i: int) -> tuple[int, int, int]:
     palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
     return palette[i % len(palette)]
 
 
-def load_classes(path: Optional[str | os.PathLike] = None) -> List[LandCoverClass]:
+def load_classes(path: str | os.PathLike | None = None) -> list[LandCoverClass]:
     """Read a class file (.yaml/.yml/.json); default: `default_classes_path()`."""
     path = Path(path) if path is not None else default_classes_path()
     if not path.is_file():
@@ -148,16 +149,16 @@ def save_classes(classes: Sequence[LandCoverClass], path: str | os.PathLike) -> 
 class LandCoverResult:
     """Per-tile probabilities and the per-cell map derived from them."""
 
-    classes: List[LandCoverClass]
+    classes: list[LandCoverClass]
     tile_probs: np.ndarray  # float32 [N, K]
     tile_codes: np.ndarray  # uint8 [N]: 1..K or 255
     codes: np.ndarray  # uint8 [rows, cols] cell map: 0 nodata, 1..K, 255 unclassified
     confidence: np.ndarray  # float32 [rows, cols], NaN where no data
     transform: Any  # affine of the cell grid
-    crs_wkt: Optional[str]
-    threshold: Optional[float]
+    crs_wkt: str | None
+    threshold: float | None
 
-    def class_stats(self) -> List[Dict[str, Any]]:
+    def class_stats(self) -> list[dict[str, Any]]:
         """Cells, area (map units^2) and fraction of mapped area per class (plus unclassified)."""
         cell_area = abs(self.transform.a * self.transform.e)
         mapped = int((self.codes != NODATA_CODE).sum())
@@ -180,7 +181,7 @@ class LandCoverResult:
 
 
 def class_text_embeddings(model: EmbeddingModel, classes: Sequence[LandCoverClass],
-                          templates: Optional[Sequence[str]] = None) -> np.ndarray:
+                          templates: Sequence[str] | None = None) -> np.ndarray:
     """[K, D]: each class's prompts ensembled over the templates, then averaged and normalised."""
     from rsclip_core.inference.model import l2_normalize
 
@@ -194,8 +195,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: List[LandCoverClass],
-             threshold: Optional[float] = None, *, templates: Optional[Sequence[str]] = None) -> LandCoverResult:
+def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCoverClass],
+             threshold: float | None = None, *, templates: Sequence[str] | None = None) -> LandCoverResult:
     """Zero-shot classify every tile (softmax over ``logit_scale * cosine``) and map the cells.
 
     Cells average the probabilities of all tiles covering them (weighted by overlap); a cell

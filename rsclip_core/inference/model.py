@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class EmbeddingModel:
         self._mean = np.asarray(metadata.mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self._inv_std = (1.0 / np.asarray(metadata.std, dtype=np.float32)).reshape(1, 3, 1, 1)
         self._identity_norm = bool(np.all(self._mean == 0.0) and np.all(self._inv_std == 1.0))
-        self._fingerprint: Optional[str] = None
+        self._fingerprint: str | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -114,7 +115,7 @@ class EmbeddingModel:
             parts.append(self._check(out, len(tokens), "text"))
         return np.concatenate(parts, axis=0)
 
-    def encode_prompts(self, names: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
+    def encode_prompts(self, names: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
         """One embedding per name: the normalised mean over the prompt templates (CLIP ensembling)."""
         names = [str(n) for n in names]
         if not names:
@@ -136,7 +137,7 @@ class EmbeddingModel:
         return f"EmbeddingModel({self.metadata.model_name!r}, dim={self.embed_dim}, dir={str(self.model_dir)!r})"
 
 
-def _session(path: Path, providers: Optional[Sequence[str]], threads: Optional[int]) -> Any:
+def _session(path: Path, providers: Sequence[str] | None, threads: int | None) -> Any:
     import onnxruntime as ort
 
     if not path.is_file():
@@ -170,8 +171,8 @@ def _check_io(session: Any, path: Path, input_name: str, rank: int, static: dict
             raise InvalidModelError(f"{path}: input {input_name!r} axis {axis} is {got}, metadata says {want}")
 
 
-def load_model(model_dir: Optional[str | os.PathLike] = None, *, providers: Optional[Sequence[str]] = None,
-               threads: Optional[int] = None) -> EmbeddingModel:
+def load_model(model_dir: str | os.PathLike | None = None, *, providers: Sequence[str] | None = None,
+               threads: int | None = None) -> EmbeddingModel:
     """Load and check an exported model directory (default: `default_model_dir()`)."""
     from rsclip_core.inference.tokenizer import TextTokenizer
 
@@ -201,7 +202,7 @@ def load_model(model_dir: Optional[str | os.PathLike] = None, *, providers: Opti
     return EmbeddingModel(path, metadata, image, text, tokenizer)
 
 
-def describe_model(model_dir: Optional[str | os.PathLike] = None) -> dict:
+def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
     """Metadata, files and ONNX input/output signatures of a model directory (for ``rsclip-map info``)."""
     model = load_model(model_dir)
     files = {}

@@ -14,8 +14,9 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -105,7 +106,7 @@ class RasterSource:
         self.grid: TileGrid = plan_grid(self.region, self.tile_w, self.tile_h, self.tiling.overlap)
         self.tile_rc = self._select_tiles()
 
-    def _resolve_bands(self) -> Tuple[int, int, int]:
+    def _resolve_bands(self) -> tuple[int, int, int]:
         ds = self.dataset
         if self.tiling.bands is not None:
             bands = self.tiling.bands
@@ -154,7 +155,7 @@ class RasterSource:
             out[i] = (low, high)
         return out
 
-    def _resolve_region(self) -> Tuple[int, int, int, int]:
+    def _resolve_region(self) -> tuple[int, int, int, int]:
         """Processing extent as an integer source-pixel region clipped to the raster."""
         ds = self.dataset
         self.extent_geometry = None
@@ -190,7 +191,7 @@ class RasterSource:
             raise RsclipInputError(f"--extent: {tuple(round(b, 6) for b in bounds)} does not overlap {self.path}")
         return (col0, row0, col1, row1)
 
-    def _tile_source_size(self) -> Tuple[int, int]:
+    def _tile_source_size(self) -> tuple[int, int]:
         """Tile size in source pixels (target tile size scaled by target/native resolution)."""
         tile = int(self.tiling.tile_size or self.image_size)
         if self.tiling.resolution is None:
@@ -246,7 +247,7 @@ class RasterSource:
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
 
     # -- reading ----------------------------------------------------------------------------
-    def read_tile(self, window: Sequence[int]) -> Tuple[Optional[np.ndarray], float]:
+    def read_tile(self, window: Sequence[int]) -> tuple[np.ndarray | None, float]:
         """One tile as float32 [3, S, S] in [0, 1] and its valid fraction; (None, f) if skipped."""
         S = self.image_size
         ds = self.dataset
@@ -264,7 +265,7 @@ class RasterSource:
         win = Window(c0, r0, cw, ch)
         shape = (3, y1 - y0, x1 - x0)
         raw = ds.read(list(self.bands), window=win, out_shape=shape, resampling=self.resampling)
-        inner_valid: Optional[np.ndarray] = None  # None = every pixel of the read part is valid
+        inner_valid: np.ndarray | None = None  # None = every pixel of the read part is valid
         if self.nodata_only:
             inner_valid = np.logical_or.reduce(
                 [raw[i] != nd for i, nd in enumerate(self.nodata) if nd is not None and not np.isnan(nd)]
@@ -300,7 +301,7 @@ class RasterSource:
             tile[:, ~valid] = fill[:, None]
         return tile, fraction
 
-    def iter_tiles(self, rc: Optional[np.ndarray] = None) -> Iterator[Tuple[int, Optional[np.ndarray], float]]:
+    def iter_tiles(self, rc: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray | None, float]]:
         """Yield ``(position in rc, tile or None, valid fraction)`` in raster order."""
         rc = self.tile_rc if rc is None else rc
         windows = self.grid.windows(rc)
@@ -312,7 +313,7 @@ class RasterSource:
     def close(self) -> None:
         self.dataset.close()
 
-    def __enter__(self) -> "RasterSource":
+    def __enter__(self) -> RasterSource:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -324,7 +325,7 @@ def windows_to_polygons(windows: np.ndarray, transform: Any) -> np.ndarray:
     import shapely
 
     windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
-    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    a, c, e, f = transform.a, transform.c, transform.e, transform.f  # north-up: b == d == 0
     x0 = a * windows[:, 0] + c
     x1 = a * (windows[:, 0] + windows[:, 2]) + c
     y0 = e * windows[:, 1] + f
@@ -359,12 +360,12 @@ def _read_vector_extent(path: Path, raster_crs: Any) -> Any:
     return union_all(list(frame.geometry.values))
 
 
-def list_rasters(inputs: Sequence[str | os.PathLike]) -> List[Path]:
+def list_rasters(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Expand paths, directories (their raster files) and glob patterns into raster paths."""
     import glob
 
     suffixes = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg"}
-    out: List[Path] = []
+    out: list[Path] = []
     for item in inputs:
         text = str(item)
         path = Path(text)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,8 @@ class SearchRun:
 
     hits: Any  # GeoDataFrame rank, score, query, geometry
     index: EmbeddingIndex
-    out_gpkg: Optional[Path] = None
-    heatmap_tif: Optional[Path] = None
+    out_gpkg: Path | None = None
+    heatmap_tif: Path | None = None
 
 
 @dataclass
@@ -51,9 +52,9 @@ class ClassifyRun:
     out_tif: Path
     result: LandCoverResult
     index: EmbeddingIndex
-    polygons_gpkg: Optional[Path] = None
-    confidence_tif: Optional[Path] = None
-    stats: List[Dict[str, Any]] = field(default_factory=list)
+    polygons_gpkg: Path | None = None
+    confidence_tif: Path | None = None
+    stats: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -65,11 +66,11 @@ class IndexRun:
     reused: bool
 
 
-def _model(model: Optional[EmbeddingModel], model_dir: Optional[str | os.PathLike]) -> EmbeddingModel:
+def _model(model: EmbeddingModel | None, model_dir: str | os.PathLike | None) -> EmbeddingModel:
     return model if model is not None else load_model(model_dir)
 
 
-def _cache_dir(cache_dir: Optional[str | os.PathLike], *outputs: Optional[Path]) -> Optional[Path]:
+def _cache_dir(cache_dir: str | os.PathLike | None, *outputs: Path | None) -> Path | None:
     if cache_dir is not None:
         return Path(cache_dir)
     for out in outputs:
@@ -78,10 +79,10 @@ def _cache_dir(cache_dir: Optional[str | os.PathLike], *outputs: Optional[Path])
     return None
 
 
-def run_index(raster: str | os.PathLike, *, model_dir: Optional[str | os.PathLike] = None,
-              tiling: Optional[TilingConfig] = None, cache_dir: Optional[str | os.PathLike] = None,
-              overwrite: bool = False, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
-              model: Optional[EmbeddingModel] = None) -> IndexRun:
+def run_index(raster: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
+              tiling: TilingConfig | None = None, cache_dir: str | os.PathLike | None = None,
+              overwrite: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+              model: EmbeddingModel | None = None) -> IndexRun:
     """Build (or find) the embedding index of ``raster`` in ``cache_dir`` (default: current folder)."""
     from rsclip_core.inference.index import find_cached_index
 
@@ -96,12 +97,12 @@ def run_index(raster: str | os.PathLike, *, model_dir: Optional[str | os.PathLik
     return IndexRun(index, path, reused=False)
 
 
-def run_search(raster: str | os.PathLike, query: str, *, model_dir: Optional[str | os.PathLike] = None,
-               tiling: Optional[TilingConfig] = None, top_k: int = 50,
-               out_gpkg: Optional[str | os.PathLike] = None, heatmap_tif: Optional[str | os.PathLike] = None,
-               cache_dir: Optional[str | os.PathLike] = None, overwrite: bool = False,
-               progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
-               model: Optional[EmbeddingModel] = None, suppress_overlap: bool = True) -> SearchRun:
+def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.PathLike | None = None,
+               tiling: TilingConfig | None = None, top_k: int = 50,
+               out_gpkg: str | os.PathLike | None = None, heatmap_tif: str | os.PathLike | None = None,
+               cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
+               progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+               model: EmbeddingModel | None = None, suppress_overlap: bool = True) -> SearchRun:
     """Rank the tiles of ``raster`` against ``query``; write hits (GPKG) and a heat-map (COG)."""
     query = _check_query(query)
     if int(top_k) < 1:
@@ -129,7 +130,7 @@ def landcover_polygons(result: LandCoverResult) -> Any:
     from shapely.geometry import shape
 
     codes = result.codes
-    records: Dict[int, list] = {}
+    records: dict[int, list] = {}
     for geom, value in shapes(codes, mask=codes != NODATA_CODE, transform=result.transform, connectivity=4):
         records.setdefault(int(value), []).append(shape(geom))
     names = {i + 1: c.name for i, c in enumerate(result.classes)}
@@ -143,7 +144,7 @@ def landcover_polygons(result: LandCoverResult) -> Any:
         {
             "class_id": np.array(rows, dtype=np.int32),
             "class_name": [names.get(r, str(r)) for r in rows],
-            "color": ["#%02x%02x%02x" % colors.get(r, (0, 0, 0)) for r in rows],
+            "color": ["#{:02x}{:02x}{:02x}".format(*colors.get(r, (0, 0, 0))) for r in rows],
         },
         geometry=[union_all(records[r]) for r in rows],
         crs=result.crs_wkt if result.crs_wkt else None,
@@ -173,7 +174,7 @@ def _area_m2(frame: Any) -> Any:
     return frame.geometry.area.to_numpy() * factor * factor
 
 
-def _colormap(classes: Sequence[LandCoverClass]) -> Dict[int, tuple]:
+def _colormap(classes: Sequence[LandCoverClass]) -> dict[int, tuple]:
     cmap = {i: (0, 0, 0, 0) for i in range(256)}
     for i, c in enumerate(classes):
         cmap[i + 1] = tuple(c.color) + (255,)
@@ -181,13 +182,13 @@ def _colormap(classes: Sequence[LandCoverClass]) -> Dict[int, tuple]:
     return cmap
 
 
-def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: Optional[str | os.PathLike] = None,
-                 tiling: Optional[TilingConfig] = None, out_tif: str | os.PathLike,
-                 polygons_gpkg: Optional[str | os.PathLike] = None,
-                 confidence_tif: Optional[str | os.PathLike] = None, threshold: Optional[float] = None,
-                 cache_dir: Optional[str | os.PathLike] = None, overwrite: bool = False,
-                 progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
-                 model: Optional[EmbeddingModel] = None) -> ClassifyRun:
+def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os.PathLike | None = None,
+                 tiling: TilingConfig | None = None, out_tif: str | os.PathLike,
+                 polygons_gpkg: str | os.PathLike | None = None,
+                 confidence_tif: str | os.PathLike | None = None, threshold: float | None = None,
+                 cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
+                 progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                 model: EmbeddingModel | None = None) -> ClassifyRun:
     """Zero-shot land cover of ``raster``: class COG (+ confidence COG, + dissolved polygons GPKG).
 
     ``classes`` is a list of `LandCoverClass` or a class file path (YAML/JSON).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def select_non_overlapping(windows: np.ndarray, order: np.ndarray, top_k: int) -
 
 
 def rank_tiles(index: EmbeddingIndex, text_embedding: np.ndarray, top_k: int = 50,
-               suppress_overlap: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+               suppress_overlap: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into the index) and scores of the best ``top_k`` tiles for one text embedding."""
     if top_k < 1:
         raise RsclipInputError(f"--top-k: must be >= 1, got {top_k}")
@@ -84,7 +84,7 @@ def search(index: EmbeddingIndex, model: EmbeddingModel, query: str, top_k: int 
 
 
 def score_heatmap(index: EmbeddingIndex, model: EmbeddingModel, query: str,
-                  text_embedding: Optional[np.ndarray] = None) -> np.ndarray:
+                  text_embedding: np.ndarray | None = None) -> np.ndarray:
     """float32 [rows, cols] cell grid of overlap-averaged scores (NaN where no tile)."""
     if text_embedding is None:
         text_embedding = model.encode_text([_check_query(query)])[0]

@@ -13,14 +13,15 @@ overlapping tiles vote instead of the last one winning.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 
 from rsclip_core.inference.errors import RsclipInputError
 
-Stretch = Union[str, Tuple[float, float]]
+Stretch = Union[str, tuple[float, float]]
 
 
 @dataclass
@@ -41,17 +42,17 @@ class TilingConfig:
     percentiles: low/high percentiles of the stretch, computed once per raster.
     """
 
-    tile_size: Optional[int] = None
+    tile_size: int | None = None
     overlap: float = 0.0
-    resolution: Optional[float] = None
-    bands: Optional[Tuple[int, ...]] = None
+    resolution: float | None = None
+    bands: tuple[int, ...] | None = None
     extent: Any = None
     batch_size: int = 16
     min_valid_fraction: float = 0.1
     stretch: Stretch = "auto"
-    percentiles: Tuple[float, float] = (2.0, 98.0)
+    percentiles: tuple[float, float] = (2.0, 98.0)
 
-    def validate(self) -> "TilingConfig":
+    def validate(self) -> TilingConfig:
         """Check values; raise `RsclipInputError` naming the option at fault. Returns self."""
         if self.tile_size is not None and (int(self.tile_size) != self.tile_size or self.tile_size < 8):
             raise RsclipInputError(f"--tile: tile size must be an integer >= 8 pixels, got {self.tile_size}")
@@ -125,7 +126,7 @@ class TileGrid:
         rows, cols = np.meshgrid(np.arange(self.n_rows), np.arange(self.n_cols), indexing="ij")
         return np.stack([rows.ravel(), cols.ravel()], axis=1).astype(np.int64)
 
-    def windows(self, rc: Optional[np.ndarray] = None) -> np.ndarray:
+    def windows(self, rc: np.ndarray | None = None) -> np.ndarray:
         """int64 [n, 4]: ``(col_off, row_off, width, height)`` source-pixel windows (unclipped)."""
         rc = self.tile_rc() if rc is None else np.asarray(rc, dtype=np.int64)
         out = np.empty((len(rc), 4), dtype=np.int64)
@@ -135,7 +136,7 @@ class TileGrid:
         out[:, 3] = self.tile_h
         return out
 
-    def cell_weights(self) -> Tuple[np.ndarray, np.ndarray]:
+    def cell_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """Fraction of a cell covered by a tile, for the cells a tile spans (x then y)."""
         return _cover_weights(self.tile_w, self.stride_x), _cover_weights(self.tile_h, self.stride_y)
 
@@ -143,7 +144,7 @@ class TileGrid:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TileGrid":
+    def from_dict(cls, data: dict) -> TileGrid:
         return cls(**{k: int(v) for k, v in data.items()})
 
 
@@ -172,7 +173,7 @@ def plan_grid(
     return TileGrid(col0, row0, col1, row1, int(tile_w), int(tile_h), stride_x, stride_y, n_cols, n_rows)
 
 
-def clip_window(window: Sequence[int], width: int, height: int) -> Optional[Tuple[int, int, int, int]]:
+def clip_window(window: Sequence[int], width: int, height: int) -> tuple[int, int, int, int] | None:
     """Intersection of a window with the raster ``[0, width) x [0, height)``; None if empty."""
     col, row, w, h = (int(v) for v in window)
     c0, r0 = max(col, 0), max(row, 0)
@@ -182,7 +183,7 @@ def clip_window(window: Sequence[int], width: int, height: int) -> Optional[Tupl
     return c0, r0, c1 - c0, r1 - r0
 
 
-def aggregate_to_cells(grid: TileGrid, tile_rc: np.ndarray, values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def aggregate_to_cells(grid: TileGrid, tile_rc: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Overlap-weighted sum of per-tile ``values [n, C]`` on the cell grid.
 
     Returns ``(sums [rows, cols, C] float64, weights [rows, cols] float64)``; divide where

@@ -9,8 +9,8 @@ end-to-end check of tiling, preprocessing, search and land cover with known grou
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from rsclip_core import spec
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 # word -> RGB direction of the embedding space (other words embed to zero and only dilute)
-COLOR_WORDS: Dict[str, Sequence[float]] = {
+COLOR_WORDS: dict[str, Sequence[float]] = {
     "red": (1, 0, 0), "bare": (1, 0, 0), "soil": (1, 0, 0), "desert": (1, 0, 0), "roofs": (1, 0, 0),
     "green": (0, 1, 0), "forest": (0, 1, 0), "grass": (0, 1, 0), "vegetation": (0, 1, 0), "trees": (0, 1, 0),
     "blue": (0, 0, 1), "water": (0, 0, 1), "lake": (0, 0, 1), "river": (0, 0, 1), "sea": (0, 0, 1),
@@ -28,7 +28,7 @@ EXTRA_WORDS = ["a", "an", "of", "image", "satellite", "aerial", "remote", "sensi
                "top-down", "view", "the", "and", "."]
 
 
-def _save(model: "object", path: Path) -> None:
+def _save(model: object, path: Path) -> None:
     import onnx
 
     onnx.checker.check_model(model)
@@ -45,7 +45,7 @@ def _normalize_nodes(src: str, dst: str) -> list:
     ]
 
 
-def image_graph(image_size: int, embed_dim: int) -> "object":
+def image_graph(image_size: int, embed_dim: int) -> object:
     """``image`` [N, 3, S, S] -> mean colour -> [N, D] (first three dims = RGB, plus a bias)."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -70,7 +70,7 @@ def image_graph(image_size: int, embed_dim: int) -> "object":
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def text_graph(vocab: Dict[str, int], context_length: int, embed_dim: int) -> "object":
+def text_graph(vocab: dict[str, int], context_length: int, embed_dim: int) -> object:
     """``tokens`` [N, ctx] -> mean of word vectors -> [N, D]."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -91,7 +91,7 @@ def text_graph(vocab: Dict[str, int], context_length: int, embed_dim: int) -> "o
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def write_toy_tokenizer(path: Path) -> Dict[str, int]:
+def write_toy_tokenizer(path: Path) -> dict[str, int]:
     """A word-level ``tokenizer.json`` (lower-cased, whitespace/punctuation split)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
@@ -108,7 +108,7 @@ def write_toy_model(model_dir: str | Path, *, image_size: int = 32, context_leng
                     embed_dim: int = 8, mean: Sequence[float] = (0.0, 0.0, 0.0),
                     std: Sequence[float] = (1.0, 1.0, 1.0), logit_scale: float = 100.0,
                     interpolation: str = "bilinear", model_name: str = "toy-colour",
-                    classes: Optional[list] = None) -> Path:
+                    classes: list | None = None) -> Path:
     """Write a complete model directory (rsclip.json, image.onnx, text.onnx, tokenizer.json)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -129,8 +129,8 @@ def write_toy_model(model_dir: str | Path, *, image_size: int = 32, context_leng
 
 
 def write_color_raster(path: str | Path, width: int = 256, height: int = 256, *, dtype: str = "uint8",
-                       crs: Optional[str] = "EPSG:32633", transform: Optional[object] = None,
-                       nodata: Optional[float] = None, alpha: bool = False, count: Optional[int] = None,
+                       crs: str | None = "EPSG:32633", transform: object | None = None,
+                       nodata: float | None = None, alpha: bool = False, count: int | None = None,
                        seed: int = 0, tiled: bool = True) -> Path:
     """A raster whose quadrants are red (top-left), green (top-right), blue (bottom-left) and
     yellow (bottom-right), with mild noise; values scaled to the dtype's typical range.

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from rsclip_core.inference.errors import OutputExistsError, RsclipInputError
 GPKG_VERSION = "1.2"  # QGIS 3.22's GDAL reads 1.2 cleanly; newer GDALs default to 1.4
 
 
-def check_output(path: Optional[str | os.PathLike], overwrite: bool, option: str = "output") -> Optional[Path]:
+def check_output(path: str | os.PathLike | None, overwrite: bool, option: str = "output") -> Path | None:
     """Validate an output path before any work: parent exists, no clobbering without overwrite."""
     if path is None:
         return None
@@ -48,10 +49,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             side.unlink()
 
 
-def write_cog(path: str | os.PathLike, array: np.ndarray, transform: Any, crs_wkt: Optional[str], *,
-              nodata: Optional[float] = None, colormap: Optional[Dict[int, Sequence[int]]] = None,
-              tags: Optional[Dict[str, str]] = None, band_tags: Optional[Dict[str, str]] = None,
-              band_description: Optional[str] = None, resampling: str = "NEAREST") -> Path:
+def write_cog(path: str | os.PathLike, array: np.ndarray, transform: Any, crs_wkt: str | None, *,
+              nodata: float | None = None, colormap: dict[int, Sequence[int]] | None = None,
+              tags: dict[str, str] | None = None, band_tags: dict[str, str] | None = None,
+              band_description: str | None = None, resampling: str = "NEAREST") -> Path:
     """Write a single-band array as a Cloud-Optimised GeoTIFF (GDAL COG driver), atomically."""
     import rasterio
     from rasterio.io import MemoryFile
