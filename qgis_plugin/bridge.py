@@ -98,6 +98,21 @@ def model_summary(model_dir: Path) -> str:
     return "<br>".join(lines)
 
 
+def default_classes_file(model_dir: Optional[Path]) -> Optional[Path]:
+    """The model's own class list (metadata ``default_classes``) if it has one, else None (rsclip's)."""
+    if model_dir is None:
+        return None
+    from rsclip_core.spec import ModelMetadata
+
+    try:
+        meta = ModelMetadata.read(model_dir)
+    except ValueError:
+        return None
+    if meta.default_classes and (Path(model_dir) / meta.default_classes).is_file():
+        return Path(model_dir) / meta.default_classes
+    return None
+
+
 def transform_rect(
     rect: QgsRectangle, src: QgsCoordinateReferenceSystem, dst: QgsCoordinateReferenceSystem
 ) -> Tuple[float, float, float, float]:

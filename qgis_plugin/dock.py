@@ -432,6 +432,12 @@ class RsclipDock(QgsDockWidget):
         if path:
             self.set_model_path(path)
 
+    def _model_dir(self) -> Optional[Path]:
+        try:
+            return bridge.resolve_model_dir(self.model_combo.currentData() or "")
+        except bridge.PluginInputError:
+            return None
+
     def _on_model_changed(self, *_args: Any) -> None:
         path = self.model_combo.currentData() or ""
         try:
@@ -449,7 +455,9 @@ class RsclipDock(QgsDockWidget):
         try:
             from rsclip_core.inference import load_classes
 
-            self.class_table.set_classes(classes_to_dicts(load_classes()))
+            self.class_table.set_classes(
+                classes_to_dicts(load_classes(bridge.default_classes_file(self._model_dir())))
+            )
         except Exception as exc:
             self.status_label.setText(f"Default classes unavailable: {exc}")
 

@@ -366,12 +366,12 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
         context: QgsProcessingContext,  # noqa: N802
         feedback: QgsProcessingFeedback,
     ) -> Dict[str, Any]:
-        from rsclip_core.inference import load_classes, run_classify
+        from rsclip_core.inference import default_classes_path, load_classes, run_classify
 
         path, tiling, model = self.common_inputs(parameters, context, feedback)
         class_file = self.parameterAsFile(parameters, self.CLASSES, context)
         try:
-            classes = load_classes(class_file or None)
+            classes = load_classes(class_file or default_classes_path(model))
         except (ValueError, OSError) as exc:
             raise QgsProcessingException(str(exc)) from exc
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

@@ -254,3 +254,23 @@ def test_missing_dependencies_banner_and_install_flow(plugin, monkeypatch):
     assert len(calls) == 1
     assert dock.deps_box.isHidden() and dock.search_button.isEnabled()
     assert "Installed 1 packages" in dock.status_label.text()
+
+
+def test_default_classes_come_from_the_model_when_it_has_a_list(dock, model_dir, tmp_path):
+    import json
+    import shutil
+
+    own = tmp_path / "model-with-classes"
+    shutil.copytree(model_dir, own)
+    meta = json.loads((own / "rsclip.json").read_text())
+    meta["default_classes"] = "classes.json"
+    (own / "rsclip.json").write_text(json.dumps(meta))
+    classes = [
+        {"name": "sea", "prompts": ["blue water"], "color": "#0000ff"},
+        {"name": "land", "prompts": ["green"], "color": "#00ff00"},
+    ]
+    (own / "classes.json").write_text(json.dumps({"classes": classes}))
+    dock.set_model_path(str(own))
+    dock.reset_default_classes()
+    assert [c["name"] for c in dock.class_table.classes()] == ["sea", "land"]
+    assert dock.class_table.classes()[0]["color"] == [0, 0, 255]

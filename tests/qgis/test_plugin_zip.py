@@ -1,4 +1,5 @@
-"""The installable zip is self-contained: the plugin runs from it with only its vendored rsclip_core."""
+"""The installable zip is self-contained: QGIS loads the plugin from it with only its vendored
+rsclip_core, and without the Python dependencies it still loads and offers to install them."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT
 
 from qgis_plugin import deps
 
-CHECK = textwrap.dedent(
+START = textwrap.dedent(
     """
     import sys
     from qgis.core import QgsApplication
@@ -47,9 +50,14 @@ CHECK = textwrap.dedent(
     assert qgis.utils.pluginMetadata("rsclip", "qgisMinimumVersion") == "3.22"
     assert qgis.utils.loadPlugin("rsclip") and qgis.utils.startPlugin("rsclip")
     plugin = qgis.utils.plugins["rsclip"]
-    assert plugin.dock is not None and plugin.dock.refresh_dependencies() == []
     provider = QgsApplication.processingRegistry().providerById("rsclip")
-    assert provider is not None and len(provider.algorithms()) == 3
+    assert plugin.dock is not None and provider is not None and len(provider.algorithms()) == 3
+    """
+)
+
+WITH_DEPS = START + textwrap.dedent(
+    """
+    assert plugin.dock.refresh_dependencies() == []
     import rsclip_core
     from rsclip_core.inference import load_classes, run_search
     assert rsclip_core.__file__.startswith(sys.argv[1]), rsclip_core.__file__
@@ -65,19 +73,53 @@ CHECK = textwrap.dedent(
     """
 )
 
+WITHOUT_DEPS = START + textwrap.dedent(
+    """
+    missing = {r.dist for r in plugin.dock.refresh_dependencies()}
+    assert {"onnxruntime", "tokenizers"} <= missing, missing
+    assert not plugin.dock.deps_box.isHidden() and "onnxruntime" in plugin.dock.deps_label.text()
+    assert not plugin.dock.search_button.isEnabled() and not plugin.dock.landcover_button.isEnabled()
+    assert "onnxruntime" not in sys.modules
+    assert qgis.utils.unloadPlugin("rsclip")
+    print("zip-ok")
+    """
+)
 
-def test_zip_contents_and_standalone_run(tmp_path, raster_path, model_dir):
+
+@pytest.fixture(scope="module")
+def plugin_zip(tmp_path_factory: pytest.TempPathFactory):
+    """Build the zip with scripts/build_plugin_zip.sh and extract it as a QGIS plugin folder."""
+    root = tmp_path_factory.mktemp("zip")
     out = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "build_plugin_zip.sh"), str(tmp_path / "dist")],
+        ["bash", str(REPO_ROOT / "scripts" / "build_plugin_zip.sh"), str(root / "dist")],
         capture_output=True,
         text=True,
         check=True,
     )
-    archives = list((tmp_path / "dist").glob("rsclip-*.zip"))
+    archives = list((root / "dist").glob("rsclip-*.zip"))
     assert len(archives) == 1, out.stdout
     with zipfile.ZipFile(archives[0]) as archive:
         names = archive.namelist()
-        archive.extractall(tmp_path / "plugins")
+        archive.extractall(root / "plugins")
+    return names, root / "plugins"
+
+
+def _run(script: str, plugins: Path, deps_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ, PYTHONPATH=str(plugins), QT_QPA_PLATFORM="offscreen", RSCLIP_QGIS_DEPS_DIR=str(deps_dir)
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, str(plugins), *args],
+        capture_output=True,
+        text=True,
+        cwd=plugins.parent,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_zip_contents(plugin_zip):
+    names, _plugins = plugin_zip
     for required in (
         "rsclip/__init__.py",
         "rsclip/metadata.txt",
@@ -88,36 +130,22 @@ def test_zip_contents_and_standalone_run(tmp_path, raster_path, model_dir):
         "rsclip/vendor/resources/classes/landcover.yaml",
     ):
         assert required in names
-    assert not [
-        n
-        for n in names
-        if "/rsclip_core/" in n
-        and "/inference/" not in n
-        and not n.endswith(("rsclip_core/__init__.py", "rsclip_core/spec.py", "rsclip_core/py.typed"))
+    allowed = ("rsclip_core/__init__.py", "rsclip_core/spec.py", "rsclip_core/py.typed")
+    torch_side = [
+        n for n in names if "/rsclip_core/" in n and "/inference/" not in n and not n.endswith(allowed)
     ]
+    assert torch_side == []
     assert not [n for n in names if "__pycache__" in n or "/deps/" in n]
 
-    plugins = tmp_path / "plugins"
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(plugins),
-        QT_QPA_PLATFORM="offscreen",
-        RSCLIP_QGIS_DEPS_DIR=str(deps.default_deps_dir()),
-    )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            CHECK,
-            str(plugins),
-            str(raster_path),
-            str(model_dir),
-            str(tmp_path / "hits.gpkg"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
+
+def test_qgis_loads_the_zipped_plugin_and_it_runs(plugin_zip, raster_path, model_dir, tmp_path):
+    _names, plugins = plugin_zip
+    hits = str(tmp_path / "hits.gpkg")
+    result = _run(WITH_DEPS, plugins, deps.default_deps_dir(), str(raster_path), str(model_dir), hits)
+    assert "zip-ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_without_dependencies_the_plugin_loads_and_offers_the_install(plugin_zip, tmp_path):
+    _names, plugins = plugin_zip
+    result = _run(WITHOUT_DEPS, plugins, tmp_path / "empty-deps")
     assert "zip-ok" in result.stdout, result.stderr[-3000:]
