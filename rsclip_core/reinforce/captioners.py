@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class Captioner(Protocol):
     name: str
 
     def caption(self, record: ImageTextRecord, image: Any, num_captions: int, rng: random.Random,
-                image_embedding: Optional[np.ndarray] = None) -> list[str]:
+                image_embedding: np.ndarray | None = None) -> list[str]:
         """``num_captions`` synthetic captions for ``image`` (PIL RGB, the original)."""
 
     def describe(self) -> dict[str, Any]:
@@ -38,7 +39,7 @@ class Captioner(Protocol):
 class CocaCaptioner:
     """open_clip CoCa captioner; nucleus sampling (``top_p``) gives S diverse captions per image."""
 
-    def __init__(self, arch: str, checkpoint: Optional[str | Path], model: Any = None,
+    def __init__(self, arch: str, checkpoint: str | Path | None, model: Any = None,
                  top_p: float = 0.9, max_seq_len: int = 30) -> None:
         import open_clip
 
@@ -57,7 +58,7 @@ class CocaCaptioner:
         self.name = f"coca:{arch}"
 
     def caption(self, record: ImageTextRecord, image: Any, num_captions: int, rng: random.Random,
-                image_embedding: Optional[np.ndarray] = None) -> list[str]:
+                image_embedding: np.ndarray | None = None) -> list[str]:
         import open_clip
         import torch
 
@@ -144,7 +145,7 @@ class NeighbourCaptioner:
                 "templates": self.templates}
 
     def caption(self, record: ImageTextRecord, image: Any, num_captions: int, rng: random.Random,
-                image_embedding: Optional[np.ndarray] = None) -> list[str]:
+                image_embedding: np.ndarray | None = None) -> list[str]:
         if image_embedding is None:
             raise CaptionerError("the neighbour captioner needs the image's teacher embedding")
         q = np.asarray(image_embedding, dtype=np.float32)

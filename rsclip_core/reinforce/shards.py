@@ -45,9 +45,10 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,9 +103,9 @@ class ReinforcedSample:
     image_emb: dict[str, np.ndarray]
     text_emb: dict[str, np.ndarray]
     syn_text_emb: dict[str, np.ndarray]
-    label: Optional[str] = None
-    split: Optional[str] = None
-    source: Optional[str] = None
+    label: str | None = None
+    split: str | None = None
+    source: str | None = None
 
     def image(self):  # -> PIL.Image.Image
         """The original image, decoded to RGB."""
@@ -143,7 +144,7 @@ class ReinforcedSample:
         }
 
     @classmethod
-    def from_wds(cls, sample: dict[str, Any]) -> "ReinforcedSample":
+    def from_wds(cls, sample: dict[str, Any]) -> ReinforcedSample:
         """Build from a raw (undecoded) webdataset sample dict."""
         key = sample.get("__key__", "?")
         image_ext = next((e for e in ("jpg", "jpeg", "png", "webp", "tif", "tiff") if e in sample), None)
@@ -191,8 +192,8 @@ class TeacherInfo:
     name: str
     dim: int
     kind: str  # "rsclip" (create_model config) or "open_clip"
-    checkpoint: Optional[str] = None
-    arch: Optional[str] = None
+    checkpoint: str | None = None
+    arch: str | None = None
 
 
 @dataclass
@@ -221,7 +222,7 @@ class Manifest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
         data["teachers"] = [TeacherInfo(**t) for t in data["teachers"]]
         return cls(**data)

@@ -18,9 +18,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def cached_image_features(
     batch_size: int = 32,
     chunk_size: int = 256,
     progress: bool = True,
-    tower: Optional[Callable[[Any], Any]] = None,
+    tower: Callable[[Any], Any] | None = None,
 ) -> np.ndarray:
     """float16 [N, C] pooled tower features of ``records`` (one view), cached under ``cache_dir``.
 
@@ -218,8 +219,8 @@ class FitData:
     image_views: list[np.ndarray]
     caption_feats: np.ndarray
     caption_owner: np.ndarray  # [M] image index of each caption
-    label_feats: Optional[np.ndarray] = None  # [L, T, 384] label-prompt features (T templates)
-    image_label: Optional[np.ndarray] = None  # [N] index into label_feats or -1
+    label_feats: np.ndarray | None = None  # [L, T, 384] label-prompt features (T templates)
+    image_label: np.ndarray | None = None  # [N] index into label_feats or -1
 
 
 @dataclass
@@ -337,7 +338,7 @@ def _head_in_dim(head: Any) -> int:
 
 def save_teacher_checkpoint(path: str | Path, heads: Any, *, image_tower: str, text_tower: str,
                             image_size: int, cfg: FitConfig, fit_info: dict[str, Any],
-                            extra: Optional[dict[str, Any]] = None) -> Path:
+                            extra: dict[str, Any] | None = None) -> Path:
     """Atomically save a fitted offline teacher (heads + how to rebuild it)."""
     import io
 
@@ -375,7 +376,10 @@ def load_teacher_checkpoint(path: str | Path) -> tuple[dict[str, Any], Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle/zip errors of a file that is not a torch checkpoint
+        raise TeacherFitError(f"{path}: not an rsclip offline-teacher checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise TeacherFitError(f"{path}: not an rsclip offline-teacher checkpoint")
     heads = nn.ModuleDict({

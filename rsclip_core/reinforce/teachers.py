@@ -13,9 +13,9 @@ teacher, dims recorded in the manifest): MobileCLIP distils from each teacher se
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -49,10 +49,15 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 class OfflineTeacher:
     """Locked packaged towers + fitted heads (``rsclip teacher fit`` checkpoint)."""
 
-    def __init__(self, checkpoint: str | Path, name: Optional[str] = None, batch_size: int = 64,
+    def __init__(self, checkpoint: str | Path, name: str | None = None, batch_size: int = 64,
                  backend: str = "onnxruntime") -> None:
         from rsclip_core.reinforce.teacher_fit import load_teacher_checkpoint
-        from rsclip_core.reinforce.towers import OnnxImageTower, TowerPreprocess, load_image_tower, load_text_tower
+        from rsclip_core.reinforce.towers import (
+            OnnxImageTower,
+            TowerPreprocess,
+            load_image_tower,
+            load_text_tower,
+        )
 
         self.checkpoint = str(checkpoint)
         self.payload, self.heads = load_teacher_checkpoint(checkpoint)
@@ -99,30 +104,27 @@ class OfflineTeacher:
 
 
 class OpenClipTeacher:
-    """An open_clip model from a local checkpoint (``pretrained=`` a file path; never downloads)."""
+    """An open_clip model from a local checkpoint, loaded by ``rsclip_core.models.load_open_clip_teacher``
+    (never downloads; resolves preprocessing from ``pretrained_tag`` and QuickGELU)."""
 
-    def __init__(self, arch: str, checkpoint: Optional[str | Path], name: Optional[str] = None,
-                 batch_size: int = 32, model: Any = None) -> None:
-        import open_clip
+    def __init__(self, arch: str, checkpoint: str | Path, name: str | None = None,
+                 pretrained_tag: str | None = None, batch_size: int = 32) -> None:
         import torch
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if model is None:
-            if checkpoint is not None and not Path(checkpoint).is_file():
-                raise FileNotFoundError(f"open_clip teacher checkpoint not found: {checkpoint}")
-            try:
-                model = open_clip.create_model(arch, pretrained=str(checkpoint) if checkpoint else None)
-            except RuntimeError as exc:
-                raise TeacherLoadError(f"open_clip teacher {arch} from {checkpoint}: {exc}") from exc
-        self.model = model.eval()
-        self.tokenizer = open_clip.get_tokenizer(arch)
-        self.preprocess = open_clip.image_transform(self.model.visual.image_size, is_train=False)
-        size = self.model.visual.image_size
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        from rsclip_core.models.teachers import TeacherError, load_open_clip_teacher
+
+        try:
+            loaded = load_open_clip_teacher(arch, checkpoint, pretrained_tag=pretrained_tag)
+        except TeacherError as exc:
+            raise TeacherLoadError(str(exc)) from exc
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.preprocess = loaded.preprocess
+        self.image_size = loaded.image_size
         with torch.inference_mode():
             self.dim = int(self.model.encode_text(self.tokenizer(["a"])).shape[-1])
-        self.arch = arch
-        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.arch, self.checkpoint, self.pretrained_tag = arch, str(checkpoint), pretrained_tag
+        self.preprocess_source = loaded.preprocess_source
         self.name = name or f"openclip-{arch}"
         self.batch_size = batch_size
 
@@ -146,7 +148,7 @@ class OpenClipTeacher:
 
     def info(self) -> TeacherInfo:
         return TeacherInfo(name=self.name, dim=self.dim, kind="open_clip", checkpoint=self.checkpoint,
-                           arch=self.arch)
+                           arch=self.arch if not self.pretrained_tag else f"{self.arch}@{self.pretrained_tag}")
 
 
 class CallableTeacher:
@@ -206,7 +208,8 @@ def load_teacher(spec: str) -> Teacher:
     """Parse a CLI teacher spec.
 
     * ``offline:/path/teacher.pt`` (or a bare ``.pt`` path) — fitted offline teacher;
-    * ``open_clip:ARCH:/path/weights.bin`` — open_clip model from a local file.
+    * ``open_clip:ARCH:/path/weights.bin[@TAG]`` — open_clip model from a local file (``@TAG``: the
+      open_clip pretrained tag the file came from, for its preprocessing).
     An optional ``NAME=`` prefix sets the teacher's name (``lite2=offline:/x.pt``).
     """
     name = None
@@ -219,7 +222,8 @@ def load_teacher(spec: str) -> Teacher:
         arch, _, path = rest.partition(":")
         if not arch or not path:
             raise TeacherLoadError(f"teacher spec {spec!r}: use open_clip:ARCH:/path/to/weights")
-        return OpenClipTeacher(arch, path, name=name)
+        path, _, tag = path.partition("@")
+        return OpenClipTeacher(arch, path, name=name, pretrained_tag=tag or None)
     if spec.endswith((".pt", ".pth")):
         return OfflineTeacher(spec, name=name)
     raise TeacherLoadError(f"teacher spec {spec!r}: use offline:/path.pt or open_clip:ARCH:/path")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class OnnxImageTower:
     """The image tower exported once to ONNX and run with onnxruntime (about 3x faster than eager
     PyTorch for EfficientNet-Lite's depthwise convs on CPU; features agree to ~1e-5)."""
 
-    def __init__(self, tower: str, cache_dir: str | Path | None = None, threads: Optional[int] = None) -> None:
+    def __init__(self, tower: str, cache_dir: str | Path | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         cache = Path(cache_dir or os.environ.get("RSCLIP_CACHE", Path.home() / ".cache" / "rsclip")) / "towers"
