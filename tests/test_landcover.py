@@ -210,3 +210,12 @@ def test_rsscn7_mosaic_accuracy(tmp_path):
                     "checkpoint (set RSSCN7_MIN_ACCURACY to assert anyway)")
     minimum = float(wanted) if wanted is not None else chance + 0.05
     assert accuracy >= minimum, f"per-tile accuracy {accuracy:.3f} < {minimum:.3f} (chance {chance:.3f})"
+
+
+def test_model_dir_class_list_is_the_default(tmp_path):
+    mdir = write_toy_model(tmp_path / "m", classes=[{"name": "water", "prompts": ["blue water"], "color": "#0000ff"},
+                                                    {"name": "trees", "prompts": ["green trees"], "color": "#00ff00"}])
+    m = load_model(mdir)
+    assert default_classes_path(m) == mdir / "classes.json"
+    assert [c.name for c in load_classes(default_classes_path(m))] == ["water", "trees"]
+    assert default_classes_path(None).name == "landcover.yaml"
