@@ -285,3 +285,11 @@ def test_cancelled_build_resumes_from_checkpoint(model, raster, tmp_path):
     assert seen[0] == 8  # two batches of 4 were already done
     assert np.array_equal(resumed.embeddings, full.embeddings) and np.array_equal(resumed.tile_rc, full.tile_rc)
     assert not list(tmp_path.glob(".*.resume.npz"))
+
+
+def test_search_with_prompt_templates(model, raster):
+    index = build_index(raster, model, TILING)
+    plain = search(index, model, "green", top_k=3)
+    templated = search(index, model, "green", top_k=3, templates=["an aerial image of {}.", "{} trees"])
+    # the toy text encoder ignores non-colour words: same ranking, same geometry
+    assert list(plain.geometry.centroid.x) == list(templated.geometry.centroid.x)

@@ -357,8 +357,10 @@ def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output
 @click.option("--heatmap", type=click.Path(dir_okay=False, path_type=Path),
               help="Score heat-map GeoTIFF (COG, one cell per tile stride).")
 @click.option("--keep-overlapping", is_flag=True, help="Do not suppress hits overlapping a better one.")
+@click.option("--templates", "use_templates", is_flag=True,
+              help="Embed the query through the model's prompt templates ('an aerial image of {}.') and average.")
 def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: Path | None,
-           keep_overlapping: bool, **opts: Any) -> None:
+           keep_overlapping: bool, use_templates: bool, **opts: Any) -> None:
     """Find the tiles of RASTER that best match the text QUERY.
 
     \b
@@ -383,7 +385,8 @@ def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: P
         try:
             run = run_search(raster, query, model=model, tiling=tiling, top_k=top_k, out_gpkg=output,
                              heatmap_tif=heatmap, cache_dir=cache_dir, overwrite=opts["overwrite"],
-                             progress=bar, suppress_overlap=not keep_overlapping)
+                             progress=bar, suppress_overlap=not keep_overlapping,
+                             templates=model.metadata.prompt_templates if use_templates else None)
         finally:
             bar.close()
     if not opts["quiet"]:

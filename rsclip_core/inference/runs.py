@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -102,8 +102,12 @@ def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.Pat
                out_gpkg: str | os.PathLike | None = None, heatmap_tif: str | os.PathLike | None = None,
                cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-               model: EmbeddingModel | None = None, suppress_overlap: bool = True) -> SearchRun:
-    """Rank the tiles of ``raster`` against ``query``; write hits (GPKG) and a heat-map (COG)."""
+               model: EmbeddingModel | None = None, suppress_overlap: bool = True,
+               templates: Sequence[str] | None = None) -> SearchRun:
+    """Rank the tiles of ``raster`` against ``query``; write hits (GPKG) and a heat-map (COG).
+
+    ``templates``: optional prompt templates to ensemble the query over (default: the query as is).
+    """
     query = _check_query(query)
     if int(top_k) < 1:
         raise RsclipInputError(f"--top-k: must be >= 1, got {top_k}")
@@ -112,11 +116,11 @@ def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.Pat
     model = _model(model, model_dir)
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, gpkg, heat),
                         progress=progress, cancel=cancel)
-    hits = search(index, model, query, top_k=int(top_k), suppress_overlap=suppress_overlap)
+    hits = search(index, model, query, top_k=int(top_k), suppress_overlap=suppress_overlap, templates=templates)
     if gpkg is not None:
         write_gpkg(gpkg, hits, layer="hits")
     if heat is not None:
-        grid = score_heatmap(index, model, query)
+        grid = score_heatmap(index, model, query, templates=templates)
         write_cog(heat, grid, index.cell_transform, index.crs_wkt, nodata=float("nan"),
                   tags={"query": query, "model": model.metadata.model_name, "raster": str(raster)},
                   band_description=f"similarity to '{query}'", resampling="AVERAGE")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -63,13 +63,25 @@ def rank_tiles(index: EmbeddingIndex, text_embedding: np.ndarray, top_k: int = 5
         pool = min(n, pool * 4)
 
 
+def query_embedding(model: EmbeddingModel, query: str, templates: Sequence[str] | None = None) -> np.ndarray:
+    """The query as is, or ensembled over prompt ``templates`` (e.g. the model's, for short queries)."""
+    query = _check_query(query)
+    if templates:
+        return model.encode_prompts([query], templates)[0]
+    return model.encode_text([query])[0]
+
+
 def search(index: EmbeddingIndex, model: EmbeddingModel, query: str, top_k: int = 50,
-           suppress_overlap: bool = True) -> Any:
-    """Tiles best matching ``query``: GeoDataFrame (rank, score, query, geometry) in the raster CRS."""
+           suppress_overlap: bool = True, *, templates: Sequence[str] | None = None) -> Any:
+    """Tiles best matching ``query``: GeoDataFrame (rank, score, query, geometry) in the raster CRS.
+
+    ``score`` is the cosine similarity of tile and text embeddings; with ``templates`` the query
+    is embedded through each template (``"an aerial image of {}."``) and averaged.
+    """
     import geopandas as gpd
 
     query = _check_query(query)
-    text = model.encode_text([query])[0]
+    text = query_embedding(model, query, templates)
     order, scores = rank_tiles(index, text, top_k, suppress_overlap)
     geoms = index.geometries()[order] if len(order) else np.array([], dtype=object)
     return gpd.GeoDataFrame(
@@ -84,10 +96,10 @@ def search(index: EmbeddingIndex, model: EmbeddingModel, query: str, top_k: int 
 
 
 def score_heatmap(index: EmbeddingIndex, model: EmbeddingModel, query: str,
-                  text_embedding: np.ndarray | None = None) -> np.ndarray:
+                  text_embedding: np.ndarray | None = None, *, templates: Sequence[str] | None = None) -> np.ndarray:
     """float32 [rows, cols] cell grid of overlap-averaged scores (NaN where no tile)."""
     if text_embedding is None:
-        text_embedding = model.encode_text([_check_query(query)])[0]
+        text_embedding = query_embedding(model, query, templates)
     scores = index.scores(text_embedding)
     sums, weights = aggregate_to_cells(index.grid, index.tile_rc, scores[:, None])
     out = np.full(weights.shape, np.nan, dtype=np.float32)
