@@ -242,3 +242,18 @@ def test_resolution_resamples_on_read(tmp_path):
         tile, _ = src.read_tile((0, 0, 64, 64))
         assert tile.shape == (3, 32, 32)
     assert math.isclose(src.tile_w / 32, 2.0)
+
+
+def test_gcp_only_raster_refused(tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    path = tmp_path / "gcps.tif"
+    gcps = [GroundControlPoint(0, 0, 500000, 6000000), GroundControlPoint(0, 64, 500000, 5999936),
+            GroundControlPoint(64, 0, 500064, 6000000)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                           gcps=gcps, crs="EPSG:32633") as ds:
+            ds.write(np.full((3, 64, 64), 100, dtype=np.uint8))
+        with pytest.raises(RsclipInputError, match="ground control points"):
+            RasterSource(path, TilingConfig(), image_size=32)

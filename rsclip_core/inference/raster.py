@@ -79,6 +79,12 @@ class RasterSource:
         if ds.count < 1 or ds.width < 1 or ds.height < 1:
             raise RsclipInputError(f"{self.path}: raster has no pixels or bands")
         t = ds.transform
+        gcps, _ = ds.gcps
+        if gcps and t.is_identity:
+            raise RsclipInputError(
+                f"{self.path}: georeferenced by ground control points only; warp it to a north-up grid "
+                f"first (gdalwarp {self.path.name} warped.tif)"
+            )
         if abs(t.b) > 1e-12 * abs(t.a) or abs(t.d) > 1e-12 * abs(t.e):
             raise RsclipInputError(
                 f"{self.path}: rotated/sheared geotransform is not supported; "
