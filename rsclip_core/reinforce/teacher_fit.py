@@ -319,12 +319,12 @@ def fit_heads(
             losses.append(float(loss.detach()))
         metrics = retrieval_from_features(heads, val)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mR": metrics["mR"],
-                        "temperature": float(1 / logit_scale.exp())})
+                        "temperature": float(1 / logit_scale.detach().exp())})
         if metrics["mR"] > best["mR"]:
             best = {**metrics, "epoch": epoch + 1}
-            best_state = copy.deepcopy(heads.state_dict()), float(logit_scale)
+            best_state = copy.deepcopy(heads.state_dict()), float(logit_scale.detach())
         log(f"epoch {epoch + 1:3d} loss {np.mean(losses):.4f} val mR {metrics['mR']:.2f} "
-            f"(best {best['mR']:.2f} @ {best['epoch']}) T={1 / logit_scale.exp():.4f} {time.time() - t0:.0f}s")
+            f"(best {best['mR']:.2f} @ {best['epoch']}) T={float(1 / logit_scale.detach().exp()):.4f} {time.time() - t0:.0f}s")
     assert best_state is not None
     heads.load_state_dict(best_state[0])
     heads.eval()
