@@ -389,3 +389,47 @@ def test_full_student_export_parity(name, tmp_path):
     from rsclip_core.inference.tokenizer import TextTokenizer
 
     np.testing.assert_array_equal(TextTokenizer.from_model_dir(out, meta)(TEXTS), get_tokenizer(name)(TEXTS).numpy())
+
+
+# --- exporter paths -------------------------------------------------------------------------------
+
+
+class _SelfAttentionPool(torch.nn.Module):
+    """nn.MultiheadAttention in eval/no_grad takes a fused fast path that has no ONNX export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0].mean(1)
+
+
+def test_legacy_exporter_handles_multihead_attention(tmp_path):
+    from rsclip_core.export.onnx_export import export_graph
+
+    module = _SelfAttentionPool().eval()
+    x = torch.randn(2, 5, 16)
+    assert export_graph(module, x, "x", tmp_path / "mha.onnx", opset=17, exporter="legacy") == "legacy"
+    assert torch.backends.mha.get_fastpath_enabled()  # restored afterwards
+    y = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        ref = module(y).numpy()
+    got = _session(tmp_path / "mha.onnx").run(None, {"x": y.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_dynamo_exporter_gives_the_same_graph_contract(tmp_path):
+    """The fallback exporter: same names/metadata, and no clash with its own 'embedding' node."""
+    from rsclip_core.export.onnx_export import export_onnx_text
+
+    model = _seeded_model("tiny-mci-mct").reparameterize()
+    path = export_onnx_text(model, tmp_path / spec.TEXT_ONNX, exporter="dynamo", metadata_props={"k": "v"})
+    graph = onnx.load(str(path))
+    assert [i.name for i in graph.graph.input] == [spec.TEXT_INPUT]
+    assert [o.name for o in graph.graph.output] == [spec.EMBEDDING_OUTPUT]
+    assert {p.key: p.value for p in graph.metadata_props}["k"] == "v"
+    tokens = get_tokenizer("tiny-mci-mct")(TEXTS[:3])
+    with torch.no_grad():
+        ref = model.encode_text(tokens).numpy()
+    _assert_close(ref, _session(path).run(None, {spec.TEXT_INPUT: tokens.numpy()})[0])

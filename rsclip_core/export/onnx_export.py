@@ -31,6 +31,7 @@ from rsclip_core.export.errors import ExportError
 from rsclip_core.export.wrappers import ImageEncoder, TextEncoder
 
 DEFAULT_OPSET = 17
+_TMP_OUTPUT = "rsclip_export_output"
 DYNAMO_OPSET = 18
 Exporter = Literal["auto", "legacy", "dynamo"]
 
@@ -97,10 +98,13 @@ def export_graph(
     module = module.eval()
     errors: list[str] = []
     order = {"auto": ("legacy", "dynamo"), "legacy": ("legacy",), "dynamo": ("dynamo",)}[exporter]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     for kind in order:
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                # nn.MultiheadAttention's fused inference kernel has no ONNX export
+                torch.backends.mha.set_fastpath_enabled(False)
                 if kind == "legacy":
                     torch.onnx.export(
                         module,
@@ -121,16 +125,36 @@ def export_graph(
                         None,
                         dynamo=True,
                         input_names=[input_name],
-                        output_names=[spec.EMBEDDING_OUTPUT],
+                        # dynamo names intermediates after torch ops ("embedding" for
+                        # F.embedding), which would clash with the output name: rename after.
+                        output_names=[_TMP_OUTPUT],
                         dynamic_shapes={input_name: {0: batch}},
                         opset_version=max(opset, DYNAMO_OPSET),
                         verbose=False,
                     )
                     program.save(str(path))
+                    graph = onnx.load(str(path))
+                    rename_value(graph, spec.EMBEDDING_OUTPUT, f"{spec.EMBEDDING_OUTPUT}__internal")
+                    rename_value(graph, _TMP_OUTPUT, spec.EMBEDDING_OUTPUT)
+                    onnx.save(graph, str(path))
             return kind
         except Exception as exc:  # noqa: BLE001 - report every exporter's failure together
             errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     raise ExportError(f"{path.name}: ONNX export failed ({'; '.join(errors)})")
+
+
+def rename_value(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename a value (graph input/output, node input/output, initialiser, value_info) everywhere."""
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for collection in (graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in collection:
+            if item.name == old:
+                item.name = new
 
 
 def store_weights_fp16(model: onnx.ModelProto, min_elements: int = _FP16_MIN_ELEMENTS) -> onnx.ModelProto:
