@@ -9,8 +9,9 @@ Layout::
 
     <model_dir>/
       rsclip.json       metadata (ModelMetadata below), the single source of preprocessing truth
-      image.onnx        image encoder: float32 NCHW RGB in [0, 1], *not* standardised
-                        (inference applies mean/std from the metadata) -> L2-normalised embeddings
+      image.onnx        image encoder: float32 NCHW RGB; the graph does *no* standardisation:
+                        callers scale pixels to [0, 1] and apply the metadata's mean/std first
+                        ((x - mean) / std, as QGIS ONNX tools such as Deepness do) -> L2-normalised embeddings
       text.onnx         text encoder: int64 [N, context_length] token ids -> L2-normalised embeddings
       tokenizer.json    Hugging Face `tokenizers` file that reproduces the training tokenizer
       classes.json      optional default land-cover classes (name, prompts, colour)
