@@ -61,7 +61,8 @@ class _LandCoverStyler(QgsProcessingLayerPostProcessorInterface):
             layers.style_landcover_polygons(layer, self.style)
 
 
-# Post-processors must outlive processAlgorithm (QGIS keeps only a raw pointer).
+# The processing context takes ownership of each post-processor and deletes it once applied, so
+# every output gets its own instance; the Python objects are also kept here until then.
 _STYLERS: list = []
 
 
@@ -198,6 +199,15 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from exc
         return path, tiling, model
 
+    def postProcessAlgorithm(
+        self, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> Dict[str, Any]:  # noqa: N802
+        """Main thread, after the run: style the outputs QGIS is about to load (as the cookbook does it)."""
+        for target, styler in getattr(self, "stylers", []):
+            if context.willLoadLayerOnCompletion(target):
+                context.layerToLoadOnCompletionDetails(target).setPostProcessor(styler)
+        return {}
+
     def cache_folder(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> str:
         folder = (
             self.parameterAsFile(parameters, self.CACHE_FOLDER, context)
@@ -295,8 +305,7 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
             overwrite=True,
         )
         feedback.pushInfo(f"{len(run.hits)} hits among {len(run.index)} tiles")
-        if context.willLoadLayerOnCompletion(out):
-            context.layerToLoadOnCompletionDetails(out).setPostProcessor(_keep(_HitsStyler()))
+        self.stylers = [(out, _keep(_HitsStyler()))]
         result = {self.OUTPUT: out}
         if heatmap:
             result[self.HEATMAP] = heatmap
@@ -398,10 +407,7 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
         )
         for row in run.stats:
             feedback.pushInfo(f"{row['name']}: {100.0 * row['fraction']:.1f}%")
-        styler = _keep(_LandCoverStyler(classes))
-        for target in (out, polygons):
-            if target and context.willLoadLayerOnCompletion(target):
-                context.layerToLoadOnCompletionDetails(target).setPostProcessor(styler)
+        self.stylers = [(target, _keep(_LandCoverStyler(classes))) for target in (out, polygons) if target]
         result = {self.OUTPUT: out}
         if polygons:
             result[self.POLYGONS] = polygons

@@ -24,9 +24,9 @@ def provider(qgis_processing, qgis_new_project):
     from qgis_plugin.processing_provider import RsclipProvider
 
     registry = QgsApplication.processingRegistry()
-    if registry.providerById("rsclip") is None:
-        registry.addProvider(RsclipProvider())
-    yield registry.providerById("rsclip")
+    instance = RsclipProvider()  # keep the Python object alive while registered (as the plugin does)
+    assert registry.addProvider(instance)
+    yield instance
     registry.removeProvider("rsclip")
 
 
@@ -160,3 +160,30 @@ def test_bad_input_is_a_processing_error(provider, raster_path, model_dir, tmp_p
     params.update({"BANDS": None, "MODEL": str(tmp_path)})
     with pytest.raises(QgsProcessingException, match="not an exported rsclip model"):
         processing.run("rsclip:textsearch", params)
+
+
+def test_results_loaded_from_processing_are_styled(provider, raster_path, model_dir, tmp_path):
+    import processing
+    from qgis.core import QgsGraduatedSymbolRenderer
+
+    params = _common(raster_path, model_dir, tmp_path)
+    params.update({"QUERY": "green", "TOP_K": 5, "OUTPUT": str(tmp_path / "styled.gpkg")})
+    result = processing.runAndLoadResults("rsclip:textsearch", params)
+    hits = QgsProject.instance().mapLayer(result["OUTPUT"]) or next(
+        layer
+        for layer in QgsProject.instance().mapLayers().values()
+        if layer.source().startswith(str(tmp_path))
+    )
+    assert isinstance(hits.renderer(), QgsGraduatedSymbolRenderer) and hits.labelsEnabled()
+
+    params = _common(raster_path, model_dir, tmp_path)
+    params.update({"OUTPUT": str(tmp_path / "styled_lc.tif"), "POLYGONS": str(tmp_path / "styled_lc.gpkg")})
+    processing.runAndLoadResults("rsclip:landcover", params)
+    rasters = [
+        layer
+        for layer in QgsProject.instance().mapLayers().values()
+        if layer.source().endswith("styled_lc.tif")
+    ]
+    assert len(rasters) == 1
+    assert isinstance(rasters[0].renderer(), QgsPalettedRasterRenderer)
+    assert "water" in {c.label for c in rasters[0].renderer().classes()}
