@@ -20,11 +20,21 @@ from rsclip_core.models.model import (
     lock_towers,
     unlock_towers,
 )
+from rsclip_core.models.teachers import (
+    OpenClipTeacher,
+    TeacherError,
+    create_offline_teacher,
+    load_open_clip_teacher,
+)
 from rsclip_core.models.tokenizer import get_tokenizer, save_inference_tokenizer
 
 __all__ = [
     "CheckpointError",
     "ModelConfigError",
+    "OpenClipTeacher",
+    "TeacherError",
+    "create_offline_teacher",
+    "load_open_clip_teacher",
     "PreprocessConfig",
     "RSClipModel",
     "TokenizerSpec",

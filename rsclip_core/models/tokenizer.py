@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
@@ -44,16 +45,22 @@ class WordPieceTokenizer:
 
 
 def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
-    """The training tokenizer described by ``spec``."""
-    if spec.kind == "clip-bpe":
+    """The training tokenizer described by ``spec`` (built once per distinct setting)."""
+    if spec.kind == "wordpiece" and spec.tokenizer_json is None:
+        raise ValueError("wordpiece tokenizer spec has no tokenizer_json")
+    source = spec.bpe_vocab if spec.kind == "clip-bpe" else spec.tokenizer_json
+    return _cached_tokenizer(spec.kind, str(source), spec.context_length)
+
+
+@lru_cache(maxsize=16)
+def _cached_tokenizer(kind: str, source: str, context_length: int) -> Tokenizer:
+    if kind == "clip-bpe":
         from open_clip.tokenizer import SimpleTokenizer
 
-        return SimpleTokenizer(bpe_path=str(spec.bpe_vocab), context_length=spec.context_length)
-    if spec.kind == "wordpiece":
-        if spec.tokenizer_json is None:
-            raise ValueError("wordpiece tokenizer spec has no tokenizer_json")
-        return WordPieceTokenizer(spec.tokenizer_json.parent, spec.context_length)
-    raise ValueError(f"unknown tokenizer kind {spec.kind!r}")
+        return SimpleTokenizer(bpe_path=source, context_length=context_length)
+    if kind == "wordpiece":
+        return WordPieceTokenizer(Path(source).parent, context_length)
+    raise ValueError(f"unknown tokenizer kind {kind!r}")
 
 
 def get_tokenizer(name: str) -> Tokenizer:
