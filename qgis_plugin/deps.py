@@ -41,6 +41,38 @@ PINNED = ("numpy", "pyproj", "GDAL")
 KNOWN_BAD = (("pyproj", "3.7", "pyproj 3.7 segfaults when a second QGIS task thread creates a CRS"),)
 
 
+def host_geos_version() -> Optional[tuple]:
+    """Version of the system GEOS C library (the one QGIS links), or None if there is none."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("geos_c")
+    if not name:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        lib.GEOSversion.restype = ctypes.c_char_p
+        return _version_tuple(lib.GEOSversion().decode().split("-")[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def excluded_versions() -> List[tuple]:
+    """(name, first bad version, why) for this machine: `KNOWN_BAD` plus host-library limits.
+
+    On Linux the QGIS binary loads its GEOS globally, so a shapely wheel's calls resolve to the
+    host's GEOS instead of the one bundled in the wheel: shapely must not need a newer GEOS API
+    than the host has (shapely 2.1 asks GEOS >= 3.12 for 4-D WKB and fails on Debian 12's 3.11:
+    "WKB output dimension must be 2 or 3").
+    """
+    excluded = list(KNOWN_BAD)
+    if sys.platform.startswith("linux"):
+        geos = host_geos_version()
+        if geos is not None and geos < (3, 12):
+            excluded.append(("shapely", "2.1", f"shapely 2.1 needs GEOS >= 3.12; QGIS's GEOS is {geos}"))
+    return excluded
+
+
 class DependencyInstallError(RuntimeError):
     """The guarded install could not run or was refused (message says why)."""
 
@@ -202,7 +234,7 @@ def pinned_constraints(deps_dir: Optional[Path] = None) -> List[str]:
         if version is not None:
             lines.append(f"{name}=={version}")
             pinned.add(_norm(name))
-    for name, bad_from, _why in KNOWN_BAD:
+    for name, bad_from, _why in excluded_versions():
         if _norm(name) not in pinned:
             lines.append(f"{name}<{bad_from}")
     return lines
@@ -218,7 +250,7 @@ def folder_conflicts(deps_dir: Optional[Path] = None) -> List[str]:
     for name in PINNED:
         if _norm(name) in inside and system_version(name, folder) is not None:
             bad.append(name)
-    for name, bad_from, _why in KNOWN_BAD:
+    for name, bad_from, _why in excluded_versions():
         entry = inside.get(_norm(name))
         if entry and _version_tuple(entry[0]) >= _version_tuple(bad_from) and name not in bad:
             bad.append(name)

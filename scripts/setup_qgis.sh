@@ -15,7 +15,7 @@ PY=/usr/bin/python3
 TESTDEPS=build/qgis-testdeps
 start=$(date +%s)
 
-APT_PACKAGES=(qgis python3-qgis python3-gdal python3-pip python3-rasterio python3-pyproj python3-yaml)
+APT_PACKAGES=(qgis python3-qgis python3-gdal python3-pip python3-rasterio python3-pyproj python3-yaml xvfb xauth)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
