@@ -14,6 +14,10 @@ MODEL_DIR="$REPO/build/qgis-test-model"
 stamp="$MODEL_DIR/.generator-sha"
 want="$(sha256sum rsclip_core/inference/toy_model.py rsclip_core/spec.py | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    if [ ! -x "$VENV_PY" ]; then
+        echo "test_qgis: $VENV_PY not found: run 'make setup-dev' (or set VENV_PY to a Python with onnx)" >&2
+        exit 2
+    fi
     rm -rf "$MODEL_DIR"
     "$VENV_PY" -c "import sys; from rsclip_core.inference.toy_model import write_toy_model; write_toy_model(sys.argv[1])" "$MODEL_DIR"
     echo "$want" > "$stamp"

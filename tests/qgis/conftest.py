@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from qgis_helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -32,28 +31,6 @@ else:
 
 SHARED_DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 REAL_RASTER = SHARED_DATA / "rasters" / "rasterio" / "RGB.byte.tif"  # Landsat-7, EPSG:32618, 791x718
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
-    """Process Qt events (task manager signals, finished() callbacks) until ``condition()``."""
-    from qgis.core import QgsApplication
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        QgsApplication.processEvents()
-        time.sleep(0.01)
-    for _ in range(5):
-        QgsApplication.processEvents()
-
-
-def run_dock_task(dock: Any, start: Callable[[], Any], timeout: float = 120.0) -> Any:
-    """Start a dock run and wait until its finished() callback has run; returns what start() returned."""
-    task = start()
-    assert task is not None, f"the dock refused to start: {dock.last_error}"
-    wait_until(lambda: task not in dock.tasks, timeout)
-    return task
 
 
 @pytest.fixture(scope="session")

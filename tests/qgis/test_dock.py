@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_dock_task, wait_until
 from qgis.core import (
     QgsFeature,
     QgsGeometry,
@@ -16,6 +15,7 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
+from qgis_helpers import run_dock_task, wait_until
 
 from qgis_plugin.settings import EXTENT_CANVAS, EXTENT_SELECTION, load_from_project
 

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from qgis_helpers import REPO_ROOT
 
 from qgis_plugin import deps
 

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO_ROOT, run_dock_task
 from qgis.core import QgsMapRendererParallelJob, QgsMapSettings, QgsProject
 from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
+from qgis_helpers import REPO_ROOT, run_dock_task
 
 
 def _render(layers, crs, extent, size: QSize) -> QImage:
