@@ -1,0 +1,130 @@
+"""Training checkpoints: full state for ``--resume``, model weights for evaluation and export.
+
+A checkpoint (``torch.save`` of a dict, written atomically) holds::
+
+    format="rsclip-train", version, model_name, image_size, step, data_position=(epoch, step in epoch),
+    model (state dict), ema (state dict or None), optimizer, scheduler, queues, rng (per rank),
+    config (the TrainConfig as a dict), data_fingerprint, world_size
+
+``load_trained_model`` turns one (or a plain state dict) into an ``RSClipModel``, preferring the
+EMA weights when the run kept them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = "rsclip-train"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model / run (message names the file)."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` through a temp file + ``os.replace``: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict (on CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a checkpoint dict")
+    return data
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states of this process."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_weights(checkpoint: dict[str, Any], prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The model state dict of a training checkpoint (EMA weights if kept and preferred) or a plain one."""
+    if checkpoint.get("format") == CHECKPOINT_FORMAT:
+        if prefer_ema and checkpoint.get("ema") is not None:
+            return checkpoint["ema"]
+        return checkpoint["model"]
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def _with_image_size(model: Any, image_size: int | None) -> Any:
+    """Record a training resolution that differs from the config's in ``model.preprocess``."""
+    if image_size is None:
+        return model
+    preprocess = getattr(model, "preprocess", None)
+    if preprocess is None or getattr(preprocess, "image_size", None) == image_size:
+        return model
+    if dataclasses.is_dataclass(preprocess):
+        model.preprocess = dataclasses.replace(preprocess, image_size=image_size)
+    elif isinstance(preprocess, dict):
+        model.preprocess = {**preprocess, "image_size": image_size}
+    return model
+
+
+def load_trained_model(
+    name: str | None, checkpoint: str | Path | None, prefer_ema: bool = True, device: str = "cpu"
+) -> Any:
+    """An ``RSClipModel`` from a registered config name and (optionally) a trainer checkpoint.
+
+    ``name`` may be omitted when the checkpoint is a trainer checkpoint (it records the model name).
+    """
+    from rsclip_core.models import create_model
+
+    if checkpoint is None:
+        if name is None:
+            raise CheckpointError("give a model name (--model) or a checkpoint (--checkpoint)")
+        return create_model(name).to(device).eval()
+    data = read_checkpoint(checkpoint)
+    saved_name = data.get("model_name")
+    if name is None:
+        if saved_name is None:
+            raise CheckpointError(f"{checkpoint}: does not record its model name; pass --model")
+        name = saved_name
+    elif saved_name is not None and saved_name != name:
+        raise CheckpointError(f"{checkpoint}: trained as {saved_name!r}, not {name!r}")
+    model = create_model(name, pretrained_towers=False)
+    weights = model_weights(data, prefer_ema)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint}: weights do not fit {name!r} (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+        )
+    return _with_image_size(model, data.get("image_size")).to(device).eval()
