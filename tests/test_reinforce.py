@@ -135,7 +135,7 @@ def test_build_contents_determinism_and_bad_images(tmp_path: Path) -> None:
         assert s.image_emb["ta"].shape == (3, 16) and s.image_emb["tb"].shape == (3, 8)
         assert s.text_emb["ta"].shape == (3, 16) and s.syn_text_emb["tb"].shape == (4, 8)
         assert len(s.syn_captions) == 4
-        assert s.syn_captions[-1].endswith(f"{s.label}.")  # scene-label prior caption
+        assert s.syn_captions[-1].endswith(f"{s.label}.")  # scene-label prior caption (labels are lower-case here)
         own = {c.lower() for c in by_key[s.key].captions}
         assert not own & {c.lower() for c in s.syn_captions[:-1]}  # never the image's own captions
         # stored embedding == teacher embedding of the replayed view (bf16 precision)
@@ -204,3 +204,17 @@ def test_neighbour_captions_come_from_other_images(tmp_path: Path) -> None:
     out = cap.caption(records[0], im, 3, random.Random(0), image_embedding=q)
     others = {c for r in records[1:] for c in r.captions}
     assert len(out) == 3 and set(out) <= others
+
+
+@pytest.mark.slow
+def test_reinforce_real_rsicd_images(tmp_path: Path) -> None:
+    from tests.conftest import shared_data_path
+
+    records = read_karpathy_json(shared_data_path("rsicd", "dataset_rsicd.json"), splits=["train"])[:10]
+    res = make_build(records, tmp_path / "out")
+    assert res.samples_written == 10 and not res.images_skipped
+    for s in iter_samples(tmp_path / "out"):
+        img = s.image()
+        assert img.size == (224, 224) and s.image_bytes == Path(s.source).read_bytes()
+        assert s.augmented_view(2).size == (32, 32) and len(s.captions) == 5
+    assert storage_report(tmp_path / "out")["beyond_image_per_sample"] > 0

@@ -73,7 +73,7 @@ def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path, ima
         import numpy as np
         import torch
 
-        from rsclip_core.data.readers import DEFAULT_CAPTION_TEMPLATES
+        from rsclip_core.data.readers import DEFAULT_CAPTION_TEMPLATES, class_name_from_folder
         from rsclip_core.reinforce.teacher_fit import (
             FitConfig,
             FitData,
@@ -94,7 +94,7 @@ def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path, ima
         labels = sorted({r.label for r in train if r.label})
         label_feats = None
         if labels:
-            prompts = [t.format(lab.replace("_", " ")) for lab in labels for t in DEFAULT_CAPTION_TEMPLATES]
+            prompts = [t.format(class_name_from_folder(lab)) for lab in labels for t in DEFAULT_CAPTION_TEMPLATES]
             label_feats = cached_text_features(prompts, cache, progress=False).reshape(
                 len(labels), len(DEFAULT_CAPTION_TEMPLATES), -1)
         image_label = np.array([labels.index(r.label) if r.label else -1 for r in train], dtype=np.int64)

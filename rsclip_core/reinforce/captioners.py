@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rsclip_core.data.readers import DEFAULT_CAPTION_TEMPLATES, ImageTextRecord
+from rsclip_core.data.readers import DEFAULT_CAPTION_TEMPLATES, ImageTextRecord, class_name_from_folder
 
 
 class CaptionerError(ValueError):
@@ -170,7 +170,7 @@ class NeighbourCaptioner:
                 if len(out) >= num_captions - n_label:
                     break
         if n_label:
-            label = str(record.label).replace("_", " ")
+            label = class_name_from_folder(str(record.label))  # "DenseResidential" -> "dense residential"
             templates = rng.sample(self.templates, k=min(n_label, len(self.templates)))
             out += [t.format(label) for t in templates]
         while len(out) < num_captions:  # tiny banks: repeat what we have (or fall back to a template)
