@@ -121,7 +121,7 @@ class ConvFFN(nn.Module):
 class TextRepMixerBlock(nn.Module):
     """Text-RepMixer token mixing followed by a layer-scaled ConvFFN residual; ``[N, L, C]`` in/out."""
 
-    def __init__(self, dim: int, kernel_size: int = 11, mlp_ratio: float = 3.0, layer_scale_init: float = 1e-5) -> None:
+    def __init__(self, dim: int, kernel_size: int = 11, mlp_ratio: float = 4.0, layer_scale_init: float = 1e-5) -> None:
         super().__init__()
         self.token_mixer = TextRepMixer(dim, kernel_size, layer_scale_init)
         self.ffn = ConvFFN(dim, int(dim * mlp_ratio), kernel_size)
@@ -179,7 +179,7 @@ class MCtTextTower(nn.Module):
         repmixer_kernel: int = 11,
         repmixer_blocks: tuple[int, int] | list[int] = (1, 1),
         mlp_ratio: float = 4.0,
-        repmixer_mlp_ratio: float = 3.0,
+        repmixer_mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
         self.context_length = context_length
