@@ -636,8 +636,8 @@ class RsclipDock(QgsDockWidget):
                 ),
                 style,
             )
-            polygons.setOpacity(0.0)  # the raster shows the map; polygons carry areas and statistics
-            layers.add_to_project([polygons, raster_layer])
+            # The raster shows the map; the polygons (areas, fractions, confidence) start unchecked.
+            layers.add_to_project([polygons, raster_layer], hidden=[polygons])
             summary = ", ".join(
                 f"{s.get('name', '?')} {100 * float(s.get('fraction', 0)):.0f}%" for s in result.stats[:6]
             )

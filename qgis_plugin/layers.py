@@ -151,10 +151,18 @@ def results_group(project: Optional[QgsProject] = None) -> QgsLayerTreeGroup:
     return group
 
 
-def add_to_project(layers: Sequence[QgsMapLayer], project: Optional[QgsProject] = None) -> None:
-    """Add layers on top of the 'rsclip results' group (first in ``layers`` ends up on top)."""
+def add_to_project(
+    layers: Sequence[QgsMapLayer], project: Optional[QgsProject] = None, hidden: Sequence[QgsMapLayer] = ()
+) -> None:
+    """Add layers on top of the 'rsclip results' group (first in ``layers`` ends up on top).
+
+    Layers in ``hidden`` are added unchecked (e.g. polygons that duplicate a raster's picture).
+    """
     project = project or QgsProject.instance()
     group = results_group(project)
+    hidden_ids = {layer.id() for layer in hidden}
     for layer in reversed(list(layers)):
         project.addMapLayer(layer, False)
-        group.insertLayer(0, layer)
+        node = group.insertLayer(0, layer)
+        if layer.id() in hidden_ids:
+            node.setItemVisibilityChecked(False)

@@ -103,6 +103,8 @@ def test_landcover_adds_paletted_raster_and_polygons(dock, raster_layer):
     colors = {c.label: c.color.name() for c in renderer.classes()}
     assert colors["water"] == "#0064c8"
     assert poly.isValid() and poly.crs() == raster_layer.crs() and poly.featureCount() >= 1
+    tree = QgsProject.instance().layerTreeRoot()
+    assert tree.findLayer(lc.id()).isVisible() and not tree.findLayer(poly.id()).isVisible()
     found = {f["class_name"] for f in poly.getFeatures()}
     assert found <= set(names) | {"unclassified"}
     fractions = [f["fraction"] for f in poly.getFeatures()]
