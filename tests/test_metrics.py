@@ -33,12 +33,29 @@ def test_perfect_matrix_scores_100():
     assert result["n_images"] == 12 and result["n_texts"] == 60
 
 
-def test_constant_matrix_is_not_rewarded_for_ties():
+def test_constant_matrix_scores_exactly_at_chance():
     sim = np.zeros((12, 60))
     owners = np.repeat(np.arange(12), 5)
     result = retrieval_metrics(sim, owners)
-    assert result["i2t_r1"] == 0.0 and result["t2i_r1"] == 0.0
-    assert result["mR"] == 0.0
+    assert result["i2t_r1"] == pytest.approx(100 * 5 / 60)  # 5 right captions among 60 tied ones
+    assert result["t2i_r1"] == pytest.approx(100 / 12)
+    assert result["t2i_r10"] == pytest.approx(100 * 10 / 12)
+    # i2t R@5: 1 - P(no right caption among 5 random draws from 55 wrong + 5 right)
+    p_miss = np.prod([(55 - j) / (60 - j) for j in range(5)])
+    assert result["i2t_r5"] == pytest.approx(100 * (1 - p_miss))
+
+
+def test_duplicate_caption_on_two_images_counts_half():
+    # images 0 and 1 each have a caption with the same text (identical scores); image 2 is clear
+    owners = np.array([0, 1, 2])
+    sim = np.array([[0.9, 0.9, 0.1], [0.9, 0.9, 0.1], [0.1, 0.1, 0.8]])
+    result = retrieval_metrics(sim, owners, ks=(1, 2))
+    assert result["i2t_r1"] == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)
+    assert result["t2i_r1"] == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)
+    assert result["i2t_r2"] == 100.0 and result["t2i_r2"] == 100.0
+    # reversing the item order changes nothing (no order-dependent tie-breaking)
+    flipped = retrieval_metrics(sim[::-1, ::-1], 2 - owners[::-1], ks=(1, 2))
+    assert flipped["mR"] == pytest.approx(result["mR"])
 
 
 def test_hand_built_ranks_and_any_caption_counts():
@@ -114,23 +131,24 @@ def test_zero_shot_hand_built():
             [9, 1, 1, 1, 1, 1],  # true a -> a (top1)
             [1, 9, 8, 7, 6, 5],  # true c -> b, c second (top5 hit)
             [9, 8, 7, 6, 5, 1],  # true f -> a, f last (top5 miss)
-            [1, 1, 1, 1, 1, 1],  # true d, all tied -> counted wrong
+            [1, 1, 1, 1, 1, 1],  # true d, all 6 tied -> expected top-1 1/6, top-5 5/6
         ],
         dtype=float,
     )
     labels = np.array([0, 2, 5, 3])
     result = zero_shot_metrics(logits, labels, names)
-    assert result["top1"] == pytest.approx(25.0)
-    assert result["top5"] == pytest.approx(50.0)
+    assert result["top1"] == pytest.approx(100 * (1 + 1 / 6) / 4)
+    assert result["top5"] == pytest.approx(100 * (2 + 5 / 6) / 4)
     assert result["per_class"]["a"] == 100.0 and result["per_class"]["c"] == 0.0
+    assert result["per_class"]["d"] == pytest.approx(100 / 6)
     assert result["per_class"]["b"] is None  # no sample of class b
-    assert result["mean_per_class"] == pytest.approx(25.0)  # a=100, c=0, d=0, f=0
+    assert result["mean_per_class"] == pytest.approx((100 + 0 + 100 / 6 + 0) / 4)
     confusion = np.array(result["confusion"])
     assert confusion.sum() == 4
     assert confusion[0, 0] == 1 and confusion[2, 1] == 1 and confusion[5, 0] == 1
-    assert confusion[3, 3] == 0 and confusion[3].sum() == 1
+    assert confusion[3].sum() == 1
     table = zero_shot_markdown({"model": result})
-    assert "| model | 25.00 | 50.00 | 25.00 |" in table
+    assert f"| model | {100 * (1 + 1 / 6) / 4:.2f} |" in table
 
 
 def test_zero_shot_top5_with_fewer_classes_and_bad_input():

@@ -5,8 +5,9 @@ AMFMN, RemoteCLIP, GeoRSCLIP): every image has several (usually 5) captions; ima
 hit at k when *any* of the image's captions is among the top-k texts; text->image counts a hit when
 the caption's own image is among the top-k images; ``mR`` is the mean of the six recalls, in percent.
 
-Ties count against the model (a constant similarity matrix scores at chance, never 100 %): the rank
-of the correct item is the number of *wrong* items scoring at least as high as it.
+Exact ties (the same caption string on two images, a degenerate model) are broken uniformly at
+random and the reported recall is its expectation, so results do not depend on item order and a
+constant similarity matrix scores exactly at chance. The same holds for zero-shot accuracy.
 """
 
 from __future__ import annotations
@@ -35,14 +36,7 @@ def _as_finite_2d(name: str, array: Any) -> np.ndarray:
     return matrix
 
 
-def retrieval_ranks(sim: Any, text_to_image: Any) -> tuple[np.ndarray, np.ndarray]:
-    """0-based ranks of the correct match, for every image (i2t) and every text (t2i).
-
-    ``sim[i, t]`` is the similarity of image ``i`` and text ``t``; ``text_to_image[t]`` is the index
-    of the image that caption ``t`` describes. The image->text rank of image ``i`` is the number of
-    non-matching texts scoring >= its best-scoring caption; the text->image rank of text ``t`` is the
-    number of other images scoring >= its own image.
-    """
+def _check_retrieval_inputs(sim: Any, text_to_image: Any) -> tuple[np.ndarray, np.ndarray]:
     matrix = _as_finite_2d("sim", sim)
     n_images, n_texts = matrix.shape
     owners = np.asarray(text_to_image)
@@ -56,15 +50,37 @@ def retrieval_ranks(sim: Any, text_to_image: Any) -> tuple[np.ndarray, np.ndarra
     if np.any(captions_per_image == 0):
         missing = int(np.flatnonzero(captions_per_image == 0)[0])
         raise MetricInputError(f"text_to_image: image {missing} has no caption")
+    return matrix, owners.astype(np.int64)
 
+
+def _tie_counts(sim: np.ndarray, owners: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image (i2t) and per text (t2i): wrong items scoring above / equal to the correct one."""
+    n_images, n_texts = sim.shape
     is_match = np.zeros((n_images, n_texts), dtype=bool)
     is_match[owners, np.arange(n_texts)] = True
-    best_match = np.where(is_match, matrix, -np.inf).max(axis=1)
-    i2t_ranks = ((matrix >= best_match[:, None]) & ~is_match).sum(axis=1)
+    best = np.where(is_match, sim, -np.inf).max(axis=1, keepdims=True)
+    own = sim[owners, np.arange(n_texts)][None, :]
+    return {
+        "i2t_above": ((sim > best) & ~is_match).sum(axis=1),
+        "i2t_tied_wrong": ((sim == best) & ~is_match).sum(axis=1),
+        "i2t_tied_right": ((sim == best) & is_match).sum(axis=1),
+        "t2i_above": (sim > own).sum(axis=0),
+        "t2i_tied_wrong": (sim == own).sum(axis=0) - 1,  # minus the text's own image
+    }
 
-    own_score = matrix[owners, np.arange(n_texts)]
-    t2i_ranks = (matrix >= own_score[None, :]).sum(axis=0) - 1  # minus the text's own image
-    return i2t_ranks.astype(np.int64), t2i_ranks.astype(np.int64)
+
+def retrieval_ranks(sim: Any, text_to_image: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Expected 0-based ranks of the first correct match, per image (i2t) and per text (t2i).
+
+    ``sim[i, t]`` is the similarity of image ``i`` and text ``t``; ``text_to_image[t]`` is the index
+    of the image that caption ``t`` describes. Ties are broken uniformly at random; the rank is the
+    expectation over that (no tie: the plain rank).
+    """
+    matrix, owners = _check_retrieval_inputs(sim, text_to_image)
+    c = _tie_counts(matrix, owners)
+    i2t = c["i2t_above"] + c["i2t_tied_wrong"] / (c["i2t_tied_right"] + 1.0)
+    t2i = c["t2i_above"] + c["t2i_tied_wrong"] / 2.0
+    return i2t.astype(np.float64), t2i.astype(np.float64)
 
 
 def retrieval_metrics(sim: Any, text_to_image: Any, ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, float]:
@@ -72,20 +88,40 @@ def retrieval_metrics(sim: Any, text_to_image: Any, ks: Sequence[int] = RETRIEVA
 
     Returns keys ``i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10, mR`` (for the default ``ks``),
     plus ``i2t_median_rank``/``t2i_median_rank`` (1-based) and ``n_images``/``n_texts``.
+
+    Exactly tied scores (e.g. the same caption string on two images, or a degenerate model) are
+    broken uniformly at random and the recall is its *expectation*: deterministic, independent of
+    item order, and a constant similarity matrix scores exactly at chance.
     """
-    i2t_ranks, t2i_ranks = retrieval_ranks(sim, text_to_image)
+    matrix, owners = _check_retrieval_inputs(sim, text_to_image)
+    c = _tie_counts(matrix, owners)
     result: dict[str, float] = {}
     recalls = []
-    for direction, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks)):
-        for k in ks:
-            value = 100.0 * float(np.mean(ranks < k))
-            result[f"{direction}_r{k}"] = value
-            recalls.append(value)
+    for k in ks:
+        # i2t: the tie block (tied wrong + tied right captions) is randomly ordered after the
+        # strictly better wrong ones; a hit needs a right caption among its first m = k - above slots.
+        m = k - c["i2t_above"]
+        tied_w, tied_r = c["i2t_tied_wrong"].astype(np.float64), c["i2t_tied_right"].astype(np.float64)
+        p_miss = np.ones_like(tied_w)
+        for j in range(k):
+            step = np.where(j < m, np.clip(tied_w - j, 0, None) / np.maximum(tied_w + tied_r - j, 1), 1.0)
+            p_miss = p_miss * step
+        hit = np.where(m <= 0, 0.0, 1.0 - p_miss)
+        value = 100.0 * float(np.mean(hit))
+        result[f"i2t_r{k}"] = value
+        recalls.append(value)
+    for k in ks:
+        hit = np.clip((k - c["t2i_above"]) / (c["t2i_tied_wrong"] + 1.0), 0.0, 1.0)
+        value = 100.0 * float(np.mean(hit))
+        result[f"t2i_r{k}"] = value
+        recalls.append(value)
+    # keep the key order i2t..., t2i..., as in the published tables
+    i2t_ranks, t2i_ranks = retrieval_ranks(matrix, owners)
     result["mR"] = float(np.mean(recalls))
     result["i2t_median_rank"] = float(np.median(i2t_ranks) + 1)
     result["t2i_median_rank"] = float(np.median(t2i_ranks) + 1)
-    result["n_images"] = int(i2t_ranks.shape[0])
-    result["n_texts"] = int(t2i_ranks.shape[0])
+    result["n_images"] = int(matrix.shape[0])
+    result["n_texts"] = int(matrix.shape[1])
     return result
 
 
@@ -93,8 +129,9 @@ def zero_shot_metrics(logits: Any, labels: Any, class_names: Sequence[str]) -> d
     """Top-1/top-5 accuracy (percent), per-class accuracy and the confusion matrix.
 
     ``logits[n, c]`` scores image ``n`` against class ``c``; ``labels[n]`` is the true class index.
-    Ties count against the model. ``top5`` uses ``min(5, n_classes)``. The confusion matrix has true
-    classes as rows and predicted classes as columns.
+    Exact ties are broken uniformly at random and accuracies are their expectation. ``top5`` uses
+    ``min(5, n_classes)``. The confusion matrix (true classes as rows, predicted as columns) counts
+    the arg-max prediction (first class on a tie).
     """
     scores = _as_finite_2d("logits", logits)
     n_samples, n_classes = scores.shape
@@ -109,21 +146,25 @@ def zero_shot_metrics(logits: Any, labels: Any, class_names: Sequence[str]) -> d
     if truth.min() < 0 or truth.max() >= n_classes:
         raise MetricInputError(f"labels: class indices must lie in [0, {n_classes - 1}]")
 
-    true_score = scores[np.arange(n_samples), truth]
-    wrong_at_least_as_high = (scores >= true_score[:, None]).sum(axis=1) - 1
+    true_score = scores[np.arange(n_samples), truth][:, None]
+    above = (scores > true_score).sum(axis=1)
+    tied_wrong = (scores == true_score).sum(axis=1) - 1
     top5_k = min(5, n_classes)
-    predictions = _argmax_pessimistic(scores, truth)
+
+    def expected_hit(k: int) -> np.ndarray:  # ties broken uniformly at random
+        return np.clip((k - above) / (tied_wrong + 1.0), 0.0, 1.0)
+
+    top1_hit = expected_hit(1)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (truth, predictions), 1)
-    support = confusion.sum(axis=1)
+    np.add.at(confusion, (truth, scores.argmax(axis=1)), 1)
+    support = np.bincount(truth, minlength=n_classes)
     per_class = {
-        name: (100.0 * float(confusion[c, c]) / float(support[c])) if support[c] else None
-        for c, name in enumerate(names)
+        name: (100.0 * float(top1_hit[truth == c].mean())) if support[c] else None for c, name in enumerate(names)
     }
     present = [value for value in per_class.values() if value is not None]
     return {
-        "top1": 100.0 * float(np.mean(wrong_at_least_as_high < 1)),
-        "top5": 100.0 * float(np.mean(wrong_at_least_as_high < top5_k)),
+        "top1": 100.0 * float(np.mean(top1_hit)),
+        "top5": 100.0 * float(np.mean(expected_hit(top5_k))),
         "top5_k": top5_k,
         "mean_per_class": float(np.mean(present)),
         "per_class": per_class,
@@ -132,16 +173,6 @@ def zero_shot_metrics(logits: Any, labels: Any, class_names: Sequence[str]) -> d
         "class_names": names,
         "n_samples": int(n_samples),
     }
-
-
-def _argmax_pessimistic(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Arg-max per row; on a tie involving the true class, a wrong class wins."""
-    best = scores.max(axis=1, keepdims=True)
-    tied = scores >= best
-    tied_wrong = tied.copy()
-    tied_wrong[np.arange(len(truth)), truth] = False
-    has_wrong = tied_wrong.any(axis=1)
-    return np.where(has_wrong, tied_wrong.argmax(axis=1), truth)
 
 
 # ---------------------------------------------------------------- class names and prompts
