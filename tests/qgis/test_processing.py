@@ -187,3 +187,67 @@ def test_results_loaded_from_processing_are_styled(provider, raster_path, model_
     assert len(rasters) == 1
     assert isinstance(rasters[0].renderer(), QgsPalettedRasterRenderer)
     assert "water" in {c.label for c in rasters[0].renderer().classes()}
+
+
+def test_model_builder_chain_reuses_the_index(provider, raster_path, model_dir, tmp_path, cache_dir):
+    """Build embedding index -> Text search, wired in a Processing model (the model builder's format)."""
+    import processing
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+        QgsProcessingParameterRasterLayer,
+        QgsProcessingParameterString,
+    )
+
+    source = QgsProcessingModelChildParameterSource
+    model = QgsProcessingModelAlgorithm("rsclip chain", "tests")
+    model.addModelParameter(
+        QgsProcessingParameterRasterLayer("raster", "Raster"), QgsProcessingModelParameter("raster")
+    )
+    model.addModelParameter(
+        QgsProcessingParameterString("query", "Query"), QgsProcessingModelParameter("query")
+    )
+    model.addModelParameter(
+        QgsProcessingParameterFile("model", "Model"), QgsProcessingModelParameter("model")
+    )
+
+    index = QgsProcessingModelChildAlgorithm("rsclip:buildindex")
+    index.setChildId("index")
+    index.addParameterSources("INPUT", [source.fromModelParameter("raster")])
+    index.addParameterSources("MODEL", [source.fromModelParameter("model")])
+    index.addParameterSources("OUTPUT_FOLDER", [source.fromStaticValue(str(tmp_path / "index"))])
+    model.addChildAlgorithm(index)
+
+    search = QgsProcessingModelChildAlgorithm("rsclip:textsearch")
+    search.setChildId("search")
+    search.addParameterSources("INPUT", [source.fromModelParameter("raster")])
+    search.addParameterSources("MODEL", [source.fromModelParameter("model")])
+    search.addParameterSources("QUERY", [source.fromModelParameter("query")])
+    search.addParameterSources("TOP_K", [source.fromStaticValue(6)])
+    search.addParameterSources("CACHE_FOLDER", [source.fromChildOutput("index", "OUTPUT_FOLDER")])
+    output = QgsProcessingModelOutput("hits", "Hits")
+    output.setChildId("search")
+    output.setChildOutputName("OUTPUT")
+    search.setModelOutputs({"hits": output})
+    model.addChildAlgorithm(search)
+    assert model.dependentChildAlgorithms("index") == {"search"}
+
+    out = tmp_path / "model_hits.gpkg"
+    result = processing.run(
+        model,
+        {
+            "raster": str(raster_path),
+            "query": "green",
+            "model": str(model_dir / "rsclip.json"),
+            "search:hits": str(out),
+        },
+    )
+    hits = QgsVectorLayer(result["search:hits"], "hits", "ogr")
+    assert hits.isValid() and hits.featureCount() == 6
+    assert len(list((tmp_path / "index").glob("*.rsclip-index.npz"))) == 1
+    # The search found the index through the wired CACHE_FOLDER, not the plugin's own cache.
+    assert not list(cache_dir.glob("*.npz"))
