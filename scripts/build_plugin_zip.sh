@@ -2,7 +2,8 @@
 # Build the installable QGIS plugin zip: dist/rsclip-<version>.zip (version from metadata.txt).
 #   rsclip/                      the plugin (qgis_plugin/*.py, icon, LICENSE, metadata.txt)
 #   rsclip/vendor/rsclip_core/   the torch-free inference package only: __init__.py, spec.py, inference/
-#   rsclip/vendor/resources/     default land-cover classes (+ the bundled model, when there is one)
+#   rsclip/vendor/resources/     default land-cover classes (+ the bundled model's ONNX files, when
+#                                there is one; its Core ML .mlpackage folders are left out)
 # Never included: the torch parts of rsclip_core, the plugin-local deps/ folder, caches.
 # Usage: bash scripts/build_plugin_zip.sh [OUT_DIR]      (default: dist)
 set -euo pipefail
@@ -26,7 +27,10 @@ skip_suffixes = {".pyc", ".pyo", ".npz"}
 
 def files_under(root: Path):
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs and not d.startswith("."))
+        # Core ML packages are for Apple apps, not QGIS: keep them out of the plugin.
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in skip_dirs and not d.startswith(".") and not d.endswith(".mlpackage")
+        )
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
             if path.suffix not in skip_suffixes and not filename.startswith("."):
