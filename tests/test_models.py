@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("open_clip")
 
-from rsclip_core.models import (  # noqa: E402
+from rsclip_core.models import (
     CheckpointError,
     ModelConfigError,
     PreprocessConfig,
@@ -23,7 +23,7 @@ from rsclip_core.models import (  # noqa: E402
     lock_towers,
     unlock_towers,
 )
-from rsclip_core.models.mct import MCtTextTower, TextRepMixer, TextRepMixerBlock  # noqa: E402
+from rsclip_core.models.mct import MCtTextTower, TextRepMixer, TextRepMixerBlock
 
 TINY = [n for n in list_models() if get_model_config(n).get("tiny")]
 FULL = [n for n in list_models() if n not in TINY]

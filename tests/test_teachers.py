@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from rsclip_core.models.teachers import (  # noqa: E402
+from rsclip_core.models.teachers import (
     OFFLINE_TEACHERS,
     TeacherError,
     create_offline_teacher,

@@ -169,7 +169,7 @@ def test_wordpiece_rsicd_sample(minilm_dir):
 @pytest.mark.parametrize("name", ["tiny-mci-mct", "tiny-effnet-minilm"])
 def test_save_inference_tokenizer_and_from_model_dir(tmp_path, name):
     pytest.importorskip("torch")
-    from rsclip_core.models import get_tokenizer, save_inference_tokenizer, tokenizer_spec, get_model_config
+    from rsclip_core.models import get_model_config, get_tokenizer, save_inference_tokenizer, tokenizer_spec
 
     spec = tokenizer_spec(get_model_config(name))
     fields = save_inference_tokenizer(spec, tmp_path / "tokenizer.json")

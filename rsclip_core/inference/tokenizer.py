@@ -18,9 +18,10 @@ import gzip
 import html
 import re
 import unicodedata
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class TokenizerError(ValueError):
     """A tokenizer file or setting is missing or unusable."""
 
 
-@lru_cache()
+@lru_cache
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte -> printable unicode character table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -56,7 +57,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def build_clip_bpe_tokenizer(bpe_vocab_gz: str | Path) -> "Tokenizer":
+def build_clip_bpe_tokenizer(bpe_vocab_gz: str | Path) -> Tokenizer:
     """Build a ``tokenizers.Tokenizer`` equivalent to open_clip's ``SimpleTokenizer``.
 
     ``bpe_vocab_gz`` is CLIP's merges file (``bpe_simple_vocab_16e6.txt.gz``, shipped by open_clip).
@@ -65,12 +66,22 @@ def build_clip_bpe_tokenizer(bpe_vocab_gz: str | Path) -> "Tokenizer":
     The saved file's normaliser (NFC, whitespace collapse, lower case) approximates open_clip's
     Python cleaning for other consumers; :class:`TextTokenizer` does the exact cleaning itself.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     path = Path(bpe_vocab_gz)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: CLIP BPE merges file not found")
-    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     if len(merges) != 49152 - 256 - 2 or any(len(m) != 2 for m in merges):
         raise TokenizerError(f"{path}: not a CLIP BPE merges file (expected 48894 merge pairs)")
@@ -154,7 +165,7 @@ class TextTokenizer:
         self.eot_id = self._special_id(tokenizer, eot_id, default_eot)
         self._tokenizer = tokenizer
 
-    def _special_id(self, tokenizer: "Tokenizer", given: int | None, token: str) -> int:
+    def _special_id(self, tokenizer: Tokenizer, given: int | None, token: str) -> int:
         if given is not None:
             return int(given)
         found = tokenizer.token_to_id(token)
@@ -163,7 +174,7 @@ class TextTokenizer:
         return int(found)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, metadata: "ModelMetadata") -> "TextTokenizer":
+    def from_model_dir(cls, model_dir: str | Path, metadata: ModelMetadata) -> TextTokenizer:
         """The tokenizer of an exported model directory, configured from its metadata."""
         path = Path(model_dir) / metadata.tokenizer
         if not path.is_file():

@@ -29,7 +29,7 @@ class CheckpointError(ValueError):
     """A checkpoint does not fit the model (names the missing / unexpected keys)."""
 
 
-@lru_cache()
+@lru_cache
 def _registry() -> dict[str, dict[str, Any]]:
     configs: dict[str, dict[str, Any]] = {}
     for path in sorted(CONFIG_DIR.glob("*.json")):
@@ -161,8 +161,7 @@ def extract_state_dict(obj: Any, origin: str = "checkpoint") -> dict[str, torch.
     state = {}
     for key, value in obj.items():
         for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
+            key = key.removeprefix(prefix)
         state[key] = value
     return state
 

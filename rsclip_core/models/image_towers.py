@@ -126,7 +126,7 @@ class TimmImageTower(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: image tower weights not found")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = self.trunk.load_state_dict(state, strict=False)
+        missing, _ = self.trunk.load_state_dict(state, strict=False)
         if missing:
             raise ValueError(f"{path}: missing image tower keys {missing[:5]}")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ class RSClipModel(nn.Module):
         return self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp()
 
     @torch.no_grad()
-    def reparameterize(self) -> "RSClipModel":
+    def reparameterize(self) -> RSClipModel:
         """Fold every train-time branch (timm MobileOne/RepMixer blocks, MCt Text-RepMixers) in place.
 
         BatchNorm statistics are folded, so the model is put in eval mode first; returns ``self``.
@@ -113,7 +114,7 @@ class RSClipModel(nn.Module):
         self.reparameterized = True
         return self.eval()
 
-    def train(self, mode: bool = True) -> "RSClipModel":
+    def train(self, mode: bool = True) -> RSClipModel:
         super().train(mode)
         for name in self._frozen_modules:  # locked towers keep their BatchNorm statistics
             self.get_submodule(name).eval()
@@ -149,15 +150,15 @@ def _layer_groups(module: nn.Module) -> list[tuple[str, nn.Module]]:
         else:
             groups.append((name, child))
     merged: list[tuple[str, nn.Module]] = []
-    for name, module in groups:
-        if not any(True for _ in module.parameters()):
+    for group_name, group in groups:
+        if not any(True for _ in group.parameters()):
             continue
-        if merged and isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(("blocks", "stages")):
+        if merged and isinstance(group, nn.modules.batchnorm._BatchNorm) and not group_name.startswith(("blocks", "stages")):
             # a top-level norm belongs to the conv before it (stem conv + bn1, conv_head + bn2)
             prev_name, prev = merged[-1]
-            merged[-1] = (prev_name, nn.ModuleList([prev, module]))
+            merged[-1] = (prev_name, nn.ModuleList([prev, group]))
             continue
-        merged.append((name, module))
+        merged.append((group_name, group))
     return merged
 
 

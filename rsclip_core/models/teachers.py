@@ -27,9 +27,10 @@ all) are registered configs, built with ``create_model("teacher-effnetlite2-mini
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,7 @@ class OpenClipTeacher:
         features = self.model.encode_text(tokens)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def to(self, device: str | torch.device) -> "OpenClipTeacher":
+    def to(self, device: str | torch.device) -> OpenClipTeacher:
         self.model.to(device)
         return self
 

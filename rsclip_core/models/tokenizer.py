@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import torch
 
@@ -70,7 +71,7 @@ def get_tokenizer(name: str) -> Tokenizer:
     return tokenizer_from_spec(tokenizer_spec(get_model_config(name)))
 
 
-def save_inference_tokenizer(model: "RSClipModel | TokenizerSpec", path: str | Path) -> dict[str, Any]:
+def save_inference_tokenizer(model: RSClipModel | TokenizerSpec, path: str | Path) -> dict[str, Any]:
     """Write the torch-free ``tokenizer.json`` for ``model`` to ``path`` (atomically).
 
     Returns the ``ModelMetadata`` tokenizer fields (``tokenizer_kind``, ``context_length``,
