@@ -33,6 +33,13 @@ demo: setup
 # The README's test command. QGIS tests run in Debian's python3 (QGIS 3.22, numpy 1.24, no torch).
 test: setup-dev
 	$(VENV)/bin/python -m pytest
+	bash scripts/setup_qgis.sh
+	VENV_PY=$(VENV)/bin/python bash scripts/test_qgis.sh
+
+# QGIS plugin tests alone (real QGIS 3.22, Debian's python3)
+test-qgis: setup-dev
+	bash scripts/setup_qgis.sh
+	VENV_PY=$(VENV)/bin/python bash scripts/test_qgis.sh
 
 test-fast: setup-dev
 	$(VENV)/bin/python -m pytest -x -q
