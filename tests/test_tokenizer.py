@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rsclip_core.inference.tokenizer import TextTokenizer, TokenizerError, build_clip_bpe_tokenizer
@@ -17,6 +18,7 @@ from rsclip_core.spec import ModelDirError, ModelMetadata
 from tests.conftest import shared_data_path
 
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+ftfy = pytest.importorskip("ftfy")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,9 @@ _words = st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_words, min_size=0, max_size=40).map(" ".join))
 def test_hypothesis_text_matches_open_clip(ours, reference, text):
+    # ftfy can turn mojibake into code points unassigned in Python's Unicode tables (e.g. "Ö\x8b" ->
+    # U+058B); their \p{L} class differs between `regex` and tokenizers' Oniguruma: documented limit
+    assume(all(unicodedata.category(c) != "Cn" for c in ftfy.fix_text(text)))
     _assert_same(ours, reference, [text])
 
 
