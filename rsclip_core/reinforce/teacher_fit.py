@@ -141,26 +141,32 @@ def cached_text_features(texts: Sequence[str], cache_dir: str | Path, tower_name
     """float32 [N, 384] MiniLM features of ``texts``; a text->row store under ``cache_dir`` grows as needed."""
     from rsclip_core.reinforce.towers import encode_texts_with_tower, load_text_tower
 
+    import fcntl
+
     cache = Path(cache_dir) / tower_name
     cache.mkdir(parents=True, exist_ok=True)
     index_path, feats_path = cache / "texts.json", cache / "features.npy"
-    known: list[str] = json.loads(index_path.read_text()) if index_path.exists() else []
-    feats = np.load(feats_path) if feats_path.exists() and known else np.zeros((0, 384), np.float32)
-    row = {t: i for i, t in enumerate(known)}
-    missing = sorted({t for t in texts if t not in row})
-    if missing:
-        tower = load_text_tower(tower_name)
-        new = []
-        step = 4096
-        for i in range(0, len(missing), step):
-            new.append(encode_texts_with_tower(tower, missing[i:i + step]))
-            if progress:
-                print(f"text features: {min(i + step, len(missing))}/{len(missing)}", flush=True)
-        feats = np.concatenate([feats, *new]).astype(np.float32)
-        known = known + missing
-        atomic_write_bytes(feats_path, _npy_bytes(feats))
-        atomic_write_bytes(index_path, json.dumps(known).encode())
+    with open(cache / ".lock", "w") as lock:  # texts.json + features.npy change together
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known: list[str] = json.loads(index_path.read_text()) if index_path.exists() else []
+        feats = np.load(feats_path) if feats_path.exists() and known else np.zeros((0, 384), np.float32)
+        if len(known) != len(feats):
+            raise TeacherFitError(f"{cache}: texts.json and features.npy disagree; delete the folder")
         row = {t: i for i, t in enumerate(known)}
+        missing = sorted({t for t in texts if t not in row})
+        if missing:
+            tower = load_text_tower(tower_name)
+            new = []
+            step = 4096
+            for i in range(0, len(missing), step):
+                new.append(encode_texts_with_tower(tower, missing[i:i + step]))
+                if progress:
+                    print(f"text features: {min(i + step, len(missing))}/{len(missing)}", flush=True)
+            feats = np.concatenate([feats, *new]).astype(np.float32)
+            known = known + missing
+            atomic_write_bytes(feats_path, _npy_bytes(feats))
+            atomic_write_bytes(index_path, json.dumps(known).encode())
+            row = {t: i for i, t in enumerate(known)}
     return feats[[row[t] for t in texts]]
 
 
