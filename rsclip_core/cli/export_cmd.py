@@ -21,7 +21,7 @@ import click
 @click.option("--fp16", is_flag=True, help="Store ONNX weights as float16 (half size; compute stays float32).")
 @click.option(
     "--classes", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="JSON file of default land-cover classes (names, optional prompts/colours) -> classes.json.",
+    help="JSON/YAML file of default land-cover classes (name, prompts, color) -> classes.json.",
 )
 @click.option(
     "--resolution", "resolution_m", type=float, default=None, metavar="M",

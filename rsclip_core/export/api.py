@@ -47,32 +47,24 @@ def _silent(_: str) -> None:
 
 def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     """``create_model(name, checkpoint)`` with one-line errors for the usual mistakes."""
-    from rsclip_core.models import create_model, list_models
+    from rsclip_core.models import CheckpointError, create_model, list_models
 
     names = list_models()
     if name not in names:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(names)}")
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise CheckpointNotFoundError(f"{path}: checkpoint not found")
+    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
+        raise CheckpointNotFoundError(f"{checkpoint}: checkpoint not found")
     try:
-        # Towers' pretrained weights would be overwritten by the checkpoint anyway; never fetch them.
+        # A checkpoint replaces every weight: never load the towers' pretrained weights first.
         return create_model(name, checkpoint=checkpoint, pretrained_towers=False)
-    except (FileNotFoundError, OSError) as exc:
-        if checkpoint is None:
-            raise
-        raise CheckpointMismatchError(f"{checkpoint}: cannot read checkpoint ({_first_line(exc)})") from exc
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        if checkpoint is None:
-            raise ExportError(f"cannot build model {name!r}: {_first_line(exc)}") from exc
-        raise CheckpointMismatchError(
-            f"{checkpoint}: does not fit model {name!r} ({_first_line(exc)})"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        if checkpoint is None:
-            raise
-        raise CheckpointMismatchError(f"{checkpoint}: cannot load checkpoint ({_first_line(exc)})") from exc
+    except CheckpointError as exc:  # already "<path>: ..." (wrong architecture, unreadable file)
+        raise CheckpointMismatchError(_first_line(exc, limit=400)) from exc
+    except (RuntimeError, KeyError, ValueError, TypeError, OSError) as exc:
+        if checkpoint is not None:
+            raise CheckpointMismatchError(
+                f"{checkpoint}: cannot load into model {name!r} ({_first_line(exc)})"
+            ) from exc
+        raise ExportError(f"cannot build model {name!r}: {_first_line(exc)}") from exc
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -190,8 +182,8 @@ def export_model(
     class_data = load_classes(classes)
 
     if isinstance(model_or_name, str):
-        say(f"loading {model_or_name}" + (f" from {checkpoint}" if checkpoint else " (random init, no checkpoint)"))
         train_model = load_model(model_or_name, checkpoint)
+        say(f"loaded {model_or_name}" + (f" from {checkpoint}" if checkpoint else " (random init: no checkpoint given)"))
     elif isinstance(model_or_name, nn.Module):
         if checkpoint is not None:
             raise ExportError("checkpoint= is only used with a model name, not a model instance")

@@ -33,6 +33,36 @@ def _import_coremltools():  # noqa: ANN202 - module object
     return ct
 
 
+def _register_missing_torch_ops() -> None:
+    """Teach coremltools' TorchScript frontend ops it lacks (Hugging Face BERT uses ``new_ones``)."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch import ops as torch_ops
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
+    from coremltools.converters.mil.mil.types.type_mapping import builtin_to_string
+
+    if _TORCH_OPS_REGISTRY.get_func("new_ones") is not None:
+        return
+
+    @register_torch_op
+    def new_ones(context, node):  # noqa: ANN001, ANN202 - coremltools converter signature
+        # aten::new_ones(self, size, dtype, layout, device, pin_memory): ones shaped `size`
+        inputs = torch_ops._get_inputs(context, node)
+        like, size = inputs[0], inputs[1]
+        dtype = inputs[2] if len(inputs) > 2 else None
+        if isinstance(size, list):
+            size = mb.concat(values=size, axis=0)
+        if size.val is not None:  # static size (the usual case); () means a scalar
+            shape = np.asarray(size.val, dtype=np.int32).reshape(-1)
+            ones = mb.const(val=np.ones(shape, dtype=np.float32)) if shape.size == 0 else mb.fill(shape=shape, value=1.0)
+        else:
+            ones = mb.fill(shape=mb.cast(x=size, dtype="int32"), value=1.0)
+        if dtype is not None and dtype.val is not None:
+            target = torch_ops.NUM_TO_DTYPE_STRING[dtype.val]
+        else:
+            target = builtin_to_string(like.dtype)
+        context.add(torch_ops._cast_to(ones, target, node.name), node.name)
+
+
 def _describe(mlmodel, metadata: spec.ModelMetadata, props: dict[str, str], graph: str) -> None:  # noqa: ANN001
     mlmodel.author = "rsclip"
     mlmodel.license = str(metadata.source.get("license", "")) or "see model source"
@@ -67,10 +97,17 @@ def export_coreml(
     image_module = PixelImageEncoder(model, metadata.mean, metadata.std).eval()
     tokens = example_tokens(model, batch=1).to(torch.int32)
     text_module = TextEncoder(model).eval()
+    _register_missing_torch_ops()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image_traced = torch.jit.trace(image_module, torch.rand(1, 3, size, size))
-        text_traced = torch.jit.trace(text_module, tokens)
+        # nn.MultiheadAttention's fused inference kernel has no Core ML conversion: trace the plain ops
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            image_traced = torch.jit.trace(image_module, torch.rand(1, 3, size, size))
+            text_traced = torch.jit.trace(text_module, tokens)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         try:
             image_ml = ct.convert(
                 image_traced,
