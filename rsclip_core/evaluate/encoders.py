@@ -35,7 +35,7 @@ class ImageGeometry:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     @classmethod
-    def from_any(cls, cfg: Any) -> "ImageGeometry":
+    def from_any(cls, cfg: Any) -> ImageGeometry:
         """From a dict, a dataclass (``PreprocessConfig``, ``ModelMetadata``) or any object with
         ``image_size`` (and optionally ``interpolation``, ``resize_mode``, ``mean``, ``std``)."""
         get = cfg.get if isinstance(cfg, dict) else (lambda key, default=None: getattr(cfg, key, default))
@@ -88,8 +88,8 @@ def load_image(path: str | Path, geometry: ImageGeometry) -> np.ndarray:
             new_w = size if width <= height else int(size * width / height)
             new_h = size if height <= width else int(size * height / width)
             rgb = rgb.resize((new_w, new_h), resample)
-            left = int(round((new_w - size) / 2.0))
-            top = int(round((new_h - size) / 2.0))
+            left = round((new_w - size) / 2.0)
+            top = round((new_h - size) / 2.0)
             rgb = rgb.crop((left, top, left + size, top + size))
     else:
         raise EvalInputError(f"unknown resize_mode {geometry.resize_mode!r} (shortest | squash)")
@@ -137,7 +137,7 @@ class TorchEncoder:
         self._std = torch.tensor(self.geometry.std, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Callable[[list[str]], Any], device: str = "cpu") -> "TorchEncoder":
+    def from_model(cls, model: Any, tokenizer: Callable[[list[str]], Any], device: str = "cpu") -> TorchEncoder:
         """Geometry taken from ``model.preprocess`` (an ``RSClipModel``)."""
         return cls(model=model, tokenizer=tokenizer, geometry=ImageGeometry.from_any(model.preprocess), device=device)
 
@@ -164,7 +164,7 @@ class ModelDirEncoder:
     geometry: ImageGeometry
 
     @classmethod
-    def load(cls, model_dir: str | Path, **kwargs: Any) -> "ModelDirEncoder":
+    def load(cls, model_dir: str | Path, **kwargs: Any) -> ModelDirEncoder:
         from rsclip_core.inference import load_model
         from rsclip_core.spec import ModelMetadata
 

@@ -50,7 +50,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a checkpoint dict")

@@ -162,6 +162,6 @@ class NegativeQueue:
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.buffers = {k: v.clone() for k, v in state.items()}
 
-    def to(self, device: torch.device | str) -> "NegativeQueue":
+    def to(self, device: torch.device | str) -> NegativeQueue:
         self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
         return self

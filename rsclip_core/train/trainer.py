@@ -100,7 +100,7 @@ class TrainConfig:
     device: str = "auto"
     distributed_gather: bool = True
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """Check values and fill mode-dependent defaults."""
         cfg = dataclasses.replace(self)
         if cfg.mode not in MODES:
@@ -513,7 +513,7 @@ class _nullctx:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 
