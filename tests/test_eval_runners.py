@@ -123,3 +123,20 @@ def test_runners_import_no_torch():
 
     code = "import sys, rsclip_core.evaluate, rsclip_core.evaluate.runners; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_real_rsicd_test_split_follows_the_published_protocol():
+    from conftest import shared_data_path
+
+    rsicd = shared_data_path("rsicd", "dataset_rsicd.json")
+    dataset = read_karpathy_split(rsicd, rsicd.parent / "images", split="test")
+    assert len(dataset.image_paths) == 1093 and len(dataset.captions) == 5465
+    assert np.bincount(dataset.text_to_image).tolist() == [5] * 1093
+
+
+def test_real_rsscn7_class_names_are_cleaned():
+    from conftest import shared_data_path
+
+    dataset = read_image_folder(shared_data_path("rsscn7"), limit_per_class=2)
+    assert dataset.class_names == ["grass", "field", "industry", "river lake", "forest", "resident", "parking"]
+    assert len(dataset.image_paths) == 14
