@@ -278,12 +278,17 @@ def fit_heads(
     logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
     params = list(heads.parameters()) + [logit_scale]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    views = [torch.from_numpy(v.astype(np.float32)) for v in data.image_views]
+    views = torch.from_numpy(np.stack([v.astype(np.float32) for v in data.image_views]))  # [V, N, C]
     caps = torch.from_numpy(data.caption_feats.astype(np.float32))
-    n = views[0].shape[0]
-    by_image: list[list[int]] = [[] for _ in range(n)]
-    for m, owner in enumerate(data.caption_owner):
-        by_image[int(owner)].append(m)
+    n = views.shape[1]
+    owner = np.asarray(data.caption_owner, dtype=np.int64)
+    order = np.argsort(owner, kind="stable")  # caption rows grouped by image
+    count = np.bincount(owner, minlength=n)
+    if (count == 0).any():
+        raise TeacherFitError(f"image {int(np.flatnonzero(count == 0)[0])} has no caption")
+    first = np.concatenate([[0], np.cumsum(count)[:-1]])
+    # identical caption texts (RSICD repeats many) are positives for every image that has them
+    text_id = np.unique(data.caption_feats, axis=0, return_inverse=True)[1].reshape(-1)
     labels = torch.from_numpy(data.label_feats.astype(np.float32)) if data.label_feats is not None else None
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -298,10 +303,10 @@ def fit_heads(
         losses = []
         for s in range(steps_per_epoch):
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            v = rng.integers(0, len(views), size=len(idx))
-            x = torch.stack([views[int(vi)][int(i)] for vi, i in zip(v, idx)])
-            cap_rows = [by_image[int(i)][rng.integers(len(by_image[int(i)]))] for i in idx]
-            t = caps[cap_rows]
+            v = rng.integers(0, views.shape[0], size=len(idx))
+            x = views[torch.from_numpy(v), torch.from_numpy(idx)]
+            cap_rows = order[first[idx] + (rng.random(len(idx)) * count[idx]).astype(np.int64)]
+            t = caps[torch.from_numpy(cap_rows)]
             if labels is not None and data.image_label is not None and cfg.label_caption_prob > 0:
                 use = (rng.random(len(idx)) < cfg.label_caption_prob) & (data.image_label[idx] >= 0)
                 if use.any():
@@ -313,8 +318,9 @@ def fit_heads(
             zi = nn.functional.normalize(heads["image"](x), dim=-1)
             zt = nn.functional.normalize(heads["text"](t), dim=-1)
             logits = logit_scale.exp().clamp(max=100) * zi @ zt.T
-            # captions shared by several images in the batch are multi-positives: soft targets
-            same = torch.from_numpy(np.array(cap_rows)[:, None] == np.array(cap_rows)[None, :]).float()
+            # a caption text drawn for several images in the batch is a multi-positive: soft targets
+            tid = text_id[cap_rows]
+            same = torch.from_numpy(tid[:, None] == tid[None, :]).float()
             target = same / same.sum(1, keepdim=True)
             loss = 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
                           + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
