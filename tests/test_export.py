@@ -261,6 +261,7 @@ def test_inference_engine_reproduces_torch(exported):
 def test_refuses_to_overwrite_and_replaces_only_when_asked(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
+    (out / spec.METADATA_FILE).write_text("{}")  # an (old) model directory
     (out / "keep.txt").write_text("precious")
     with pytest.raises(OutputExistsError, match="already exists"):
         export_model(FAST, out)
@@ -270,12 +271,21 @@ def test_refuses_to_overwrite_and_replaces_only_when_asked(tmp_path):
     assert (out / spec.IMAGE_ONNX).is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or backup dirs left
 
+    # a directory that is not a model directory is never replaced, even with overwrite
+    other = tmp_path / "documents"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputExistsError, match="not an rsclip model directory"):
+        export_model(FAST, other, overwrite=True)
+    assert (other / "thesis.tex").read_text() == "years of work"
+
 
 def test_failed_export_leaves_nothing_and_keeps_old_dir(tmp_path, monkeypatch):
     import rsclip_core.export.api as api
 
     out = tmp_path / "model"
     out.mkdir()
+    (out / spec.METADATA_FILE).write_text("{}")
     (out / "keep.txt").write_text("old model")
 
     def broken(*args, **kwargs):

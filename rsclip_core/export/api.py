@@ -177,6 +177,11 @@ def export_model(
         raise OutputExistsError(f"{out_dir}: already exists (use overwrite=True / --overwrite to replace it)")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / spec.METADATA_FILE).is_file():
+        # overwrite replaces the whole directory: never do that to something that is not a model dir
+        raise OutputExistsError(
+            f"{out_dir}: exists and is not an rsclip model directory (no {spec.METADATA_FILE}); not replacing it"
+        )
     if resolution_m is not None and not float(resolution_m) > 0:
         raise ExportError(f"resolution must be > 0 m/px, got {resolution_m}")
     class_data = load_classes(classes)
