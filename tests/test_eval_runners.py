@@ -126,7 +126,7 @@ def test_runners_import_no_torch():
 
 
 def test_real_rsicd_test_split_follows_the_published_protocol():
-    from conftest import shared_data_path
+    from tests.conftest import shared_data_path
 
     rsicd = shared_data_path("rsicd", "dataset_rsicd.json")
     dataset = read_karpathy_split(rsicd, rsicd.parent / "images", split="test")
@@ -135,7 +135,7 @@ def test_real_rsicd_test_split_follows_the_published_protocol():
 
 
 def test_real_rsscn7_class_names_are_cleaned():
-    from conftest import shared_data_path
+    from tests.conftest import shared_data_path
 
     dataset = read_image_folder(shared_data_path("rsscn7"), limit_per_class=2)
     assert dataset.class_names == ["grass", "field", "industry", "river lake", "forest", "resident", "parking"]
