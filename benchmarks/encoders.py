@@ -66,17 +66,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def median_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
-
-
 def count_params(module: Any) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
@@ -124,10 +113,19 @@ def image_flops(encoder: Any, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def measure(
+@dataclass
+class Prepared:
+    """A model ready to time: its row (sizes filled in), eager image encoder and ONNX session."""
+
+    row: Row
+    encoder: Any
+    session: Any
+
+
+def prepare(
     name: str, kind: str, loader: Callable[[str], tuple[Any, Any, Any, int]], args: argparse.Namespace, tmp: Path
-) -> Row:
-    import numpy as np
+) -> Prepared:
+    """Load, count parameters and FLOPs, export the image encoder to ONNX and open a session."""
     import onnxruntime as ort
     import torch
 
@@ -139,7 +137,8 @@ def measure(
     encoder = ImageEncoder(model).eval()
     row.gflops_native = image_flops(encoder, size)
     row.gflops_224 = row.gflops_native if size == BENCH_SIZE else image_flops(encoder, BENCH_SIZE)
-
+    if hasattr(model, "text"):
+        model.text = None  # only the image encoder is timed: free the text tower's memory
     path = tmp / f"{name}.onnx"
     export_graph(encoder, torch.rand(2, 3, BENCH_SIZE, BENCH_SIZE), "image", path, opset=17, exporter="auto")
     options = ort.SessionOptions()
@@ -147,18 +146,47 @@ def measure(
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle onnxruntime workers would otherwise spin and steal the CPU from the torch timings.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for batch in args.batches:
-        x = np.random.default_rng(0).random((batch, 3, BENCH_SIZE, BENCH_SIZE), dtype=np.float32)
-        ms = median_ms(lambda: session.run(None, {"image": x}), args.warmup, args.repeats)
-        row.onnx_ms[batch] = ms / batch
-        xt = torch.from_numpy(x)
-        with torch.inference_mode():
-            ms = median_ms(lambda: encoder(xt), args.warmup, args.repeats)
-        row.torch_ms[batch] = ms / batch
-    del session, model, encoder
-    path.unlink(missing_ok=True)
-    return row
+    return Prepared(row, encoder, session)
+
+
+def time_round_robin(prepared: list[Prepared], args: argparse.Namespace) -> None:
+    """Median ms/img per model and cell, interleaving the models in every repetition.
+
+    On a shared machine the load drifts; timing all models in the same rounds keeps their
+    ratios (what this benchmark is about) comparable.
+    """
+    import numpy as np
+    import torch
+
+    inputs = {b: np.random.default_rng(0).random((b, 3, BENCH_SIZE, BENCH_SIZE), dtype=np.float32) for b in args.batches}
+    samples: dict[tuple[str, str, int], list[float]] = {}
+
+    def run_once(item: Prepared, engine: str, batch: int) -> float:
+        x = inputs[batch]
+        start = time.perf_counter()
+        if engine == "onnx":
+            item.session.run(None, {"image": x})
+        else:
+            with torch.inference_mode():
+                item.encoder(torch.from_numpy(x))
+        return (time.perf_counter() - start) * 1000.0 / batch
+
+    cells = [(engine, batch) for batch in args.batches for engine in ("onnx", "torch")]
+    for round_index in range(args.warmup + args.repeats):
+        warm = round_index < args.warmup
+        print(f"  {'warm-up' if warm else 'round'} {round_index + 1}/{args.warmup + args.repeats}", file=sys.stderr, flush=True)
+        for item in prepared:
+            for engine, batch in cells:
+                ms = run_once(item, engine, batch)
+                if not warm:
+                    samples.setdefault((item.row.name, engine, batch), []).append(ms)
+    for item in prepared:
+        for batch in args.batches:
+            item.row.onnx_ms[batch] = statistics.median(samples[(item.row.name, "onnx", batch)])
+            item.row.torch_ms[batch] = statistics.median(samples[(item.row.name, "torch", batch)])
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -201,14 +229,20 @@ def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], defa
         "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
-        f"- CPU: {meta['cpu']} ({meta['logical_cpus']} logical CPUs visible), threads: {args.threads} "
-        "(onnxruntime intra-op and torch)",
+        (
+            f"- CPU: {meta['cpu']} ({meta['logical_cpus']} logical CPUs visible), threads: {args.threads} "
+            "(onnxruntime intra-op and torch)"
+        ),
         f"- load average before / after: {meta['load_before']} / {meta['load_after']}"
         + (" — the machine was shared with other jobs during this run" if meta["busy"] else ""),
         f"- software: {meta['software']}",
-        f"- timing: image encoder at {BENCH_SIZE}×{BENCH_SIZE}, {args.warmup} warm-up + median of {args.repeats} "
-        "runs per cell; ms/img = batch latency / batch size; all models random-init, students and "
-        "MobileCLIP reparameterized; ONNX = opset 17 graph incl. L2 normalisation, onnxruntime CPU EP.",
+        (
+            f"- timing: image encoder at {BENCH_SIZE}×{BENCH_SIZE}, {args.warmup} warm-up + median of "
+            f"{args.repeats} rounds; every round times every model and cell in turn (so load drift hits all "
+            "models alike); ms/img = batch latency / batch size; all models random-init, students and "
+            "MobileCLIP reparameterized; ONNX = opset 17 graph incl. L2 normalisation, onnxruntime CPU EP "
+            "(ORT_ENABLE_ALL, no thread spinning)."
+        ),
         "- GFLOPs from `torch.utils.flop_counter` (1 multiply-add = 2 FLOPs), image encoder only.",
         "",
         *lines,
@@ -251,16 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     jobs = [(n, "peer", load_peer) for n in args.peers] + [(n, "student", load_student) for n in students]
     with tempfile.TemporaryDirectory(prefix="rsclip-bench-") as tmp:
+        prepared = []
         for name, kind, loader in jobs:
-            print(f"[{len(rows) + 1}/{len(jobs)}] {name} ...", file=sys.stderr, flush=True)
-            row = measure(name, kind, loader, args, Path(tmp))
-            rows.append(row)
-            print(
-                f"    onnx ms/img b{args.batches[0]} {row.onnx_ms[args.batches[0]]:.1f}, "
-                f"b{args.batches[1]} {row.onnx_ms[args.batches[1]]:.1f}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"[{len(prepared) + 1}/{len(jobs)}] preparing {name} ...", file=sys.stderr, flush=True)
+            prepared.append(prepare(name, kind, loader, args, Path(tmp)))
+        print("timing (models interleaved in every round) ...", file=sys.stderr, flush=True)
+        time_round_robin(prepared, args)
+        rows = [item.row for item in prepared]
+        del prepared
     load_after = os.getloadavg()
     import onnxruntime
     import open_clip

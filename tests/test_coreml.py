@@ -13,10 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 
-from rsclip_core import spec  # noqa: E402
-from rsclip_core.export import export_coreml, export_model  # noqa: E402
-from rsclip_core.export.wrappers import PixelImageEncoder  # noqa: E402
-from rsclip_core.models import create_model, get_model_config, list_models  # noqa: E402
+from rsclip_core import spec
+from rsclip_core.export import export_coreml, export_model
+from rsclip_core.export.wrappers import PixelImageEncoder
+from rsclip_core.models import create_model, get_model_config, list_models
 
 SLOW_MODELS = [m for m in list_models() if not m.startswith("teacher") and m != "tiny-mci-mct"]
 

@@ -16,10 +16,10 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from click.testing import CliRunner  # noqa: E402
+from click.testing import CliRunner
 
-from rsclip_core import spec  # noqa: E402
-from rsclip_core.export import (  # noqa: E402
+from rsclip_core import spec
+from rsclip_core.export import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     ClassesFileError,
@@ -29,7 +29,7 @@ from rsclip_core.export import (  # noqa: E402
     check_reparam_parity,
     export_model,
 )
-from rsclip_core.models import create_model, get_model_config, get_tokenizer, list_models  # noqa: E402
+from rsclip_core.models import create_model, get_model_config, get_tokenizer, list_models
 
 TINY = [m for m in list_models() if get_model_config(m).get("tiny")]
 STUDENTS = [m for m in list_models() if not get_model_config(m).get("tiny") and not m.startswith("teacher")]
@@ -281,7 +281,7 @@ def test_refuses_to_overwrite_and_replaces_only_when_asked(tmp_path):
 
 
 def test_failed_export_leaves_nothing_and_keeps_old_dir(tmp_path, monkeypatch):
-    import rsclip_core.export.api as api
+    from rsclip_core.export import api
 
     out = tmp_path / "model"
     out.mkdir()

@@ -23,7 +23,7 @@ from rsclip_core.export.onnx_export import export_onnx_image, export_onnx_text, 
 from rsclip_core.export.parity import ParityReport, ParityResult, check_parity, check_reparam_parity
 
 
-def export_coreml(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - thin lazy re-export
+def export_coreml(*args, **kwargs):
     """See :func:`rsclip_core.export.coreml.export_coreml` (imports coremltools on first use)."""
     from rsclip_core.export.coreml import export_coreml as _export_coreml
 

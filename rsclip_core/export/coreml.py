@@ -25,7 +25,7 @@ from rsclip_core.export.wrappers import PixelImageEncoder, TextEncoder
 MAX_TEXT_BATCH = 256
 
 
-def _import_coremltools():  # noqa: ANN202 - module object
+def _import_coremltools():
     try:
         import coremltools as ct
     except ImportError as exc:  # pragma: no cover - coremltools is in the export extra
@@ -37,14 +37,17 @@ def _register_missing_torch_ops() -> None:
     """Teach coremltools' TorchScript frontend ops it lacks (Hugging Face BERT uses ``new_ones``)."""
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch import ops as torch_ops
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY,
+        register_torch_op,
+    )
     from coremltools.converters.mil.mil.types.type_mapping import builtin_to_string
 
     if _TORCH_OPS_REGISTRY.get_func("new_ones") is not None:
         return
 
     @register_torch_op
-    def new_ones(context, node):  # noqa: ANN001, ANN202 - coremltools converter signature
+    def new_ones(context, node):
         # aten::new_ones(self, size, dtype, layout, device, pin_memory): ones shaped `size`
         inputs = torch_ops._get_inputs(context, node)
         like, size = inputs[0], inputs[1]
@@ -63,7 +66,7 @@ def _register_missing_torch_ops() -> None:
         context.add(torch_ops._cast_to(ones, target, node.name), node.name)
 
 
-def _describe(mlmodel, metadata: spec.ModelMetadata, props: dict[str, str], graph: str) -> None:  # noqa: ANN001
+def _describe(mlmodel, metadata: spec.ModelMetadata, props: dict[str, str], graph: str) -> None:
     mlmodel.author = "rsclip"
     mlmodel.license = str(metadata.source.get("license", "")) or "see model source"
     mlmodel.version = str(metadata.format_version)
@@ -87,11 +90,11 @@ def export_coreml(
     out_dir = Path(out_dir)
     props = {**metadata.onnx_metadata_props(), **(extra_props or {})}
     size = int(metadata.image_size)
-    common = dict(
-        convert_to="mlprogram",
-        compute_precision=ct.precision.FLOAT16,
-        minimum_deployment_target=ct.target.iOS16,
-    )
+    common = {
+        "convert_to": "mlprogram",
+        "compute_precision": ct.precision.FLOAT16,
+        "minimum_deployment_target": ct.target.iOS16,
+    }
     model = model.eval()
 
     image_module = PixelImageEncoder(model, metadata.mean, metadata.std).eval()
@@ -135,7 +138,7 @@ def export_coreml(
                 outputs=[ct.TensorType(name=spec.EMBEDDING_OUTPUT, dtype=np.float32)],
                 **common,
             )
-        except Exception as exc:  # noqa: BLE001 - coremltools raises many types; name the cause
+        except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise ExportError(f"Core ML conversion of {metadata.model_name} failed: {type(exc).__name__}: {first}") from exc
 

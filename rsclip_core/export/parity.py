@@ -58,7 +58,7 @@ class ParityReport:
     def summary(self) -> str:
         return "; ".join(str(r) for r in self.results)
 
-    def raise_if_failed(self, context: str = "parity") -> "ParityReport":
+    def raise_if_failed(self, context: str = "parity") -> ParityReport:
         failed = [str(r) for r in self.results if not r.ok]
         if failed:
             raise ParityError(f"{context}: {'; '.join(failed)}")
