@@ -119,6 +119,6 @@ def test_real_rsicd_and_rsscn7_readers() -> None:
     assert len(recs) == 10921
     assert sum(r.split == "test" for r in recs) == 1093
     assert all(len(r.captions) == 5 for r in recs) and all(r.image_path.exists() for r in recs[:50])
-    assert len({r.label for r in recs}) == 30
+    assert len({r.label for r in recs}) == 31  # 30 AID-style classes + "playfields" as shipped
     scn = read_image_folder(shared_data_path("rsscn7"))
     assert len(scn) == 2800 and len({r.label for r in scn}) == 7

@@ -139,9 +139,9 @@ def cached_image_features(
 def cached_text_features(texts: Sequence[str], cache_dir: str | Path, tower_name: str = "all-MiniLM-L6-v2",
                          progress: bool = True) -> np.ndarray:
     """float32 [N, 384] MiniLM features of ``texts``; a text->row store under ``cache_dir`` grows as needed."""
-    from rsclip_core.reinforce.towers import encode_texts_with_tower, load_text_tower
-
     import fcntl
+
+    from rsclip_core.reinforce.towers import encode_texts_with_tower, load_text_tower
 
     cache = Path(cache_dir) / tower_name
     cache.mkdir(parents=True, exist_ok=True)
