@@ -27,6 +27,14 @@ import click
     "--resolution", "resolution_m", type=float, default=None, metavar="M",
     help="Ground resolution the model was trained at, in metres per pixel (tiling hint).",
 )
+@click.option(
+    "--quantize", type=click.Choice(["none", "int8-text", "int8"]), default="none", show_default=True,
+    help="int8-text: dynamic int8 text graph; int8: also a static QDQ int8 image graph (needs --calibration-images).",
+)
+@click.option(
+    "--calibration-images", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+    help="Folder of images (e.g. training images, never test) to calibrate the int8 image graph on.",
+)
 @click.option("--opset", type=click.IntRange(17, 21), default=17, show_default=True, help="ONNX opset.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only after a successful export).")
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
@@ -38,6 +46,8 @@ def export(
     fp16: bool,
     classes: Path | None,
     resolution_m: float | None,
+    quantize: str,
+    calibration_images: Path | None,
     opset: int,
     overwrite: bool,
     quiet: bool,
@@ -61,6 +71,8 @@ def export(
             resolution_m=resolution_m,
             overwrite=overwrite,
             opset=opset,
+            quantize=quantize,
+            calibration_images=calibration_images,
             log=log,
         )
     except (ExportError, FileNotFoundError, FileExistsError) as exc:

@@ -28,6 +28,7 @@ from rsclip_core.export.errors import (
     ClassesFileError,
     ExportError,
     OutputExistsError,
+    ParityError,
     UnknownModelError,
 )
 from rsclip_core.export.onnx_export import DEFAULT_OPSET, Exporter, export_onnx_image, export_onnx_text
@@ -39,6 +40,8 @@ Log = Callable[[str], None]
 # fp16 weight storage rounds every weight to ~3 significant digits: parity is checked looser.
 FP16_ATOL = 2e-2
 FP16_MIN_COSINE = 0.999
+# int8 graphs cannot meet 1e-4; below this mean fp32-vs-int8 cosine the quantization is broken.
+MIN_INT8_MEAN_COSINE = 0.9
 
 
 def _silent(_: str) -> None:
@@ -54,6 +57,11 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(names)}")
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         raise CheckpointNotFoundError(f"{checkpoint}: checkpoint not found")
+    if checkpoint is not None and name.startswith("teacher-"):
+        from rsclip_core.export.offline_teacher import is_teacher_checkpoint, model_from_teacher_checkpoint
+
+        if is_teacher_checkpoint(checkpoint):  # heads fitted by `rsclip teacher fit` on the packaged towers
+            return model_from_teacher_checkpoint(name, checkpoint)
     try:
         # A checkpoint replaces every weight: never load the towers' pretrained weights first.
         return create_model(name, checkpoint=checkpoint, pretrained_towers=False)
@@ -161,6 +169,8 @@ def export_model(
     overwrite: bool = False,
     opset: int = DEFAULT_OPSET,
     exporter: Exporter = "auto",
+    quantize: str = "none",
+    calibration_images: str | Path | Sequence[str | Path] | None = None,
     log: Log | None = None,
 ) -> Path:
     """Export a model to an rsclip model directory (``rsclip_core.spec``); returns its path.
@@ -169,8 +179,13 @@ def export_model(
     ``RSClipModel`` instance (not modified: a copy is reparameterized). ``fp16`` stores the ONNX
     weights as float16 (half the size; compute stays float32). ``classes``: default land-cover
     classes (JSON file or list) written as ``classes.json``. ``resolution_m``: ground resolution
-    the model expects (m/px), a tiling hint for inference and QGIS tools.
+    the model expects (m/px), a tiling hint for inference and QGIS tools. ``quantize``:
+    ``"int8-text"`` stores the text graph dynamically int8-quantized, ``"int8"`` also the image
+    graph (static QDQ int8, calibrated on ``calibration_images``: a folder or a list of image
+    files); ``fp16`` then only applies to graphs that stay float (see ``rsclip_core.export.quantize``).
     """
+    from rsclip_core.export.quantize import check_mode, list_calibration_images, quantization_source
+
     say = log or _silent
     out_dir = Path(out_dir).expanduser().absolute()
     if out_dir.exists() and not overwrite:
@@ -185,6 +200,17 @@ def export_model(
     if resolution_m is not None and not float(resolution_m) > 0:
         raise ExportError(f"resolution must be > 0 m/px, got {resolution_m}")
     class_data = load_classes(classes)
+    check_mode(quantize)
+    calibration: list[Path] = []
+    if quantize == "int8":
+        if calibration_images is None:
+            raise ExportError("quantize='int8' needs calibration_images (--calibration-images DIR)")
+        if isinstance(calibration_images, (str, Path)):
+            calibration = list_calibration_images(calibration_images)
+        else:
+            calibration = [Path(p) for p in calibration_images]
+    fp16_image = fp16 and quantize != "int8"
+    fp16_text = fp16 and quantize == "none"
 
     if isinstance(model_or_name, str):
         train_model = load_model(model_or_name, checkpoint)
@@ -208,8 +234,11 @@ def export_model(
     if checkpoint is not None:
         source["checkpoint"] = Path(checkpoint).name
         source["checkpoint_sha256"] = _sha256(Path(checkpoint))
-    if fp16:
-        source["onnx_weights"] = "float16"
+    if fp16_image or fp16_text:
+        source["onnx_weights"] = "float16" if fp16_image and fp16_text else (
+            "float16 (image graph)" if fp16_image else "float16 (text graph)")
+    if quantize != "none":
+        source["quantization"] = quantization_source(quantize, len(calibration))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -226,17 +255,21 @@ def export_model(
         if class_data is not None:
             props["rsclip_classes"] = json.dumps({"classes": class_data}, ensure_ascii=False)
         say(f"exporting {spec.IMAGE_ONNX}")
-        export_onnx_image(model, tmp / spec.IMAGE_ONNX, metadata_props=props, opset=opset, exporter=exporter, fp16=fp16)
+        export_onnx_image(model, tmp / spec.IMAGE_ONNX, metadata_props=props, opset=opset, exporter=exporter,
+                           fp16=fp16_image)
         say(f"exporting {spec.TEXT_ONNX}")
-        export_onnx_text(model, tmp / spec.TEXT_ONNX, metadata_props=props, opset=opset, exporter=exporter, fp16=fp16)
+        export_onnx_text(model, tmp / spec.TEXT_ONNX, metadata_props=props, opset=opset, exporter=exporter,
+                          fp16=fp16_text)
         (tmp / spec.METADATA_FILE).write_text(metadata.to_json() + "\n", encoding="utf-8")
         if class_data is not None:
             classes_json = json.dumps({"classes": class_data}, indent=2, ensure_ascii=False) + "\n"
             (tmp / spec.CLASSES_FILE).write_text(classes_json, encoding="utf-8")
 
-        atol, min_cos = (FP16_ATOL, FP16_MIN_COSINE) if fp16 else (DEFAULT_ATOL, DEFAULT_MIN_COSINE)
+        atol, min_cos = (FP16_ATOL, FP16_MIN_COSINE) if fp16_image or fp16_text else (DEFAULT_ATOL, DEFAULT_MIN_COSINE)
         report = check_parity(model, tmp, atol=atol, min_cosine=min_cos)
         say(f"  {report.summary()}")
+        if quantize != "none":
+            _quantize_checked(tmp, quantize, calibration, class_data, say)
         if coreml:
             from rsclip_core.export.coreml import export_coreml
 
@@ -250,6 +283,42 @@ def export_model(
         raise
     say(f"wrote {out_dir}")
     return out_dir
+
+
+def _quantize_checked(model_dir: Path, mode: str, calibration: Sequence[Path],
+                      class_data: list[dict[str, Any]] | None, say: Log) -> None:
+    """Quantize ``model_dir``'s graphs in place; report fp32-vs-int8 parity, fail if it is broken."""
+    from rsclip_core.export.quantize import PARITY_TEXTS, quantization_report, quantize_model_dir
+
+    reference = Path(tempfile.mkdtemp(prefix=".fp32-", dir=model_dir.parent))
+    try:
+        for name in (spec.IMAGE_ONNX, spec.TEXT_ONNX, spec.TOKENIZER_FILE, spec.METADATA_FILE):
+            shutil.copyfile(model_dir / name, reference / name)
+        say(f"quantizing ({mode})")
+        quantize_model_dir(model_dir, mode, calibration)
+        texts = list(PARITY_TEXTS) + [p for c in class_data or [] for p in c.get("prompts", [])[:2]]
+        images = list(calibration)[:: max(1, len(calibration) // 64)] or _synthetic_images(reference)
+        for row in quantization_report(reference, model_dir, images, texts):
+            say(f"  {row.summary()}")
+            if row.mean_cosine < MIN_INT8_MEAN_COSINE:
+                raise ParityError(f"int8 {row.which} graph is broken: {row.summary()}")
+    finally:
+        shutil.rmtree(reference, ignore_errors=True)
+
+
+def _synthetic_images(folder: Path) -> list[Path]:
+    """A few smooth random PNGs (text-only quantization has no calibration images to compare on)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(8):
+        small = rng.uniform(0, 255, size=(8, 8, 3)).astype("uint8")
+        path = folder / f"{i}.png"
+        Image.fromarray(small).resize((96, 96), Image.BICUBIC).save(path)
+        paths.append(path)
+    return paths
 
 
 def _apply_umask(root: Path) -> None:
