@@ -115,7 +115,7 @@ def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path, ima
 
 
 def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_dir: Path | None,
-                              cache: Path) -> dict[str, Any]:
+                              cache: Path, ensemble: bool = True) -> dict[str, Any]:
     """RSICD-test retrieval + RSSCN7 zero-shot for each checkpoint and for their ensemble."""
     import numpy as np
 
@@ -167,7 +167,7 @@ def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_
             joint["scn"].append(simg)
             joint["cls"].append(cls)
         results[Path(ckpt).stem] = row
-    if len(checkpoints) > 1:
+    if ensemble and len(checkpoints) > 1:
         k = np.sqrt(len(checkpoints))
         img, txt = np.concatenate(joint["img"], 1) / k, np.concatenate(joint["txt"], 1) / k
         row = {"checkpoint": "ensemble (mean cosine)", "rsicd_test": retrieval_metrics(img @ txt.T, owner)}
@@ -206,15 +206,17 @@ def results_markdown(results: dict[str, Any], command: str) -> str:
 @click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True)
 @click.option("--out", "out_md", type=click.Path(path_type=Path), default=None,
               help="Write markdown here (and the JSON next to it).")
+@click.option("--ensemble/--no-ensemble", default=True, show_default=True,
+              help="Also score the checkpoints together (mean cosine), as the reinforcement ensemble.")
 def eval_cmd(checkpoints: tuple[Path, ...], rsicd_json: Path, rsscn7_dir: Path | None, cache: Path,
-             out_md: Path | None) -> None:
+             out_md: Path | None, ensemble: bool) -> None:
     """RSICD-test R@1/5/10 + mR and RSSCN7 zero-shot of fitted teachers (and their ensemble)."""
     import sys
 
     from rsclip_core.reinforce.shards import atomic_write_bytes
 
     try:
-        results = evaluate_teacher_features(list(checkpoints), rsicd_json, rsscn7_dir, cache)
+        results = evaluate_teacher_features(list(checkpoints), rsicd_json, rsscn7_dir, cache, ensemble=ensemble)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     md = results_markdown(results, "rsclip teacher eval " + " ".join(sys.argv[3:]))
