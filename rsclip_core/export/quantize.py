@@ -1,8 +1,10 @@
 """int8 quantization of exported rsclip graphs (onnxruntime.quantization) and its parity report.
 
 * Text graph: **dynamic** int8 (``quantize_dynamic``): weights of MatMul/Gemm and of the token
-  embedding ``Gather`` (onnxruntime's integer-op registry has a Gather quantizer) stored as int8,
-  activations quantized on the fly. Transformers lose little this way and it needs no data.
+  embedding ``Gather`` (onnxruntime's integer-op registry has a Gather quantizer; it stores the
+  table as uint8) quantized **per output channel**, activations quantized on the fly. Needs no
+  data. Per-channel matters: all-MiniLM-L6-v2 + heads keeps cosine 0.987 to fp32 on RSICD
+  captions per channel, 0.932 per tensor.
 * Image graph: **static** QDQ int8 (``quantize_static``), per-channel int8 weights, uint8
   activations whose ranges are calibrated (MinMax) on a folder of images, preprocessed exactly as
   ``rsclip eval --model-dir`` / inference do: :func:`rsclip_core.evaluate.encoders.load_image` with
@@ -151,7 +153,7 @@ def quantize_text_graph(src: str | Path, dst: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="rsclip-quant-") as work:
         pre = _preprocessed(src, Path(work))
         tmp = Path(work) / "text-int8.onnx"
-        quantize_dynamic(pre, tmp, op_types_to_quantize=list(TEXT_OP_TYPES), per_channel=False,
+        quantize_dynamic(pre, tmp, op_types_to_quantize=list(TEXT_OP_TYPES), per_channel=True,
                          weight_type=QuantType.QInt8)
         _restore_interface(src, tmp)
         _move(tmp, dst)
@@ -195,7 +197,7 @@ def quantization_source(mode: str, n_calibration: int = 0) -> dict[str, Any]:
     if mode == "none":
         return {}
     info: dict[str, Any] = {
-        "text": f"dynamic int8 ({'/'.join(TEXT_OP_TYPES)} weights, onnxruntime quantize_dynamic)",
+        "text": f"dynamic int8 ({'/'.join(TEXT_OP_TYPES)} weights per channel, onnxruntime quantize_dynamic)",
     }
     if mode == "int8":
         info["image"] = (f"static QDQ int8 ({'/'.join(IMAGE_OP_TYPES)}; per-channel int8 weights, uint8 "
