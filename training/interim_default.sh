@@ -57,3 +57,7 @@ t0 = time.perf_counter(); model.encode_text(["a satellite image of a lake."] * 1
 print(f"text encoder, 1 thread, batch 16: {1000 * dt / 16:.1f} ms/caption")
 PY
 du -b "$OUT"/* | tee "$RES/sizes.txt"
+
+# 5. demo on the bundled sample + the README pictures (docs/img/demo_*.png)
+bash scripts/demo.sh .venv out/demo
+nice -n 10 python scripts/render_demo.py out/demo --out-dir docs/img
