@@ -21,7 +21,7 @@ $(VENV)/.done: pyproject.toml
 	$(VENV)/bin/pip install $(PIP_FLAGS) -U pip
 	# torch first, pinned, so no other resolver step can pull a different build
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train,export,test]' ruff
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train,export,eval,test]' ruff
 	touch $@
 
 setup: $(DEMO_VENV)/.done
