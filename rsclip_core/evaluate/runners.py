@@ -191,7 +191,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def save_confusion_matrix(result: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
     """A row-normalised confusion-matrix PNG (matplotlib, Agg backend) of a zero-shot result."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise EvalInputError("the confusion-matrix plot needs matplotlib: pip install 'rsclip[eval]'") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
