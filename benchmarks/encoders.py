@@ -9,12 +9,16 @@ For every registered (non-tiny) student and the peers ViT-B-32, MobileCLIP-S1, M
   (``torch.utils.flop_counter.FlopCounterMode``; 1 multiply-add = 2 FLOPs),
 * image-encoder latency at 224 px, ms/image, batch 1 and batch 16: the exported ONNX graph in
   onnxruntime (CPU) and eager torch; after warm-up, median over ``--repeats`` runs,
-* each model's image-encoder throughput relative to ViT-B-32 in the same run.
+* each model's image-encoder throughput relative to ViT-B-32 in the same run,
+* with ``--int8 NAME ...``: the same students' image graphs statically int8-quantized
+  (``rsclip_core.export.quantize``, QDQ, per-channel weights; calibrated on smooth random images,
+  enough for timing), timed as extra rows ``NAME int8`` in the same rounds (onnxruntime only).
 
 Students and MobileCLIP are reparameterized before timing. Writes a markdown table to
 ``benchmarks/results/encoders.md`` (command, date, CPU, threads, load) and prints it.
 
     python benchmarks/encoders.py                 # full run
+    python benchmarks/encoders.py --threads 1 --int8 effnetlite0-mct mobileclip-s0-rs   # + int8 rows
     nice -n 10 python benchmarks/encoders.py --repeats 2 --warmup 1 --no-write   # quick look
 """
 
@@ -118,7 +122,7 @@ class Prepared:
     """A model ready to time: its row (sizes filled in), eager image encoder and ONNX session."""
 
     row: Row
-    encoder: Any
+    encoder: Any  # None: ONNX-only row (int8)
     session: Any
 
 
@@ -152,6 +156,45 @@ def prepare(
     return Prepared(row, encoder, session)
 
 
+class RandomImageReader:
+    """Calibration batches of smooth random images, standardised like the students' inputs."""
+
+    def __init__(self, batches: int = 4, batch_size: int = 8, seed: int = 0) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        low = rng.uniform(-1.5, 1.5, size=(batches * batch_size, 3, 7, 7)).astype(np.float32)
+        full = low.repeat(BENCH_SIZE // 7, axis=2).repeat(BENCH_SIZE // 7, axis=3)
+        self.batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
+        self.index = 0
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self.index >= len(self.batches):
+            return None
+        self.index += 1
+        return {"image": self.batches[self.index - 1]}
+
+
+def prepare_int8(item: Prepared, args: argparse.Namespace, tmp: Path) -> Prepared:
+    """An ONNX-only row: ``item``'s image graph, static QDQ int8."""
+    import onnxruntime as ort
+
+    from rsclip_core.export.quantize import quantize_image_graph_with_reader
+
+    src = tmp / f"{item.row.name}.onnx"
+    dst = tmp / f"{item.row.name}.int8.onnx"
+    quantize_image_graph_with_reader(src, dst, RandomImageReader())
+    row = Row(f"{item.row.name} int8", item.row.kind, item.row.image_size, item.row.image_params,
+              item.row.text_params, item.row.gflops_native, item.row.gflops_224, note="static int8 (QDQ)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return Prepared(row, None, ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"]))
+
+
 def time_round_robin(prepared: list[Prepared], args: argparse.Namespace) -> None:
     """Median ms/img per model and cell, interleaving the models in every repetition.
 
@@ -180,17 +223,24 @@ def time_round_robin(prepared: list[Prepared], args: argparse.Namespace) -> None
         print(f"  {'warm-up' if warm else 'round'} {round_index + 1}/{args.warmup + args.repeats}", file=sys.stderr, flush=True)
         for item in prepared:
             for engine, batch in cells:
+                if engine == "torch" and item.encoder is None:
+                    continue
                 ms = run_once(item, engine, batch)
                 if not warm:
                     samples.setdefault((item.row.name, engine, batch), []).append(ms)
     for item in prepared:
         for batch in args.batches:
             item.row.onnx_ms[batch] = statistics.median(samples[(item.row.name, "onnx", batch)])
-            item.row.torch_ms[batch] = statistics.median(samples[(item.row.name, "torch", batch)])
+            if item.encoder is not None:
+                item.row.torch_ms[batch] = statistics.median(samples[(item.row.name, "torch", batch)])
 
 
 def fmt(value: float, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
+
+
+def fmt_ms(values: dict[int, float], batch: int) -> str:
+    return fmt(values[batch]) if batch in values else "–"
 
 
 def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], default: str | None) -> str:
@@ -210,7 +260,7 @@ def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], defa
         lines.append(
             f"| {name} | {r.kind} | {r.image_size} | {fmt(r.image_params)} | {fmt(r.text_params)} "
             f"| {fmt(r.gflops_native, 2)} | {fmt(r.gflops_224, 2)} | {fmt(r.onnx_ms[b_small])} | {fmt(r.onnx_ms[b_large])} "
-            f"| {fmt(r.torch_ms[b_small])} | {fmt(r.torch_ms[b_large])} | {ratio} |"
+            f"| {fmt_ms(r.torch_ms, b_small)} | {fmt_ms(r.torch_ms, b_large)} | {ratio} |"
         )
     verdict = ""
     target = next((r for r in rows if r.name == default), None)
@@ -224,6 +274,14 @@ def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], defa
             f"{ratio_large:.1f}× at batch {b_large}, {ratio_small:.1f}× at batch {b_small} "
             f"(FLOP ratio @224: {ref.gflops_224 / target.gflops_224:.1f}×)."
         )
+        quantized = next((r for r in rows if r.name == f"{default} int8"), None)
+        if quantized is not None:
+            q_large = ref.onnx_ms[b_large] / quantized.onnx_ms[b_large]
+            q_small = ref.onnx_ms[b_small] / quantized.onnx_ms[b_small]
+            verdict += (
+                f" With a static int8 image graph: {q_large:.1f}× at batch {b_large}, {q_small:.1f}× at batch "
+                f"{b_small} ({'met' if q_large >= TARGET_RATIO else 'not met'})."
+            )
     body = [
         "# Encoder benchmark: students vs open_clip peers (CPU)",
         "",
@@ -244,6 +302,11 @@ def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], defa
             "(ORT_ENABLE_ALL, no thread spinning)."
         ),
         "- GFLOPs from `torch.utils.flop_counter` (1 multiply-add = 2 FLOPs), image encoder only.",
+        *([
+            ("- `NAME int8` rows: the same image graph after `rsclip_core.export.quantize` static QDQ int8 "
+             "(Conv/MatMul/Gemm, per-channel int8 weights, uint8 activations, MinMax calibration on random "
+             "images: timing only, says nothing about accuracy), onnxruntime only, same rounds.")
+        ] if args.int8 else []),
         "",
         *lines,
         "",
@@ -264,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--int8", nargs="*", default=[], metavar="STUDENT",
+                        help="also time these students' image graphs statically int8-quantized (ONNX rows)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -286,9 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(n, "peer", load_peer) for n in args.peers] + [(n, "student", load_student) for n in students]
     with tempfile.TemporaryDirectory(prefix="rsclip-bench-") as tmp:
         prepared = []
-        for name, kind, loader in jobs:
-            print(f"[{len(prepared) + 1}/{len(jobs)}] preparing {name} ...", file=sys.stderr, flush=True)
+        for number, (name, kind, loader) in enumerate(jobs, start=1):
+            print(f"[{number}/{len(jobs)}] preparing {name} ...", file=sys.stderr, flush=True)
             prepared.append(prepare(name, kind, loader, args, Path(tmp)))
+            if kind == "student" and name in args.int8:
+                print(f"      quantizing {name} (static int8) ...", file=sys.stderr, flush=True)
+                prepared.append(prepare_int8(prepared[-1], args, Path(tmp)))
         print("timing (models interleaved in every round) ...", file=sys.stderr, flush=True)
         time_round_robin(prepared, args)
         rows = [item.row for item in prepared]

@@ -163,16 +163,21 @@ def quantize_text_graph(src: str | Path, dst: str | Path) -> Path:
 def quantize_image_graph(src: str | Path, dst: str | Path, calibration_images: Sequence[str | Path],
                          metadata: spec.ModelMetadata) -> Path:
     """Static QDQ int8 image graph (per-channel weights, MinMax-calibrated activations)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     if not calibration_images:
         raise QuantizationError("static int8 quantization of the image graph needs calibration images")
+    return quantize_image_graph_with_reader(src, dst, ImageCalibrationReader(calibration_images, metadata))
+
+
+def quantize_image_graph_with_reader(src: str | Path, dst: str | Path, reader: Any) -> Path:
+    """:func:`quantize_image_graph` with any ``CalibrationDataReader`` (``get_next`` -> {"image": x})."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     src, dst = Path(src), Path(dst)
     with tempfile.TemporaryDirectory(prefix="rsclip-quant-") as work:
         pre = _preprocessed(src, Path(work))
         tmp = Path(work) / "image-int8.onnx"
         quantize_static(
-            pre, tmp, ImageCalibrationReader(calibration_images, metadata),
+            pre, tmp, reader,
             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(IMAGE_OP_TYPES), per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
