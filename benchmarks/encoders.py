@@ -304,7 +304,7 @@ def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], defa
         "- GFLOPs from `torch.utils.flop_counter` (1 multiply-add = 2 FLOPs), image encoder only.",
         *([
             ("- `NAME int8` rows: the same image graph after `rsclip_core.export.quantize` static QDQ int8 "
-             "(Conv/MatMul/Gemm, per-channel int8 weights, uint8 activations, MinMax calibration on random "
+             "(Conv/MatMul/Gemm except the first 6 convs, per-channel int8 weights, uint8 activations, MinMax calibration on random "
              "images: timing only, says nothing about accuracy), onnxruntime only, same rounds.")
         ] if args.int8 else []),
         "",
