@@ -33,7 +33,7 @@ class L2Normalize(nn.Module):
 def is_teacher_checkpoint(path: str | Path) -> bool:
     """True if ``path`` is a teacher-fit checkpoint (a dict with the offline-teacher format tag)."""
     try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a torch file at all: let the normal loader report it
         return False
     return isinstance(payload, dict) and payload.get("format") == TEACHER_FORMAT

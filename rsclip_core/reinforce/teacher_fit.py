@@ -389,7 +389,7 @@ def load_teacher_checkpoint(path: str | Path) -> tuple[dict[str, Any], Any]:
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of a file that is not a torch checkpoint
         raise TeacherFitError(f"{path}: not an rsclip offline-teacher checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
