@@ -24,7 +24,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 export QT_QPA_PLATFORM=offscreen
-export RSCLIP_QGIS_TEST_MODEL="$MODEL_DIR"
+export RSCLIP_QGIS_TEST_MODEL="${RSCLIP_QGIS_TEST_MODEL:-$MODEL_DIR}"  # a real model dir for the screenshot
 export PYTHONPATH="$REPO/build/qgis-testdeps:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 # -p no:cacheprovider: the repo's pytest config (addopts -m 'not ... qgis') is not for this suite.
