@@ -65,8 +65,8 @@ def eval_cmd(
     """Evaluate a model on a Karpathy split (image<->text R@1/5/10, mR) and/or image folders (zero-shot).
 
     \b
-    Torch checkpoint:   rsclip eval --model mci0-mct --checkpoint runs/x/model.pt --karpathy rsicd.json -o out
-    Exported model dir: rsclip eval --model-dir resources/model --folder my_scenes/ -o out
+    Torch checkpoint:   rsclip eval --model mobileclip-s0-rs --checkpoint runs/x/model.pt --karpathy rsicd.json -o out
+    Exported model dir: rsclip eval --model-dir resources/models/default --folder my_scenes/ -o out
     """
     from rsclip_core.evaluate import (
         EvalInputError,

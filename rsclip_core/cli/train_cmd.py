@@ -78,8 +78,8 @@ def train(
     """Train MODEL on the reinforced dataset DATA (MobileCLIP's multi-modal reinforced training).
 
     \b
-    rsclip train --data shards/rsicd --model mci0-mct -o runs/mci0 --steps 2000 --batch-size 64
-    rsclip train --data shards/rsicd --model mci0-mct -o runs/mci0 --steps 2000 --resume
+    rsclip train --data shards/rsicd --model mobileclip-s0-rs -o runs/s0 --steps 2000 --batch-size 64
+    rsclip train --data shards/rsicd --model mobileclip-s0-rs -o runs/s0 --steps 2000 --resume
     torchrun --nproc_per_node 4 $(which rsclip) train --data ... --model ... -o runs/ddp
     """
     from rsclip_core.train.trainer import TrainConfig, init_distributed_from_env

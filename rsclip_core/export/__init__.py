@@ -2,7 +2,7 @@
 
 ```python
 from rsclip_core.export import export_model
-export_model("mci0-mct", "out/mci0", checkpoint="run/last.pt", coreml=True, classes="classes.json")
+export_model("mobileclip-s0-rs", "out/s0", checkpoint="run/last.pt", coreml=True, classes="classes.json")
 ```
 
 Writes ``image.onnx``, ``text.onnx``, ``tokenizer.json``, ``rsclip.json`` (+ ``classes.json``,
