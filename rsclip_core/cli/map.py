@@ -41,8 +41,8 @@ def _parse_bands(value: str | None) -> tuple[int, ...] | None:
         return None
     try:
         bands = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"expected band numbers like 1,2,3, got {value!r}", param_hint="--bands")
+    except ValueError as exc:
+        raise click.BadParameter(f"expected band numbers like 1,2,3, got {value!r}", param_hint="--bands") from exc
     if len(bands) not in (1, 3) or min(bands) < 1:
         raise click.BadParameter(f"give 3 band numbers (R,G,B) or 1 (grey), 1-based, got {value!r}",
                                  param_hint="--bands")

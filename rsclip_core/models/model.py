@@ -191,7 +191,7 @@ def lock_towers(model: RSClipModel, image: bool = True, text: bool = True, unloc
         groups = _layer_groups(trunk)
         keep = groups[len(groups) - unlock_last_n :] if unlock_last_n > 0 else []
         keep_ids = {id(m) for _, m in keep}
-        for name, module in groups:
+        for _name, module in groups:
             if id(module) in keep_ids:
                 continue
             for p in module.parameters():
