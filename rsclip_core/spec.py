@@ -50,6 +50,20 @@ DEFAULT_PROMPT_TEMPLATES = (
 )
 
 
+def tokenizer_metadata_fields(
+    kind: str, context_length: int, pad_id: int, sot_id: int | None, eot_id: int | None, lowercase: bool
+) -> dict[str, Any]:
+    """The ``ModelMetadata`` fields that describe a tokenizer (one place for their names)."""
+    return {
+        "tokenizer_kind": kind,
+        "context_length": context_length,
+        "pad_id": pad_id,
+        "sot_id": sot_id,
+        "eot_id": eot_id,
+        "lowercase": lowercase,
+    }
+
+
 class ModelDirError(ValueError):
     """A model directory (or its metadata) is missing, incomplete or inconsistent."""
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rsclip_core.spec import tokenizer_metadata_fields
+
 if TYPE_CHECKING:  # pragma: no cover
     from tokenizers import Tokenizer
 
@@ -229,11 +231,6 @@ class TextTokenizer:
 
     def describe(self) -> dict[str, Any]:
         """Settings as ``ModelMetadata`` field names (for writing an export's metadata)."""
-        return {
-            "tokenizer_kind": self.kind,
-            "context_length": self.context_length,
-            "pad_id": self.pad_id,
-            "sot_id": self.sot_id,
-            "eot_id": self.eot_id,
-            "lowercase": self.lowercase,
-        }
+        return tokenizer_metadata_fields(
+            self.kind, self.context_length, self.pad_id, self.sot_id, self.eot_id, self.lowercase
+        )

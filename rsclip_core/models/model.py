@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsclip_core.spec import tokenizer_metadata_fields
+
 
 @dataclass
 class PreprocessConfig:
@@ -47,14 +49,9 @@ class TokenizerSpec:
 
     def metadata_fields(self) -> dict[str, Any]:
         """The ``ModelMetadata`` fields this spec fills."""
-        return {
-            "tokenizer_kind": self.kind,
-            "context_length": self.context_length,
-            "pad_id": self.pad_id,
-            "sot_id": self.sot_id,
-            "eot_id": self.eot_id,
-            "lowercase": self.lowercase,
-        }
+        return tokenizer_metadata_fields(
+            self.kind, self.context_length, self.pad_id, self.sot_id, self.eot_id, self.lowercase
+        )
 
 
 class RSClipModel(nn.Module):
