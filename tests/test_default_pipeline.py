@@ -1,0 +1,101 @@
+"""training/default_model/pipeline.py end to end on tiny data: every stage, resume-by-stage, the model card."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rsclip_core import spec
+from tests.test_train import make_reinforced_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (230, 20, 20), "green": (20, 210, 30), "blue": (25, 30, 220)}
+
+
+def _load_pipeline():
+    path = REPO / "training" / "default_model" / "pipeline.py"
+    module_spec = importlib.util.spec_from_file_location("default_model_pipeline", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses resolve annotations through sys.modules
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    images = root / "rsicd" / "images"
+    images.mkdir(parents=True)
+    entries = []
+    for split in ("val", "test"):
+        for name, rgb in COLOURS.items():
+            for i in range(2):
+                filename = f"{split}-{name}{i}.png"
+                Image.new("RGB", (40, 36), tuple(max(0, c - 15 * i) for c in rgb)).save(images / filename)
+                sentences = [{"raw": f"a {name} image ."}, {"raw": f"{name} view"}, {"raw": f"an aerial {name}"}]
+                entries.append({"filename": filename, "split": split, "sentences": sentences})
+    (root / "rsicd" / "dataset_rsicd.json").write_text(json.dumps({"dataset": "rsicd", "images": entries}))
+    for letter, (name, rgb) in zip("abc", COLOURS.items()):
+        folder = root / "rsscn7" / f"{letter}{name.capitalize()}"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (30, 30), tuple(max(0, c - 10 * i) for c in rgb)).save(folder / f"{i}.jpg")
+    reinforced = make_reinforced_dataset(root / "reinforced", n=12, per_shard=6)
+    (reinforced / "report.json").write_text(json.dumps({"samples": 12}))
+    teachers = root / "teachers"
+    teachers.mkdir()
+    for name in ("lite2.pt", "lite0.pt"):
+        (teachers / name).write_bytes(b"fitted elsewhere")
+    return {"root": root, "reinforced": reinforced, "teachers": teachers}
+
+
+def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.MonkeyPatch):
+    pipeline = _load_pipeline()
+    tiny = "tiny-mci-mct"
+    monkeypatch.setattr(pipeline, "CANDIDATES", {
+        "a-kd": pipeline.Run("a-kd", tiny, "reinforced", 0.7, 3, "tiny candidate a"),
+        "b-kd": pipeline.Run("b-kd", tiny, "reinforced", 1.0, 2, "tiny candidate b"),
+    })
+
+    def reference(args):  # stands in for ViT-B-32 (exported graphs have a fixed input size)
+        path = args.work / "exports" / "a-kd" / spec.IMAGE_ONNX
+        return path, 64
+
+    monkeypatch.setattr(pipeline, "reference_image_graph", reference)
+    root = world["root"]
+    argv = ["--rsicd", str(root / "rsicd" / "dataset_rsicd.json"), "--rsscn7", str(root / "rsscn7"),
+            "--teachers", str(world["teachers"]), "--reinforced", str(world["reinforced"]), "--work", str(root / "work"),
+            "--output", str(root / "shipped"), "--coreml-output", str(root / "coreml"), "--card", str(root / "CARD.md"),
+            "--results", str(root / "results.md"), "--batch-size", "4", "--warmup-steps", "1", "--workers", "0"]
+    assert pipeline.main(argv) == 0
+
+    selection = json.loads((root / "work" / "selection.json").read_text())
+    assert selection["chosen"] in ("a-kd", "b-kd") and set(selection["candidates"]) == {"a-kd", "b-kd"}
+    assert (root / "work" / "a-clip" / "model.pt").is_file() or (root / "work" / "b-clip" / "model.pt").is_file()
+    meta = spec.ModelMetadata.read(root / "shipped")
+    assert meta.model_name == tiny and (root / "shipped" / spec.CLASSES_FILE).is_file()
+    assert (root / "coreml" / spec.IMAGE_MLPACKAGE).is_dir()
+    card = (root / "CARD.md").read_text()
+    shipped = json.loads((root / "work" / "shipped_eval.json").read_text())
+    assert f"**{shipped['rsicd_test']['mR']:.2f}**" in card  # the card quotes the measured shipped numbers
+    assert "published, not ours" in card and "plain-CLIP twin" in card
+    assert json.loads((root / "results.json").read_text())["chosen"] == selection["chosen"]
+
+    # a second run skips every finished stage: no retraining, same selection
+    before = {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/model.pt")}
+    assert pipeline.main(argv + ["--stages", "train,evaluate,select,baseline"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/model.pt")} == before
+
+
+def test_pipeline_rejects_unknown_stage_in_one_line(world, capsys: pytest.CaptureFixture[str]):
+    pipeline = _load_pipeline()
+    root = world["root"]
+    assert pipeline.main(["--stages", "train,nope", "--rsicd", str(root / "rsicd" / "dataset_rsicd.json"),
+                          "--rsscn7", str(root / "rsscn7")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--stages" in err and "nope" in err
