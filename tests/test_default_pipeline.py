@@ -71,7 +71,8 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
     argv = ["--rsicd", str(root / "rsicd" / "dataset_rsicd.json"), "--rsscn7", str(root / "rsscn7"),
             "--teachers", str(world["teachers"]), "--reinforced", str(world["reinforced"]), "--work", str(root / "work"),
             "--output", str(root / "shipped"), "--coreml-output", str(root / "coreml"), "--card", str(root / "CARD.md"),
-            "--results", str(root / "results.md"), "--batch-size", "4", "--warmup-steps", "1", "--workers", "0"]
+            "--results", str(root / "results.md"), "--stages", "teachers,reinforce,train,evaluate,select,baseline,export,measure,card",
+            "--batch-size", "4", "--warmup-steps", "1", "--workers", "0"]
     assert pipeline.main(argv) == 0
 
     selection = json.loads((root / "work" / "selection.json").read_text())

@@ -17,6 +17,7 @@ Stages (``--stages``, comma-separated, in this order):
   export     reparameterize + ONNX (fp16) -> resources/models/default; Core ML -> build/default-coreml
   measure    the shipped files themselves: RSICD test, RSSCN7, latency next to ViT-B-32, sizes
   card       resources/models/MODEL_CARD.md + training/results/default_model.md from the JSON results
+  pictures   scripts/demo.sh with the shipped model on the sample raster -> docs/img/demo_*.png (README)
 
 Two candidates can train at once on a 2-core machine: run two ``--stages train --candidates X``
 processes, then the full command (which skips what is done). Work files: ``--work``.
@@ -39,7 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("RSCLIP_CACHE", "/work/cache"))
-STAGES = ("teachers", "reinforce", "train", "evaluate", "select", "baseline", "export", "measure", "card")
+STAGES = ("teachers", "reinforce", "train", "evaluate", "select", "baseline", "export", "measure", "card", "pictures")
 SPEED_TARGET = 8.0  # image encoder vs open_clip ViT-B-32, batch 1, 1 thread (issue 3's target)
 REFERENCE = "ViT-B-32"
 
@@ -501,6 +502,16 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
     log(f"wrote {args.card} and {args.results}")
 
 
+def stage_pictures(args: argparse.Namespace) -> None:
+    demo = REPO / "out" / "demo-default"
+    env = dict(os.environ, RSCLIP_MODEL=str(args.output))
+    log(f"demo on the sample raster with {args.output} -> {demo}, docs/img/demo_*.png")
+    subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), str(Path(sys.executable).parent.parent), str(demo)],
+                   check=True, env=env, cwd=REPO)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "render_demo.py"), str(demo), "--out-dir",
+                    str(REPO / "docs" / "img")], check=True, cwd=REPO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
@@ -549,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     if "card" in stages:
         shipped = shipped or read_json(args.work / "shipped_eval.json")
         stage_card(args, chosen, results, baseline, shipped)
+    if "pictures" in stages:
+        stage_pictures(args)
     return 0
 
 
