@@ -275,3 +275,28 @@ def test_ddp_two_processes_gloo(dataset: Path, tmp_path: Path):
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     # 24 samples / (4 per rank x 2 ranks) = 3 steps = exactly one epoch
     assert ckpt["data_position"] == [1, 0]
+
+
+def test_teacher_scales_default_to_each_teachers_own_temperature():
+    from rsclip_core.train.trainer import resolve_teacher_scales
+
+    infos = [TeacherInfo(name="ta", dim=16, kind="open_clip", logit_scale=22.5), TeacherInfo(name="tb", dim=8, kind="rsclip")]
+    cfg = TrainConfig(data="d", model=MODEL, output="o")
+    assert resolve_teacher_scales(cfg, infos, ["ta", "tb"]) == {"ta": 22.5, "tb": 100.0}  # tb records none: CLIP's 100
+    cfg = TrainConfig(data="d", model=MODEL, output="o", teacher_logit_scale=50.0, teacher_logit_scales={"tb": 7.0})
+    assert resolve_teacher_scales(cfg, infos, ["ta", "tb"]) == {"ta": 50.0, "tb": 7.0}
+
+
+def test_run_config_records_resolved_teacher_scales(dataset, tmp_path):
+    train(_config(dataset, tmp_path / "run", steps=1, teacher_logit_scales={"ta": 30.0}), progress=False)
+    scales = json.loads((tmp_path / "run" / "train_config.json").read_text())["teacher_logit_scales"]
+    assert scales == {"ta": 30.0, "tb": 100.0}
+
+
+def test_offline_teacher_scale_is_read_as_a_multiplier():
+    import math
+
+    from rsclip_core.reinforce.teachers import offline_logit_scale
+
+    assert offline_logit_scale({"logit_scale": math.log(22.6)}) == pytest.approx(22.6)
+    assert offline_logit_scale({}) is None

@@ -40,7 +40,8 @@ def _parse_scales(values: tuple[str, ...]) -> tuple[float | None, dict[str, floa
               help="Add the synthetic-caption batch (default: on, off in mode clip).")
 @click.option("--teacher", "teachers", multiple=True, help="Distil from these teachers only (default: all in the manifest).")
 @click.option("--teacher-logit-scale", "teacher_scales", multiple=True, metavar="[NAME=]VALUE",
-              help="Teacher temperature(s) tau_k (default 100); repeat NAME=VALUE per teacher.")
+              help="Teacher temperature(s) tau_k (default: each teacher's own learned scale, 100 if unrecorded); "
+                   "repeat NAME=VALUE per teacher.")
 @click.option("--online-teacher", "online_specs", multiple=True, metavar="NAME=SPEC",
               help="Mode online: teacher spec (offline:/x.pt, open_clip:ARCH:/w.bin); default: from the manifest.")
 @click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True, help="Per process and micro-batch.")
@@ -88,7 +89,7 @@ def train(
     default_scale, per_teacher = _parse_scales(teacher_scales)
     config = TrainConfig(
         data=str(data), model=model_name, output=str(output), mode=mode, lam=lam, synthetic=synthetic,
-        teachers=list(teachers) or None, teacher_logit_scale=default_scale if default_scale is not None else 100.0,
+        teachers=list(teachers) or None, teacher_logit_scale=default_scale,
         teacher_logit_scales=per_teacher, online_teacher_specs=list(online_specs) or None,
         batch_size=batch_size, accum_steps=accum_steps, steps=steps, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip or None, precision=precision,

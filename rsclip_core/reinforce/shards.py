@@ -194,6 +194,7 @@ class TeacherInfo:
     kind: str  # "rsclip" (create_model config) or "open_clip"
     checkpoint: str | None = None
     arch: str | None = None
+    logit_scale: float | None = None  # the teacher's own learned temperature (multiplier), the KD default
 
 
 @dataclass

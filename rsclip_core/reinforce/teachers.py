@@ -13,6 +13,8 @@ teacher, dims recorded in the manifest): MobileCLIP distils from each teacher se
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -100,7 +102,14 @@ class OfflineTeacher:
 
     def info(self) -> TeacherInfo:
         return TeacherInfo(name=self.name, dim=self.dim, kind="offline", checkpoint=self.checkpoint,
-                           arch=f"{self.image_tower_name}+{self.payload['text_tower']}")
+                           arch=f"{self.image_tower_name}+{self.payload['text_tower']}",
+                           logit_scale=offline_logit_scale(self.payload))
+
+
+def offline_logit_scale(payload: dict[str, Any]) -> float | None:
+    """The fitted temperature of an offline-teacher checkpoint (stored as a log), as a multiplier."""
+    value = payload.get("logit_scale")
+    return None if value is None else float(math.exp(float(value)))
 
 
 class OpenClipTeacher:
@@ -148,7 +157,8 @@ class OpenClipTeacher:
 
     def info(self) -> TeacherInfo:
         return TeacherInfo(name=self.name, dim=self.dim, kind="open_clip", checkpoint=self.checkpoint,
-                           arch=self.arch if not self.pretrained_tag else f"{self.arch}@{self.pretrained_tag}")
+                           arch=self.arch if not self.pretrained_tag else f"{self.arch}@{self.pretrained_tag}",
+                           logit_scale=float(self.model.logit_scale.detach().exp()))
 
 
 class CallableTeacher:

@@ -74,7 +74,8 @@ class TrainConfig:
     lam: float = 1.0  # weight of the distillation term (ignored in mode clip: 0)
     synthetic: bool | None = None  # synthetic-caption batch (default: on unless mode clip)
     teachers: list[str] | None = None  # subset of the manifest's teachers (default: all)
-    teacher_logit_scale: float = 100.0  # tau_k for every teacher without its own entry below
+    teacher_logit_scale: float | None = None  # tau_k for every teacher without its own entry below;
+    # None: each teacher's own learned scale (manifest), 100 (CLIP's) where none is recorded
     teacher_logit_scales: dict[str, float] = field(default_factory=dict)
     online_teacher_specs: list[str] | None = None  # mode online: teacher specs (default: from the manifest)
     batch_size: int = 32  # per rank and micro-batch
@@ -222,6 +223,38 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+DEFAULT_TEACHER_LOGIT_SCALE = 100.0  # CLIP's learned scale, MobileCLIP's tau for CLIP teachers
+
+
+def resolve_teacher_scales(cfg: TrainConfig, infos: Sequence[Any], names: Sequence[str]) -> dict[str, float]:
+    """tau_k per teacher: its ``NAME=VALUE`` entry, else ``teacher_logit_scale``, else the teacher's own
+    learned scale (manifest; read from an offline-teacher checkpoint for datasets built before the field
+    existed), else 100. Sharpening a soft teacher to 100 would turn its similarities into near one-hot
+    targets and drop the relational knowledge distillation is for."""
+    by_name = {info.name: info for info in infos}
+    scales = {}
+    for name in names:
+        if name in cfg.teacher_logit_scales:
+            scales[name] = float(cfg.teacher_logit_scales[name])
+        elif cfg.teacher_logit_scale is not None:
+            scales[name] = float(cfg.teacher_logit_scale)
+        else:
+            scales[name] = _recorded_teacher_scale(by_name.get(name)) or DEFAULT_TEACHER_LOGIT_SCALE
+    return scales
+
+
+def _recorded_teacher_scale(info: Any) -> float | None:
+    if info is None:
+        return None
+    if getattr(info, "logit_scale", None):
+        return float(info.logit_scale)
+    if info.kind == "offline" and info.checkpoint and Path(info.checkpoint).is_file():
+        from rsclip_core.reinforce.teachers import offline_logit_scale
+
+        return offline_logit_scale(torch.load(info.checkpoint, map_location="cpu", weights_only=True))
+    return None
+
+
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
     """Linear warmup to 1, then cosine to ``min_ratio`` at ``total_steps``."""
 
@@ -304,7 +337,8 @@ def train(
         raise TrainConfigError(f"--teacher: {unknown} not in {cfg.data} (has {store.teachers})")
     if resume_state is not None and resume_state.get("data_fingerprint") != store.fingerprint():
         raise CheckpointError(f"{ckpt_path}: the shards in {cfg.data} changed since this run started")
-    teacher_scales = {name: float(cfg.teacher_logit_scales.get(name, cfg.teacher_logit_scale)) for name in teachers}
+    teacher_scales = resolve_teacher_scales(cfg, store.manifest.teachers, teachers)
+    cfg = dataclasses.replace(cfg, teacher_logit_scales=dict(teacher_scales))  # run config records the resolved tau_k
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and for every mode
     if model is None:

@@ -49,7 +49,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def raster_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real Landsat GeoTIFF from ../shared/data when present, else a generated colour raster."""
+    """``$RSCLIP_QGIS_TEST_RASTER``, else a real Landsat GeoTIFF from ../shared/data, else a generated one."""
+    env = os.environ.get("RSCLIP_QGIS_TEST_RASTER")
+    if env:
+        if not Path(env).is_file():
+            pytest.fail(f"RSCLIP_QGIS_TEST_RASTER: no such file: {env}")
+        return Path(env)
     if REAL_RASTER.is_file():
         return REAL_RASTER
     from rsclip_core.inference.toy_model import write_color_raster

@@ -36,6 +36,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "kd1": {"mode": "reinforced", "lam": 1.0, "synthetic": True, "label": "reinforced λ=1"},
     "kd07": {"mode": "reinforced", "lam": 0.7, "synthetic": True, "label": "reinforced λ=0.7"},
     "kd1-nosyn": {"mode": "reinforced", "lam": 1.0, "synthetic": False, "label": "reinforced λ=1, no synthetic captions"},
+    # the teachers sharpened to CLIP's scale 100 instead of their own learned ~23 (MobileCLIP's value for CLIP teachers)
+    "kd1-tau100": {"mode": "reinforced", "lam": 1.0, "synthetic": True, "teacher_logit_scale": 100.0,
+                   "label": "reinforced λ=1, teacher τ=100"},
 }
 
 
@@ -53,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup-steps", type=int, default=30)
-    p.add_argument("--teacher-logit-scale", type=float, default=100.0)
+    p.add_argument("--teacher-logit-scale", type=float, default=None,
+                   help="tau_k for every teacher (default: each teacher's own learned scale)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1 is fastest on a CPU shared with other jobs)")
@@ -67,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_variant(args: argparse.Namespace, name: str, out: Path, mode: str, lam: float, synthetic: bool,
-                  steps: int) -> Path:
+                  steps: int, teacher_logit_scale: float | None = None) -> Path:
     """Train (or resume / skip) one variant; returns the final weights."""
     from rsclip_core.train.trainer import FINAL_WEIGHTS, LAST_CHECKPOINT, TrainConfig, train
 
@@ -77,7 +81,8 @@ def train_variant(args: argparse.Namespace, name: str, out: Path, mode: str, lam
         return final
     cfg = TrainConfig(
         data=str(args.data), model=args.model, output=str(out), mode=mode, lam=lam, synthetic=synthetic,
-        teacher_logit_scale=args.teacher_logit_scale, batch_size=args.batch_size, steps=steps, lr=args.lr,
+        teacher_logit_scale=teacher_logit_scale if teacher_logit_scale is not None else args.teacher_logit_scale,
+        batch_size=args.batch_size, steps=steps, lr=args.lr,
         warmup_steps=min(args.warmup_steps, max(1, steps // 5)), seed=args.seed, num_workers=args.workers,
         image_size=args.image_size, checkpoint_every=max(10, steps // 10), log_every=1,
     )
@@ -126,6 +131,17 @@ def evaluate_variant(args: argparse.Namespace, name: str, weights: Path, out: Pa
     return result
 
 
+def _scales_text(args: argparse.Namespace) -> str:
+    """The tau_k the reinforced variants actually used (each run's config.json records them)."""
+    seen = {}
+    for name in VARIANTS:
+        cfg_file = args.work / name / "train_config.json"
+        if cfg_file.is_file() and VARIANTS[name]["mode"] != "clip":
+            scales = json.loads(cfg_file.read_text()).get("teacher_logit_scales", {})
+            seen[name] = ", ".join(f"{k} {v:.1f}" for k, v in sorted(scales.items()))
+    return "; ".join(f"{k}: {v}" for k, v in seen.items()) or "default"
+
+
 def write_table(args: argparse.Namespace, rows: dict[str, dict[str, Any]], timing: dict[str, Any]) -> str:
     from rsclip_core.evaluate.runners import atomic_write_text
     from rsclip_core.reinforce.shards import load_manifest
@@ -146,7 +162,7 @@ def write_table(args: argparse.Namespace, rows: dict[str, dict[str, Any]], timin
         (f"- reinforced data: `{args.data}`: K={manifest.num_augmentations} stored augmentations, "
         f"S={manifest.num_syn_captions} synthetic captions ({manifest.captioner.get('kind', manifest.captioner)}), "
         f"teachers {', '.join(f'`{t.name}` ({t.dim}-d)' for t in manifest.teachers)}, teacher logit scale "
-        f"{args.teacher_logit_scale}"),
+        f"{_scales_text(args)}"),
         ("- evaluation: RSICD test (1,093 images / 5,465 captions, RS protocol), RSSCN7 zero-shot "
         f"({'all images' if args.rsscn7_per_class is None else f'{args.rsscn7_per_class} per class'}, "
         "rsclip's default prompt ensemble)"),
@@ -206,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         spec = VARIANTS[name]
         out = args.work / name
-        weights = train_variant(args, name, out, spec["mode"], spec["lam"], spec["synthetic"], args.steps)
+        weights = train_variant(args, name, out, spec["mode"], spec["lam"], spec["synthetic"], args.steps,
+                                spec.get("teacher_logit_scale"))
         row = evaluate_variant(args, name, weights, out)
         row["timing"] = step_time_stats(out / "train_log.jsonl")
         rows[name] = row
