@@ -137,8 +137,10 @@ def _scales_text(args: argparse.Namespace) -> str:
     for name in VARIANTS:
         cfg_file = args.work / name / "train_config.json"
         if cfg_file.is_file() and VARIANTS[name]["mode"] != "clip":
-            scales = json.loads(cfg_file.read_text()).get("teacher_logit_scales", {})
-            seen[name] = ", ".join(f"{k} {v:.1f}" for k, v in sorted(scales.items()))
+            cfg = json.loads(cfg_file.read_text())
+            scales = cfg.get("teacher_logit_scales") or {}
+            seen[name] = (", ".join(f"{k} {v:.1f}" for k, v in sorted(scales.items()))
+                          or f"all {cfg.get('teacher_logit_scale')}")
     return "; ".join(f"{k}: {v}" for k, v in seen.items()) or "default"
 
 
