@@ -39,6 +39,11 @@ KINDS = {
 }
 
 
+def _display(model: str) -> str:
+    path = Path(model)
+    return str(path.relative_to(REPO)) if path.is_absolute() and path.is_relative_to(REPO) else model
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="reinforced dataset folder")
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Train-step time: plain CLIP vs reinforced vs online distillation (side by side)",
         "",
-        f"Command: `python benchmarks/train_step.py --data {args.data} --model {args.model}"
+        f"Command: `python benchmarks/train_step.py --data {args.data} --model {_display(args.model)}"
         + (f" --image-size {args.image_size}" if args.image_size else "") + f" --batch-size {args.batch_size} "
         f"--steps {args.steps} --rounds {args.rounds} --threads {args.threads}`",
         "",
