@@ -102,7 +102,8 @@ def test_train_cli_then_eval_checkpoint(colour_data, tmp_path: Path):
         assert result.exit_code == 0, result.output
         lines = (run / "train_log.jsonl").read_text().splitlines()
         assert len(lines) == 2
-        assert json.loads((run / "train_config.json").read_text())["teacher_logit_scales"] == {"ta": 50.0}
+        # the run records every teacher's resolved tau: the given one, CLIP's 100 where the manifest has none
+        assert json.loads((run / "train_config.json").read_text())["teacher_logit_scales"] == {"ta": 50.0, "tb": 100.0}
         again = runner.invoke(cli, ["train", "--data", str(data), "--model", "tiny-mci-mct", "-o", str(run),
                                     "--steps", "2", "--no-pretrained-towers"])
         assert again.exit_code != 0 and "--resume" in again.output
