@@ -117,6 +117,20 @@ def image_flops(encoder: Any, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def timing_session(path: Path, threads: int) -> Any:
+    """A CPU onnxruntime session for latency timing: ``threads`` intra-op threads, no spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Idle onnxruntime workers would otherwise spin and steal the CPU from the other timings.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 @dataclass
 class Prepared:
     """A model ready to time: its row (sizes filled in), eager image encoder and ONNX session."""
@@ -130,7 +144,6 @@ def prepare(
     name: str, kind: str, loader: Callable[[str], tuple[Any, Any, Any, int]], args: argparse.Namespace, tmp: Path
 ) -> Prepared:
     """Load, count parameters and FLOPs, export the image encoder to ONNX and open a session."""
-    import onnxruntime as ort
     import torch
 
     from rsclip_core.export.onnx_export import export_graph
@@ -145,15 +158,7 @@ def prepare(
         model.text = None  # only the image encoder is timed: free the text tower's memory
     path = tmp / f"{name}.onnx"
     export_graph(encoder, torch.rand(2, 3, BENCH_SIZE, BENCH_SIZE), "image", path, opset=17, exporter="auto")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # Idle onnxruntime workers would otherwise spin and steal the CPU from the torch timings.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return Prepared(row, encoder, session)
+    return Prepared(row, encoder, timing_session(path, args.threads))
 
 
 class RandomImageReader:
@@ -177,7 +182,6 @@ class RandomImageReader:
 
 def prepare_int8(item: Prepared, args: argparse.Namespace, tmp: Path) -> Prepared:
     """An ONNX-only row: ``item``'s image graph, static QDQ int8."""
-    import onnxruntime as ort
 
     from rsclip_core.export.quantize import quantize_image_graph_with_reader
 
@@ -186,13 +190,7 @@ def prepare_int8(item: Prepared, args: argparse.Namespace, tmp: Path) -> Prepare
     quantize_image_graph_with_reader(src, dst, RandomImageReader())
     row = Row(f"{item.row.name} int8", item.row.kind, item.row.image_size, item.row.image_params,
               item.row.text_params, item.row.gflops_native, item.row.gflops_224, note="static int8 (QDQ)")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return Prepared(row, None, ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"]))
+    return Prepared(row, None, timing_session(dst, args.threads))
 
 
 def time_round_robin(prepared: list[Prepared], args: argparse.Namespace) -> None:

@@ -213,18 +213,25 @@ def export_candidate(args: argparse.Namespace, run: Run) -> Path:
     return out
 
 
+def _encoders_benchmark() -> Any:
+    """``benchmarks/encoders.py``: the peer loader and timing sessions the latency numbers share with it."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import benchmarks.encoders
+
+    return benchmarks.encoders
+
+
 def reference_image_graph(args: argparse.Namespace) -> tuple[Path, int]:
     """open_clip ViT-B-32's image encoder as ONNX (random init: latency only), built once."""
     path = args.work / "exports" / f"{REFERENCE}-image.onnx"
     if not path.is_file():
         import torch
 
-        sys.path.insert(0, str(REPO))
-        from benchmarks.encoders import load_peer
         from rsclip_core.export.onnx_export import export_graph
         from rsclip_core.export.wrappers import ImageEncoder
 
-        model, _, _, size = load_peer(REFERENCE)
+        model, _, _, size = _encoders_benchmark().load_peer(REFERENCE)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.onnx")
         export_graph(ImageEncoder(model).eval(), torch.rand(2, 3, size, size), "image", tmp, opset=17, exporter="auto")
@@ -232,23 +239,13 @@ def reference_image_graph(args: argparse.Namespace) -> tuple[Path, int]:
     return path, 224
 
 
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def image_latency(graphs: dict[str, tuple[Path, int]], threads: int = 1, batches: tuple[int, ...] = (1, 16),
                   rounds: int = 7) -> dict[str, dict[str, float]]:
     """Median ms/image of each image graph at its own input size, timed round-robin (shared-load fair)."""
     import numpy as np
 
-    sessions = {name: (_session(path, threads), size) for name, (path, size) in graphs.items()}
+    timing_session = _encoders_benchmark().timing_session
+    sessions = {name: (timing_session(path, threads), size) for name, (path, size) in graphs.items()}
     samples: dict[tuple[str, int], list[float]] = {}
     for r in range(rounds + 1):  # round 0: warm-up
         for name, (sess, size) in sessions.items():
