@@ -1,0 +1,25 @@
+"""Where long-running stages (teacher features, reinforced shards, training runs) keep their work files.
+
+One place decides it: an explicit path wins, else ``$RSCLIP_WORK_DIR``, else ``~/.cache/rsclip``.
+Every stage writes below ``work_dir() / <stage>`` and resumes from what it finds there, so the work dir
+may be wiped between sessions without losing anything but time. Torch-free (stdlib only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+WORK_DIR_ENV = "RSCLIP_WORK_DIR"
+DEFAULT_WORK_DIR = Path("~/.cache/rsclip")
+
+
+def work_dir(override: str | os.PathLike | None = None) -> Path:
+    """The work-file root: ``override`` if given, else ``$RSCLIP_WORK_DIR``, else ``~/.cache/rsclip``."""
+    chosen = override if override not in (None, "") else os.environ.get(WORK_DIR_ENV) or DEFAULT_WORK_DIR
+    return Path(chosen).expanduser()
+
+
+def stage_dir(stage: str, override: str | os.PathLike | None = None) -> Path:
+    """The folder of one stage (``teacher_features``, ``teachers``, ``reinforced``, ``runs`` ...)."""
+    return work_dir(override) / stage

@@ -1,0 +1,12 @@
+from pathlib import Path
+
+from rsclip_core.workdir import WORK_DIR_ENV, stage_dir, work_dir
+
+
+def test_override_beats_env_beats_default(monkeypatch, tmp_path):
+    monkeypatch.delenv(WORK_DIR_ENV, raising=False)
+    assert work_dir() == Path("~/.cache/rsclip").expanduser()
+    monkeypatch.setenv(WORK_DIR_ENV, str(tmp_path / "env"))
+    assert work_dir() == tmp_path / "env"
+    assert work_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert stage_dir("teachers") == tmp_path / "env" / "teachers"
