@@ -133,21 +133,37 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def recorded(self) -> dict[str, Any]:
+        """``to_dict`` with path fields made absolute: a run's ``train_config.json``, itself a recipe that
+        reproduces (or with ``--resume`` continues) the run from any working directory."""
+        values = self.to_dict()
+        for key, value in values.items():
+            kind = FIELDS[key].metadata.get("path")
+            if kind and isinstance(value, str) and value and (kind is True or value.endswith(".json")):
+                values[key] = str(Path(value).expanduser().resolve())
+        return values
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """A config from a mapping of fields (e.g. a run's ``train_config.json``), checked like a recipe."""
         return cls(**check_values(values, source))
 
     @classmethod
-    def from_recipe(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """The config a recipe file describes, with ``overrides`` (``None`` values ignored) on top."""
-        values = load_recipe(path)
-        values.pop("description", None)
-        values.update(check_values({k: v for k, v in overrides.items() if v is not None}, "overrides"))
-        missing = [name for name in ("data", "model", "output") if not values.get(name)]
-        if missing:
-            raise TrainConfigError(f"{path}: {', '.join(missing)} not set (give --{missing[0]} or set it in the recipe)")
-        return cls(**values)
+    def from_recipe(cls, path: str | Path | None, **overrides: Any) -> TrainConfig:
+        """The config a recipe file describes (``None``: defaults only), ``overrides`` (``None`` values ignored) on top."""
+        return build_config(path, overrides)
+
+
+def build_config(recipe: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """TrainConfig defaults < ``recipe`` (its ``extends`` chain) < ``overrides`` (``None`` values mean "not given")."""
+    values = load_recipe(recipe) if recipe is not None else {}
+    values.pop("description", None)
+    values.update(check_values({k: v for k, v in overrides.items() if v is not None}, "overrides"))
+    missing = [name for name in ("data", "model", "output") if not values.get(name)]
+    if missing:
+        where = f"{recipe}: " if recipe is not None else ""
+        raise TrainConfigError(f"{where}--{missing[0]}: required (give it, or set `{missing[0]}` in a --recipe)")
+    return TrainConfig(**values)
 
 
 # --- field types ----------------------------------------------------------------------------------------
@@ -282,6 +298,23 @@ def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     return merged
 
 
+def parse_assignments(items: list[str] | tuple[str, ...], source: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` strings (VALUE read as YAML: ``steps=300``, ``synthetic=false``, ``betas=[0.9,0.99]``) as
+    checked TrainConfig values."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise TrainConfigError(f"{source}: {item!r}: expected KEY=VALUE with KEY a TrainConfig field")
+        try:
+            values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            values[key.strip()] = text
+    return check_values(values, source)
+
+
 def recipe_description(path: str | Path) -> str:
     """A recipe's ``description`` (its file stem when it has none)."""
     return str(load_recipe(path).get("description") or Path(path).stem)
@@ -292,10 +325,12 @@ __all__ = [
     "MODES",
     "TrainConfig",
     "TrainConfigError",
+    "build_config",
     "check_values",
     "field_default",
     "field_type",
     "load_recipe",
+    "parse_assignments",
     "read_recipe_file",
     "recipe_description",
 ]

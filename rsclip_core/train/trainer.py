@@ -431,7 +431,7 @@ def _start_log(run: _Run, resumed: bool) -> Path:
             _truncate_log(log_path, run.step)
         elif log_path.exists():
             log_path.unlink()
-        (run.out / CONFIG_FILE).write_text(json.dumps(run.cfg.to_dict(), indent=2) + "\n")
+        (run.out / CONFIG_FILE).write_text(json.dumps(run.cfg.recorded(), indent=2) + "\n")
     return log_path
 
 
