@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,9 @@ def field_default(name: str) -> Any:
     return None if f.default is dataclasses.MISSING else f.default
 
 
+_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -199,6 +203,8 @@ def _coerce(base: str, value: Any) -> Any:
         return value
     if base == "float" and _is_number(value):
         return float(value)
+    if base == "float" and isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads ``1e-3`` (no dot) as a string
     if base == "str" and isinstance(value, str):
         return value
     if base == "bool" and isinstance(value, bool):
