@@ -32,7 +32,8 @@ from rsclip_core.train.data import (
     ShardStore,
     TrainDataError,
 )
-from rsclip_core.train.trainer import TrainConfig, TrainConfigError, read_log, train
+from rsclip_core.train.config import TrainConfig, TrainConfigError
+from rsclip_core.train.trainer import read_log, train
 
 TEACHERS = {"ta": 16, "tb": 8}
 MODEL = "tiny-mci-mct"
@@ -243,7 +244,8 @@ def test_online_mode_with_live_teachers_matches_stored_targets_shape(dataset: Pa
 
 DDP_SCRIPT = """
 import json, sys
-from rsclip_core.train.trainer import TrainConfig, init_distributed_from_env, train
+from rsclip_core.train.config import TrainConfig
+from rsclip_core.train.trainer import init_distributed_from_env, train
 import torch.distributed as dist
 init_distributed_from_env("cpu")
 cfg = TrainConfig(**json.loads(sys.argv[1]))

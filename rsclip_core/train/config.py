@@ -145,11 +145,6 @@ class TrainConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """A config from a mapping of fields (e.g. a run's ``train_config.json``), checked like a recipe."""
-        return cls(**check_values(values, source))
-
-    @classmethod
     def from_recipe(cls, path: str | Path | None, **overrides: Any) -> TrainConfig:
         """The config a recipe file describes (``None``: defaults only), ``overrides`` (``None`` values ignored) on top."""
         return build_config(path, overrides)

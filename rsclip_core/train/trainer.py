@@ -43,7 +43,7 @@ from rsclip_core.train.checkpoint import (
     set_rng_state,
     weights_checkpoint,
 )
-from rsclip_core.train.config import MODES, TrainConfig, TrainConfigError
+from rsclip_core.train.config import TrainConfig, TrainConfigError
 from rsclip_core.train.data import (
     ItemConfig,
     ReinforcedTrainSet,
@@ -667,10 +667,7 @@ def _add_online_targets(batch: dict[str, Any], teachers: Sequence[OnlineTeacher]
 
 
 __all__ = [
-    "MODES",
     "OnlineTeacher",
-    "TrainConfig",
-    "TrainConfigError",
     "TrainDataError",
     "TrainResult",
     "init_distributed_from_env",
