@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from rsclip_core.train.trainer import TrainConfig, read_log, train
+    from rsclip_core.train.config import TrainConfig
+    from rsclip_core.train.trainer import read_log, train
 
     torch.set_num_threads(args.threads)
     samples: dict[str, list[float]] = {k: [] for k in kinds}

@@ -57,10 +57,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.MonkeyPatch):
     pipeline = _load_pipeline()
     tiny = "tiny-mci-mct"
-    monkeypatch.setattr(pipeline, "CANDIDATES", {
-        "a-kd": pipeline.Run("a-kd", tiny, "reinforced", 0.7, 3, "tiny candidate a"),
-        "b-kd": pipeline.Run("b-kd", tiny, "reinforced", 1.0, 2, "tiny candidate b"),
-    })
+    recipes = world["root"] / "recipes"
+    recipes.mkdir(exist_ok=True)
+    (recipes / "base.yaml").write_text(f"model: {tiny}\nmode: reinforced\ncheckpoint_every: 50\n")
+    (recipes / "a-kd.yaml").write_text("extends: base.yaml\ndescription: tiny candidate a\nlam: 0.7\nsteps: 3\n")
+    (recipes / "b-kd.yaml").write_text("extends: base.yaml\ndescription: tiny candidate b\nlam: 1.0\nsteps: 2\n")
+    monkeypatch.setattr(pipeline, "CANDIDATES", {n: pipeline.Run(n, recipes / f"{n}.yaml") for n in ("a-kd", "b-kd")})
 
     def reference(args):  # stands in for ViT-B-32 (exported graphs have a fixed input size)
         path = args.work / "exports" / "a-kd" / spec.IMAGE_ONNX
@@ -72,12 +74,17 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
             "--teachers", str(world["teachers"]), "--reinforced", str(world["reinforced"]), "--work", str(root / "work"),
             "--output", str(root / "shipped"), "--coreml-output", str(root / "coreml"), "--card", str(root / "CARD.md"),
             "--results", str(root / "results.md"), "--stages", "teachers,reinforce,train,evaluate,select,baseline,export,measure,card",
-            "--batch-size", "4", "--warmup-steps", "1", "--workers", "0"]
+            "--set", "batch_size=4", "--set", "warmup_steps=1", "--set", "num_workers=0"]
     assert pipeline.main(argv) == 0
 
     selection = json.loads((root / "work" / "selection.json").read_text())
     assert selection["chosen"] in ("a-kd", "b-kd") and set(selection["candidates"]) == {"a-kd", "b-kd"}
-    assert (root / "work" / "a-clip" / "model.pt").is_file() or (root / "work" / "b-clip" / "model.pt").is_file()
+    twin = "a-clip" if selection["chosen"] == "a-kd" else "b-clip"
+    recorded = json.loads((root / "work" / twin / "train_config.json").read_text())  # the resolved recipe
+    assert recorded["mode"] == "clip" and recorded["lam"] == 0.0 and recorded["batch_size"] == 4
+    assert recorded["steps"] == (3 if twin == "a-clip" else 2) and recorded["checkpoint_every"] == 50
+    kd = json.loads((root / "work" / "a-kd" / "train_config.json").read_text())
+    assert kd["lam"] == 0.7 and kd["synthetic"] is True and kd["num_workers"] == 0 and kd["warmup_steps"] == 1
     meta = spec.ModelMetadata.read(root / "shipped")
     assert meta.model_name == tiny and (root / "shipped" / spec.CLASSES_FILE).is_file()
     assert (root / "coreml" / spec.IMAGE_MLPACKAGE).is_dir()
@@ -100,3 +107,35 @@ def test_pipeline_rejects_unknown_stage_in_one_line(world, capsys: pytest.Captur
                           "--rsscn7", str(root / "rsscn7")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--stages" in err and "nope" in err
+
+
+def test_pipeline_paths_default_into_the_work_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pipeline = _load_pipeline()
+    monkeypatch.setenv("RSCLIP_WORK_DIR", str(tmp_path / "env"))
+    args = pipeline.parse_args([])
+    assert args.work == tmp_path / "env" / "default_model"
+    assert args.reinforced == tmp_path / "env" / "reinforced" / "rsicd-train"
+    assert args.teachers == tmp_path / "env" / "teachers" and args.teacher_features == tmp_path / "env" / "teacher_features"
+    args = pipeline.parse_args(["--work-dir", str(tmp_path / "flag"), "--work", str(tmp_path / "mine")])
+    assert args.work == tmp_path / "mine" and args.teachers == tmp_path / "flag" / "teachers"
+
+
+def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
+    pipeline = _load_pipeline()
+    args = pipeline.parse_args(["--work-dir", str(tmp_path)])
+    args.overrides = {"device": "cpu"}
+    lite0 = pipeline.CANDIDATES["effnetlite0-mct-s-kd"].config(args)
+    assert (lite0.model, lite0.mode, lite0.lam, lite0.steps, lite0.batch_size, lite0.checkpoint_every, lite0.device) == (
+        "effnetlite0-mct-s", "reinforced", 0.7, 1200, 32, 50, "cpu")
+    assert lite0.output == str(tmp_path / "default_model" / "effnetlite0-mct-s-kd")
+    twin = pipeline.baseline_for(pipeline.CANDIDATES["mci0-mct-s-kd"]).config(args)
+    assert (twin.model, twin.mode, twin.lam, twin.synthetic, twin.steps) == ("mci0-mct-s", "clip", 0.0, False, 400)
+
+
+def test_pipeline_rejects_unknown_set_key_in_one_line(world, capsys: pytest.CaptureFixture[str]):
+    pipeline = _load_pipeline()
+    root = world["root"]
+    assert pipeline.main(["--stages", "train", "--set", "batch_sise=4", "--rsicd", str(root / "rsicd" / "dataset_rsicd.json"),
+                          "--rsscn7", str(root / "rsscn7")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--set" in err and "batch_sise" in err

@@ -32,7 +32,8 @@ from rsclip_core.train.data import (
     ShardStore,
     TrainDataError,
 )
-from rsclip_core.train.trainer import TrainConfig, TrainConfigError, read_log, train
+from rsclip_core.train.config import TrainConfig, TrainConfigError
+from rsclip_core.train.trainer import read_log, train
 
 TEACHERS = {"ta": 16, "tb": 8}
 MODEL = "tiny-mci-mct"
@@ -243,7 +244,8 @@ def test_online_mode_with_live_teachers_matches_stored_targets_shape(dataset: Pa
 
 DDP_SCRIPT = """
 import json, sys
-from rsclip_core.train.trainer import TrainConfig, init_distributed_from_env, train
+from rsclip_core.train.config import TrainConfig
+from rsclip_core.train.trainer import init_distributed_from_env, train
 import torch.distributed as dist
 init_distributed_from_env("cpu")
 cfg = TrainConfig(**json.loads(sys.argv[1]))
@@ -300,3 +302,40 @@ def test_offline_teacher_scale_is_read_as_a_multiplier():
 
     assert offline_logit_scale({"logit_scale": math.log(22.6)}) == pytest.approx(22.6)
     assert offline_logit_scale({}) is None
+
+
+def test_recorded_recipe_resumes_through_the_cli_like_an_uninterrupted_run(dataset: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    """A run's train_config.json is a recipe: ``rsclip train --recipe it --resume`` from another folder continues
+    the killed run exactly (relative paths were recorded absolute)."""
+    from click.testing import CliRunner
+
+    from rsclip_core.cli import train_cmd
+
+    extra = {"mode": "reinforced", "lam": 0.7, "steps": 4, "queue_size": 4}
+    full = train(_config(dataset, tmp_path / "full", **extra), progress=False)
+    monkeypatch.chdir(tmp_path)
+    train(_config(dataset, Path("cut"), **extra), stop_after_steps=3, progress=False)
+    recorded = json.loads((tmp_path / "cut" / "train_config.json").read_text())
+    assert recorded["output"] == str(tmp_path / "cut") and recorded["teacher_logit_scales"] == {"ta": 100.0, "tb": 100.0}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = CliRunner().invoke(train_cmd.train, ["--recipe", str(tmp_path / "cut" / "train_config.json"), "--resume", "-q"])
+    assert result.exit_code == 0, result.output
+    a, b = read_log(full.log_file), read_log(tmp_path / "cut" / "train_log.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for key in ("loss", "clip_real", "distill_real", "clip_syn", "distill_syn", "lr", "logit_scale"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-6, abs=1e-7), key
+    wa, wb = read_checkpoint(full.final_weights)["model"], read_checkpoint(tmp_path / "cut" / "model.pt")["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_checkpoint_formats(dataset: Path, tmp_path: Path):
+    result = train(_config(dataset, tmp_path / "run", steps=2, ema_decay=0.5), progress=False)
+    last, final = read_checkpoint(result.last_checkpoint), read_checkpoint(result.final_weights)
+    assert list(last) == ["format", "version", "model_name", "image_size", "step", "data_position", "model", "ema",
+                          "optimizer", "scheduler", "queues", "rng", "config", "data_fingerprint", "world_size"]
+    assert list(final) == ["format", "version", "model_name", "image_size", "step", "model", "ema", "config"]
+    assert last["format"] == final["format"] == "rsclip-train" and last["step"] == final["step"] == 2
+    assert final["ema"] is None and all(torch.equal(final["model"][k], last["ema"][k]) for k in final["model"])
+    assert last["config"] == final["config"] and last["config"]["ema_decay"] == 0.5 and len(last["rng"]) == 1

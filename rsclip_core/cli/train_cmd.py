@@ -1,13 +1,81 @@
 """``rsclip train``: train a student on reinforced shards (plain CLIP, reinforced or online distillation).
 
 Runs as one process or under ``torchrun --nproc_per_node N $(which rsclip) train ...`` (DDP).
+The options are generated from ``TrainConfig``'s fields (``rsclip_core.train.config``): one option per
+field, named, typed, defaulted and documented by the field. ``--recipe FILE`` loads a recipe; options
+given on the command line override it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+
+from rsclip_core.train.config import FIELDS, TrainConfig, field_default, field_type
+
+COMBINED_FIELDS = ("teacher_logit_scale", "teacher_logit_scales")
+"""Fields set through the one ``--teacher-logit-scale [NAME=]VALUE`` option (not generated)."""
+
+_CLICK_TYPES: dict[str, Any] = {"int": click.INT, "float": click.FLOAT, "str": click.STRING, "list[str]": click.STRING,
+                                "tuple[float, float]": click.FLOAT}
+
+
+def option_flag(name: str) -> str:
+    """The long option of a TrainConfig field (``flag`` metadata, else ``--field-name``)."""
+    return str(FIELDS[name].metadata.get("flag", "--" + name.replace("_", "-")))
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def field_option(field: dataclasses.Field) -> click.Option:
+    """The click option of one TrainConfig field. Its default is None ("not given": the recipe or the field's
+    default applies); the field's default is shown in the help."""
+    base, _ = field_type(field.name)
+    flag = option_flag(field.name)
+    meta = field.metadata
+    default = field_default(field.name)
+    help_text = meta.get("help", "")
+    if default is not None and default != []:
+        help_text += f"  [default: {_default_text(default)}]"
+    decls = [flag] + ([meta["short"]] if "short" in meta else [])
+    attrs: dict[str, Any] = {"default": None, "help": help_text}
+    if base == "bool":
+        decls = [f"{flag}/--no-{flag[2:]}"]
+    elif "choices" in meta:
+        attrs["type"] = click.Choice(list(meta["choices"]))
+    else:
+        attrs["type"] = _CLICK_TYPES[base]
+    if base == "list[str]":
+        attrs.update(multiple=True, default=())
+    if base == "tuple[float, float]":
+        attrs["nargs"] = 2
+    return click.Option([*decls, field.name], **attrs)
+
+
+def config_options() -> list[click.Option]:
+    """One option per TrainConfig field, in field order, plus ``--teacher-logit-scale [NAME=]VALUE``."""
+    options = [field_option(f) for f in dataclasses.fields(TrainConfig) if f.name not in COMBINED_FIELDS]
+    options.append(click.Option(
+        ["--teacher-logit-scale", "teacher_scales"], multiple=True, metavar="[NAME=]VALUE",
+        help=FIELDS["teacher_logit_scale"].metadata["help"] + " Repeat NAME=VALUE to set one teacher's (teacher_logit_scales).",
+    ))
+    return options
+
+
+def _with_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(config_options()):  # click lists parameters in reverse order of attachment
+        command.__click_params__ = [*getattr(command, "__click_params__", []), option]  # type: ignore[attr-defined]
+    return command
 
 
 def _parse_scales(values: tuple[str, ...]) -> tuple[float | None, dict[str, float]]:
@@ -26,80 +94,39 @@ def _parse_scales(values: tuple[str, ...]) -> tuple[float | None, dict[str, floa
     return default, per_teacher
 
 
+def overrides_from_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig values given on the command line (options left out are absent)."""
+    scales = options.pop("teacher_scales", ())
+    values = {k: (list(v) or None) if field_type(k)[0] == "list[str]" else v for k, v in options.items()}
+    default_scale, per_teacher = _parse_scales(scales)
+    values["teacher_logit_scale"] = default_scale
+    values["teacher_logit_scales"] = per_teacher or None
+    return {k: v for k, v in values.items() if v is not None}
+
+
 @click.command("train")
-@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Reinforced dataset folder (manifest.json + shard-*.tar from `rsclip reinforce`).")
-@click.option("--model", "model_name", required=True, help="Student config name (see `rsclip models`).")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: last.pt (resumable), model.pt (final weights), train_log.jsonl.")
-@click.option("--mode", type=click.Choice(["clip", "reinforced", "online"]), default="reinforced", show_default=True,
-              help="clip: lambda=0, real captions only; reinforced: stored teacher targets; online: teachers run live.")
-@click.option("--lam", type=click.FloatRange(0, 1), default=1.0, show_default=True,
-              help="Weight of the distillation term (mode clip forces 0).")
-@click.option("--synthetic/--no-synthetic", default=None,
-              help="Add the synthetic-caption batch (default: on, off in mode clip).")
-@click.option("--teacher", "teachers", multiple=True, help="Distil from these teachers only (default: all in the manifest).")
-@click.option("--teacher-logit-scale", "teacher_scales", multiple=True, metavar="[NAME=]VALUE",
-              help="Teacher temperature(s) tau_k (default: each teacher's own learned scale, 100 if unrecorded); "
-                   "repeat NAME=VALUE per teacher.")
-@click.option("--online-teacher", "online_specs", multiple=True, metavar="NAME=SPEC",
-              help="Mode online: teacher spec (offline:/x.pt, open_clip:ARCH:/w.bin); default: from the manifest.")
-@click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True, help="Per process and micro-batch.")
-@click.option("--accum-steps", type=click.IntRange(1), default=1, show_default=True, help="Micro-batches per optimizer step.")
-@click.option("--steps", type=click.IntRange(1), default=1000, show_default=True, help="Optimizer steps.")
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--weight-decay", type=float, default=0.1, show_default=True)
-@click.option("--warmup-steps", type=click.IntRange(0), default=100, show_default=True)
-@click.option("--min-lr-ratio", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm (0: off).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on GPUs that support it, fp32 on CPU.")
-@click.option("--ema-decay", type=float, default=None, help="Keep an EMA of the weights (e.g. 0.999).")
-@click.option("--queue-size", type=click.IntRange(0), default=0, show_default=True,
-              help="Recycled negatives from earlier batches (0: off).")
-@click.option("--image-size", type=click.IntRange(16), default=None, help="Train at this resolution instead of the config's.")
-@click.option("--init-checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Initial weights (e.g. a previous run's model.pt).")
-@click.option("--no-pretrained-towers", is_flag=True, help="Random init instead of the towers' packaged weights.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="DataLoader worker processes.")
-@click.option("--log-every", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Training recipe (YAML/JSON of TrainConfig fields, e.g. training/recipes/*.yaml or a run's "
+                   "train_config.json); the options below override it.")
+@_with_config_options
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last.pt.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train(
-    data: Path, model_name: str, output: Path, mode: str, lam: float, synthetic: bool | None,
-    teachers: tuple[str, ...], teacher_scales: tuple[str, ...], online_specs: tuple[str, ...],
-    batch_size: int, accum_steps: int, steps: int, lr: float, weight_decay: float, warmup_steps: int,
-    min_lr_ratio: float, grad_clip: float, precision: str, ema_decay: float | None, queue_size: int,
-    image_size: int | None, init_checkpoint: Path | None, no_pretrained_towers: bool, seed: int, workers: int,
-    log_every: int, checkpoint_every: int, device: str, resume: bool, quiet: bool,
-) -> None:
+def train(recipe: Path | None, resume: bool, quiet: bool, **options: Any) -> None:
     """Train MODEL on the reinforced dataset DATA (MobileCLIP's multi-modal reinforced training).
 
     \b
     rsclip train --data shards/rsicd --model mobileclip-s0-rs -o runs/s0 --steps 2000 --batch-size 64
-    rsclip train --data shards/rsicd --model mobileclip-s0-rs -o runs/s0 --steps 2000 --resume
+    rsclip train --recipe training/recipes/default_model/effnetlite0-mct-s-kd.yaml --data shards/rsicd -o runs/e0
+    rsclip train --recipe runs/s0/train_config.json --resume
     torchrun --nproc_per_node 4 $(which rsclip) train --data ... --model ... -o runs/ddp
     """
-    from rsclip_core.train.trainer import TrainConfig, init_distributed_from_env
+    from rsclip_core.train.config import build_config
+    from rsclip_core.train.trainer import init_distributed_from_env
     from rsclip_core.train.trainer import train as run_training
 
-    default_scale, per_teacher = _parse_scales(teacher_scales)
-    config = TrainConfig(
-        data=str(data), model=model_name, output=str(output), mode=mode, lam=lam, synthetic=synthetic,
-        teachers=list(teachers) or None, teacher_logit_scale=default_scale,
-        teacher_logit_scales=per_teacher, online_teacher_specs=list(online_specs) or None,
-        batch_size=batch_size, accum_steps=accum_steps, steps=steps, lr=lr, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip or None, precision=precision,
-        ema_decay=ema_decay, queue_size=queue_size, image_size=image_size,
-        init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
-        pretrained_towers=not no_pretrained_towers, seed=seed, num_workers=workers, log_every=log_every,
-        checkpoint_every=checkpoint_every, device=device,
-    )
     try:
-        init_distributed_from_env("cuda" if device.startswith("cuda") or device == "auto" else device)
+        config = build_config(recipe, overrides_from_options(options)).resolved()
+        init_distributed_from_env("cuda" if config.device.startswith("cuda") or config.device == "auto" else config.device)
         result = run_training(config, resume=resume, progress=not quiet)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -6,6 +6,10 @@ A checkpoint (``torch.save`` of a dict, written atomically) holds::
     model (state dict), ema (state dict or None), optimizer, scheduler, queues, rng (per rank),
     config (the TrainConfig as a dict), data_fingerprint, world_size
 
+``resumable_checkpoint`` builds that dict (``last.pt``), ``weights_checkpoint`` the final-weights one
+(``model.pt``: format, version, model_name, image_size, step, model, ema=None, config); nothing else
+builds either. ``check_resumable`` decides whether a run may continue from one.
+
 ``load_trained_model`` turns one (or a plain state dict) into an ``RSClipModel``, preferring the
 EMA weights when the run kept them.
 """
@@ -55,6 +59,71 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a checkpoint dict")
     return data
+
+
+RESUME_KEYS = ("model", "mode", "batch_size", "accum_steps", "seed", "lam", "synthetic", "queue_size")
+"""Config fields a resumed run must share with its checkpoint (they change the data order or the state's shapes)."""
+
+
+def resumable_checkpoint(
+    *,
+    config: dict[str, Any],
+    image_size: int,
+    step: int,
+    data_position: tuple[int, int],
+    model: dict[str, Any],
+    ema: dict[str, Any] | None,
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    queues: dict[str, Any],
+    rng: list[dict[str, Any]],
+    data_fingerprint: str,
+    world_size: int,
+) -> dict[str, Any]:
+    """The full training state of ``last.pt`` (``config`` is the resolved ``TrainConfig.to_dict()``)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_name": config["model"],
+        "image_size": image_size,
+        "step": step,
+        "data_position": list(data_position),
+        "model": model,
+        "ema": ema,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "queues": queues,
+        "rng": rng,
+        "config": config,
+        "data_fingerprint": data_fingerprint,
+        "world_size": world_size,
+    }
+
+
+def weights_checkpoint(*, config: dict[str, Any], image_size: int, step: int, model: dict[str, Any]) -> dict[str, Any]:
+    """The final weights of ``model.pt`` (the EMA's where the run kept one): what evaluation and export read."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_name": config["model"],
+        "image_size": image_size,
+        "step": step,
+        "model": model,
+        "ema": None,
+        "config": config,
+    }
+
+
+def check_resumable(state: dict[str, Any], config: dict[str, Any], world_size: int, path: str | Path) -> None:
+    """Raise ``CheckpointError`` unless the run of ``config`` on ``world_size`` processes can continue ``state``."""
+    if state.get("format") != CHECKPOINT_FORMAT or "optimizer" not in state:
+        raise CheckpointError(f"{path}: not a resumable rsclip training checkpoint")
+    saved = state["config"]
+    for key in RESUME_KEYS:
+        if saved.get(key) != config.get(key):
+            raise CheckpointError(f"{path}: cannot resume with a different {key} ({saved.get(key)!r} -> {config.get(key)!r})")
+    if state.get("world_size") != world_size:
+        raise CheckpointError(f"{path}: run used {state.get('world_size')} processes, now {world_size}")
 
 
 def rng_state() -> dict[str, Any]:

@@ -23,8 +23,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,14 +34,16 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from rsclip_core.train.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     CheckpointError,
     atomic_torch_save,
+    check_resumable,
     read_checkpoint,
+    resumable_checkpoint,
     rng_state,
     set_rng_state,
+    weights_checkpoint,
 )
+from rsclip_core.train.config import TrainConfig, TrainConfigError
 from rsclip_core.train.data import (
     ItemConfig,
     ReinforcedTrainSet,
@@ -52,88 +54,10 @@ from rsclip_core.train.data import (
 )
 from rsclip_core.train.loss import NegativeQueue, reinforced_loss
 
-MODES = ("clip", "reinforced", "online")
 LOG_FILE = "train_log.jsonl"
 LAST_CHECKPOINT = "last.pt"
 FINAL_WEIGHTS = "model.pt"
 CONFIG_FILE = "train_config.json"
-
-
-class TrainConfigError(ValueError):
-    """An invalid training configuration (message names the option)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved in every checkpoint)."""
-
-    data: str  # reinforced dataset folder (manifest.json + shard-*.tar)
-    model: str  # registered student config name
-    output: str  # run folder: checkpoints, JSONL log, config
-    mode: str = "reinforced"  # clip | reinforced | online
-    lam: float = 1.0  # weight of the distillation term (ignored in mode clip: 0)
-    synthetic: bool | None = None  # synthetic-caption batch (default: on unless mode clip)
-    teachers: list[str] | None = None  # subset of the manifest's teachers (default: all)
-    teacher_logit_scale: float | None = None  # tau_k for every teacher without its own entry below;
-    # None: each teacher's own learned scale (manifest), 100 (CLIP's) where none is recorded
-    teacher_logit_scales: dict[str, float] = field(default_factory=dict)
-    online_teacher_specs: list[str] | None = None  # mode online: teacher specs (default: from the manifest)
-    batch_size: int = 32  # per rank and micro-batch
-    accum_steps: int = 1
-    steps: int = 1000  # optimizer steps
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = 1.0
-    precision: str = "auto"  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16
-    ema_decay: float | None = None
-    queue_size: int = 0  # recycled negatives per batch kind (0 = off)
-    image_size: int | None = None  # train at another resolution than the model config's
-    init_checkpoint: str | None = None  # start from these weights
-    pretrained_towers: bool = True
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 1
-    checkpoint_every: int = 100
-    device: str = "auto"
-    distributed_gather: bool = True
-
-    def resolved(self) -> TrainConfig:
-        """Check values and fill mode-dependent defaults."""
-        cfg = dataclasses.replace(self)
-        if cfg.mode not in MODES:
-            raise TrainConfigError(f"--mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
-        if cfg.mode == "clip":
-            cfg.lam = 0.0
-        if cfg.synthetic is None:
-            cfg.synthetic = cfg.mode != "clip"
-        if not 0.0 <= cfg.lam <= 1.0:
-            raise TrainConfigError(f"--lam: must lie in [0, 1], got {cfg.lam}")
-        if cfg.mode != "clip" and cfg.lam == 0.0:
-            raise TrainConfigError("--lam 0 means no distillation: use --mode clip")
-        for name, value, low in (
-            ("--batch-size", cfg.batch_size, 2),
-            ("--accum-steps", cfg.accum_steps, 1),
-            ("--steps", cfg.steps, 1),
-            ("--log-every", cfg.log_every, 1),
-            ("--checkpoint-every", cfg.checkpoint_every, 1),
-        ):
-            if value < low:
-                raise TrainConfigError(f"{name}: must be >= {low}, got {value}")
-        if cfg.precision not in ("auto", "fp32", "bf16"):
-            raise TrainConfigError(f"--precision: {cfg.precision!r} is not auto, fp32 or bf16")
-        if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-            raise TrainConfigError(f"--ema-decay: must lie in (0, 1), got {cfg.ema_decay}")
-        if cfg.queue_size < 0:
-            raise TrainConfigError(f"--queue-size: must be >= 0, got {cfg.queue_size}")
-        cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class OnlineTeacher(Protocol):
@@ -295,6 +219,28 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+@dataclass
+class _Run:
+    """The live state of one training run: what a step changes and a checkpoint saves."""
+
+    cfg: TrainConfig
+    ddp: _Dist
+    device: torch.device
+    out: Path
+    store: ShardStore
+    teachers: list[str]
+    teacher_scales: dict[str, float]
+    model: torch.nn.Module
+    wrapped: torch.nn.Module
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    queues: dict[str, NegativeQueue]
+    image_size: int
+    step: int = 0
+    position: tuple[int, int] = (0, 0)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -314,32 +260,71 @@ def train(
     """
     cfg = config.resolved()
     ddp = _Dist()
-    device = resolve_device(cfg.device)
+    out = Path(cfg.output)
+    ckpt_path = out / LAST_CHECKPOINT
+    resume_state = _open_run_folder(cfg, ddp, resume)
+    store, teachers, cfg = _open_data(cfg, resume_state, ckpt_path)
+    try:
+        run, tokenizer, online_teachers = _build_run(cfg, ddp, store, teachers, resume_state, model, tokenizer,
+                                                     online_teachers)
+        sampler, batches = _build_batches(run, tokenizer)
+        log_path = _start_log(run, resume_state is not None)
+        return _train_loop(run, sampler, batches, online_teachers or [], log_path, stop_after_steps, progress)
+    finally:
+        store.close()
+
+
+def _open_run_folder(cfg: TrainConfig, ddp: _Dist, resume: bool) -> dict[str, Any] | None:
+    """Create the run folder; the checkpoint to resume from (checked against ``cfg``), or None for a new run."""
     out = Path(cfg.output)
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
     ddp.barrier()
-
     ckpt_path = out / LAST_CHECKPOINT
-    resume_state: dict[str, Any] | None = None
     if resume:
         if not ckpt_path.is_file():
             raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint yet); run without --resume")
-        resume_state = read_checkpoint(ckpt_path)
-        _check_resumable(resume_state, cfg, ddp.world, ckpt_path)
-    elif ckpt_path.is_file():
+        state = read_checkpoint(ckpt_path)
+        check_resumable(state, cfg.to_dict(), ddp.world, ckpt_path)
+        return state
+    if ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path}: a run already exists in {out}; pass --resume or use a new --output")
+    return None
 
+
+def _open_data(
+    cfg: TrainConfig, resume_state: dict[str, Any] | None, ckpt_path: Path
+) -> tuple[ShardStore, list[str], TrainConfig]:
+    """The shards, the teachers to distil from, and ``cfg`` with the resolved tau_k recorded."""
     store = ShardStore(cfg.data)
     teachers = list(cfg.teachers) if cfg.teachers else list(store.teachers)
     unknown = sorted(set(teachers) - set(store.teachers))
     if unknown:
+        store.close()
         raise TrainConfigError(f"--teacher: {unknown} not in {cfg.data} (has {store.teachers})")
     if resume_state is not None and resume_state.get("data_fingerprint") != store.fingerprint():
+        store.close()
         raise CheckpointError(f"{ckpt_path}: the shards in {cfg.data} changed since this run started")
     teacher_scales = resolve_teacher_scales(cfg, store.manifest.teachers, teachers)
     cfg = dataclasses.replace(cfg, teacher_logit_scales=dict(teacher_scales))  # run config records the resolved tau_k
+    return store, teachers, cfg
 
+
+def _build_run(
+    cfg: TrainConfig,
+    ddp: _Dist,
+    store: ShardStore,
+    teachers: list[str],
+    resume_state: dict[str, Any] | None,
+    model: torch.nn.Module | None,
+    tokenizer: Callable[[list[str]], torch.Tensor] | None,
+    online_teachers: Sequence[OnlineTeacher] | None,
+) -> tuple[_Run, Callable[[list[str]], torch.Tensor], Sequence[OnlineTeacher] | None]:
+    """Model, EMA, optimiser, scheduler and queues, restored from ``resume_state`` when resuming.
+
+    RNG order matters for bit-exact runs: seed -> initial weights -> seed + rank -> EMA/optimiser -> data.
+    """
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and for every mode
     if model is None:
         from rsclip_core.models import create_model
@@ -353,17 +338,7 @@ def train(
         from rsclip_core.train.checkpoint import model_weights
 
         model.load_state_dict(model_weights(read_checkpoint(cfg.init_checkpoint)), strict=True)
-    preprocess = model.preprocess
-    image_size = int(cfg.image_size or preprocess.image_size)
-
-    if cfg.mode == "online" and online_teachers is None:
-        from rsclip_core.train.online import load_online_teachers
-
-        online_teachers = load_online_teachers(store.manifest, teachers, cfg.online_teacher_specs)
-    if cfg.mode == "online":
-        names = [t.name for t in online_teachers or []]
-        if sorted(names) != sorted(teachers):
-            raise TrainConfigError(f"online teachers {names} do not match the selected teachers {teachers}")
+    online_teachers = _resolve_online_teachers(cfg, store, teachers, online_teachers)
 
     torch.manual_seed(cfg.seed + ddp.rank)
     model.to(device)
@@ -378,28 +353,56 @@ def train(
     queued_teachers = teachers if cfg.lam > 0 else []
     queue_keys = ["img", "txt"] + [f"t_img.{t}" for t in queued_teachers] + [f"t_txt.{t}" for t in queued_teachers]
     queues = {kind: NegativeQueue(cfg.queue_size, queue_keys) for kind in ("real", "syn")}
-
-    step, position = 0, (0, 0)
+    run = _Run(cfg, ddp, device, Path(cfg.output), store, teachers, dict(cfg.teacher_logit_scales), model, model, ema,
+               optimizer, scheduler, queues, int(cfg.image_size or model.preprocess.image_size))
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if ema is not None:
-            ema.module.load_state_dict(resume_state["ema"])
-        for kind, state in resume_state.get("queues", {}).items():
-            queues[kind].load_state_dict(state)
-        set_rng_state(resume_state["rng"][ddp.rank])
-        step = int(resume_state["step"])
-        position = tuple(resume_state["data_position"])  # type: ignore[assignment]
+        _restore(run, resume_state)
     for queue in queues.values():
         queue.to(device)
-
-    wrapped: torch.nn.Module = model
     if ddp.enabled and ddp.world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
+        run.wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    return run, tokenizer, online_teachers
 
+
+def _resolve_online_teachers(
+    cfg: TrainConfig, store: ShardStore, teachers: list[str], online_teachers: Sequence[OnlineTeacher] | None
+) -> Sequence[OnlineTeacher] | None:
+    """Mode ``online``: the given teachers, else the manifest's loaded live; checked against ``teachers``."""
+    if cfg.mode != "online":
+        return online_teachers
+    if online_teachers is None:
+        from rsclip_core.train.online import load_online_teachers
+
+        online_teachers = load_online_teachers(store.manifest, teachers, cfg.online_teacher_specs)
+    names = [t.name for t in online_teachers or []]
+    if sorted(names) != sorted(teachers):
+        raise TrainConfigError(f"online teachers {names} do not match the selected teachers {teachers}")
+    return online_teachers
+
+
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Continue from a ``last.pt``: weights, optimiser, scheduler, EMA, queues, this rank's RNG, data position."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(state["ema"])
+    for kind, queue_state in state.get("queues", {}).items():
+        run.queues[kind].load_state_dict(queue_state)
+    set_rng_state(state["rng"][run.ddp.rank])
+    run.step = int(state["step"])
+    run.position = tuple(state["data_position"])  # type: ignore[assignment]
+
+
+def _build_batches(
+    run: _Run, tokenizer: Callable[[list[str]], torch.Tensor]
+) -> tuple[ResumableBatchSampler, Iterator[dict[str, Any]]]:
+    """The resumable batch sampler and the batch iterator, starting at the run's data position."""
+    cfg, model, teachers, store, ddp = run.cfg, run.model, run.teachers, run.store, run.ddp
+    preprocess = model.preprocess
+    image_size = run.image_size
     item_cfg = ItemConfig(
         image_size=image_size,
         mean=tuple(preprocess.mean),
@@ -409,7 +412,7 @@ def train(
         stored_embeddings=cfg.mode == "reinforced",
         keep_view=cfg.mode == "online",
     )
-    sampler = ResumableBatchSampler(len(store), cfg.batch_size, cfg.seed, ddp.rank, ddp.world, start=position)
+    sampler = ResumableBatchSampler(len(store), cfg.batch_size, cfg.seed, ddp.rank, ddp.world, start=run.position)
     loader = torch.utils.data.DataLoader(
         ReinforcedTrainSet(store, item_cfg, cfg.seed),
         batch_sampler=sampler,
@@ -417,124 +420,160 @@ def train(
         num_workers=cfg.num_workers,
         persistent_workers=False,
     )
-    batches = iter(loader)
-    amp_dtype = autocast_dtype(cfg.precision, device)
-    log_path = out / LOG_FILE
-    if ddp.main:
-        if resume_state is not None:
-            _truncate_log(log_path, step)
+    return sampler, iter(loader)
+
+
+def _start_log(run: _Run, resumed: bool) -> Path:
+    """Truncate (resume) or reset (new run) the step log and record the resolved config; the log's path."""
+    log_path = run.out / LOG_FILE
+    if run.ddp.main:
+        if resumed:
+            _truncate_log(log_path, run.step)
         elif log_path.exists():
             log_path.unlink()
-        (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (run.out / CONFIG_FILE).write_text(json.dumps(run.cfg.recorded(), indent=2) + "\n")
+    return log_path
 
-    def save(path: Path) -> None:
-        rngs = ddp.all_objects(rng_state())
-        if not ddp.main:
-            return
-        atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "model_name": cfg.model,
-                "image_size": image_size,
-                "step": step,
-                "data_position": list(position),
-                "model": model.state_dict(),
-                "ema": None if ema is None else ema.module.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "queues": {kind: q.state_dict() for kind, q in queues.items()},
-                "rng": rngs,
-                "config": cfg.to_dict(),
-                "data_fingerprint": store.fingerprint(),
-                "world_size": ddp.world,
-            },
-            path,
-        )
 
+def _train_loop(
+    run: _Run,
+    sampler: ResumableBatchSampler,
+    batches: Iterator[dict[str, Any]],
+    online_teachers: Sequence[OnlineTeacher],
+    log_path: Path,
+    stop_after_steps: int | None,
+    progress: bool,
+) -> TrainResult:
+    """Optimizer steps until ``cfg.steps`` (or ``stop_after_steps`` this invocation): log, checkpoint, save."""
+    cfg, ddp = run.cfg, run.ddp
+    ckpt_path = run.out / LAST_CHECKPOINT
+    amp_dtype = autocast_dtype(cfg.precision, run.device)
     started = time.perf_counter()
     step_times: list[float] = []
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train[{cfg.mode}]", unit="step", disable=not (progress and ddp.main))
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train[{cfg.mode}]", unit="step",
+               disable=not (progress and ddp.main))
     steps_this_run = 0
     log_handle = open(log_path, "a") if ddp.main else None  # noqa: SIM115
     try:
-        while step < cfg.steps:
+        while run.step < cfg.steps:
             if stop_after_steps is not None and steps_this_run >= stop_after_steps:
-                return TrainResult(out, step, None, None, log_path, time.perf_counter() - started, _mean(step_times))
+                return TrainResult(run.out, run.step, None, None, log_path, time.perf_counter() - started,
+                                   _mean(step_times))
             t0 = time.perf_counter()
-            data_time = 0.0
-            optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, float] = {}
-            for micro in range(cfg.accum_steps):
-                td = time.perf_counter()
-                batch = next(batches)
-                data_time += time.perf_counter() - td
-                epoch, in_epoch = position
-                position = (epoch, in_epoch + 1) if in_epoch + 1 < sampler.steps_per_epoch else (epoch + 1, 0)
-                if cfg.mode == "online":
-                    _add_online_targets(batch, online_teachers or [], bool(cfg.synthetic))
-                sync_ctx = wrapped.no_sync() if (wrapped is not model and micro < cfg.accum_steps - 1) else _nullctx()
-                with sync_ctx:
-                    parts = _micro_step(wrapped, batch, cfg, teachers, teacher_scales, queues, ddp, device, amp_dtype)
-                    (parts["loss"] / cfg.accum_steps).backward()
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) / cfg.accum_steps
-            grad_norm = None
-            if cfg.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0.0, math.log(100.0))
-            step += 1
+            sums, lr, grad_norm, data_time = _optimizer_step(run, sampler, batches, online_teachers, amp_dtype)
             steps_this_run += 1
-            if ema is not None:
-                ema.update(model, step=step)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
             step_time = time.perf_counter() - t0
             step_times.append(step_time)
-            if ddp.main and (step % cfg.log_every == 0 or step == cfg.steps):
-                record = {
-                    "step": step,
-                    "epoch": position[0],
-                    "lr": lr,
-                    **{k: round(v, 6) for k, v in sums.items()},
-                    "logit_scale": float(model.logit_scale.detach().exp()),
-                    "grad_norm": grad_norm,
-                    "step_time": round(step_time, 4),
-                    "data_time": round(data_time, 4),
-                    "samples_per_s": round(cfg.batch_size * cfg.accum_steps * ddp.world / step_time, 2),
-                }
-                log_handle.write(json.dumps(record) + "\n")  # type: ignore[union-attr]
-                log_handle.flush()  # type: ignore[union-attr]
+            if log_handle is not None and (run.step % cfg.log_every == 0 or run.step == cfg.steps):
+                record = _log_record(run, sums, lr, grad_norm, step_time, data_time)
+                log_handle.write(json.dumps(record) + "\n")
+                log_handle.flush()
                 bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save(ckpt_path)
-        final = out / FINAL_WEIGHTS
-        if ddp.main:
-            atomic_torch_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "version": CHECKPOINT_VERSION,
-                    "model_name": cfg.model,
-                    "image_size": image_size,
-                    "step": step,
-                    "model": (ema.module if ema is not None else model).state_dict(),
-                    "ema": None,
-                    "config": cfg.to_dict(),
-                },
-                final,
-            )
+            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+                _save_checkpoint(run, ckpt_path)
+        final = run.out / FINAL_WEIGHTS
+        _save_weights(run, final)
         ddp.barrier()
-        return TrainResult(out, step, ckpt_path, final, log_path, time.perf_counter() - started, _mean(step_times))
+        return TrainResult(run.out, run.step, ckpt_path, final, log_path, time.perf_counter() - started,
+                           _mean(step_times))
     finally:
         bar.close()
         if log_handle is not None:
             log_handle.close()
-        store.close()
+
+
+def _optimizer_step(
+    run: _Run,
+    sampler: ResumableBatchSampler,
+    batches: Iterator[dict[str, Any]],
+    online_teachers: Sequence[OnlineTeacher],
+    amp_dtype: torch.dtype | None,
+) -> tuple[dict[str, float], float, float | None, float]:
+    """One optimizer step over ``accum_steps`` micro-batches: (mean loss parts, lr used, grad norm, data time)."""
+    cfg, model, wrapped = run.cfg, run.model, run.wrapped
+    data_time = 0.0
+    run.optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    for micro in range(cfg.accum_steps):
+        td = time.perf_counter()
+        batch = next(batches)
+        data_time += time.perf_counter() - td
+        epoch, in_epoch = run.position
+        run.position = (epoch, in_epoch + 1) if in_epoch + 1 < sampler.steps_per_epoch else (epoch + 1, 0)
+        if cfg.mode == "online":
+            _add_online_targets(batch, online_teachers, bool(cfg.synthetic))
+        sync_ctx = wrapped.no_sync() if (wrapped is not model and micro < cfg.accum_steps - 1) else _nullctx()
+        with sync_ctx:
+            parts = _micro_step(wrapped, batch, cfg, run.teachers, run.teacher_scales, run.queues, run.ddp, run.device,
+                                amp_dtype)
+            (parts["loss"] / cfg.accum_steps).backward()
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach()) / cfg.accum_steps
+    grad_norm = None
+    if cfg.grad_clip is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, math.log(100.0))
+    run.step += 1
+    if run.ema is not None:
+        run.ema.update(model, step=run.step)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    return sums, lr, grad_norm, data_time
+
+
+def _log_record(
+    run: _Run, sums: dict[str, float], lr: float, grad_norm: float | None, step_time: float, data_time: float
+) -> dict[str, Any]:
+    """One ``train_log.jsonl`` line."""
+    cfg = run.cfg
+    return {
+        "step": run.step,
+        "epoch": run.position[0],
+        "lr": lr,
+        **{k: round(v, 6) for k, v in sums.items()},
+        "logit_scale": float(run.model.logit_scale.detach().exp()),
+        "grad_norm": grad_norm,
+        "step_time": round(step_time, 4),
+        "data_time": round(data_time, 4),
+        "samples_per_s": round(cfg.batch_size * cfg.accum_steps * run.ddp.world / step_time, 2),
+    }
+
+
+def _save_checkpoint(run: _Run, path: Path) -> None:
+    """``last.pt``: every rank's RNG gathered, written by rank 0."""
+    rngs = run.ddp.all_objects(rng_state())
+    if not run.ddp.main:
+        return
+    state = resumable_checkpoint(
+        config=run.cfg.to_dict(),
+        image_size=run.image_size,
+        step=run.step,
+        data_position=run.position,
+        model=run.model.state_dict(),
+        ema=None if run.ema is None else run.ema.module.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
+        queues={kind: q.state_dict() for kind, q in run.queues.items()},
+        rng=rngs,
+        data_fingerprint=run.store.fingerprint(),
+        world_size=run.ddp.world,
+    )
+    atomic_torch_save(state, path)
+
+
+def _save_weights(run: _Run, path: Path) -> None:
+    """``model.pt``: the final (EMA where kept) weights, written by rank 0."""
+    if not run.ddp.main:
+        return
+    weights = (run.ema.module if run.ema is not None else run.model).state_dict()
+    atomic_torch_save(
+        weights_checkpoint(config=run.cfg.to_dict(), image_size=run.image_size, step=run.step, model=weights), path
+    )
 
 
 def _mean(values: list[float]) -> float:
@@ -549,19 +588,6 @@ class _nullctx:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _check_resumable(state: dict[str, Any], cfg: TrainConfig, world: int, path: Path) -> None:
-    if state.get("format") != CHECKPOINT_FORMAT or "optimizer" not in state:
-        raise CheckpointError(f"{path}: not a resumable rsclip training checkpoint")
-    saved = state["config"]
-    for key in ("model", "mode", "batch_size", "accum_steps", "seed", "lam", "synthetic", "queue_size"):
-        if saved.get(key) != getattr(cfg, key):
-            raise CheckpointError(
-                f"{path}: cannot resume with a different {key} ({saved.get(key)!r} -> {getattr(cfg, key)!r})"
-            )
-    if state.get("world_size") != world:
-        raise CheckpointError(f"{path}: run used {state.get('world_size')} processes, now {world}")
 
 
 def _micro_step(
@@ -641,10 +667,7 @@ def _add_online_targets(batch: dict[str, Any], teachers: Sequence[OnlineTeacher]
 
 
 __all__ = [
-    "MODES",
     "OnlineTeacher",
-    "TrainConfig",
-    "TrainConfigError",
     "TrainDataError",
     "TrainResult",
     "init_distributed_from_env",

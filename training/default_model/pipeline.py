@@ -20,7 +20,9 @@ Stages (``--stages``, comma-separated, in this order):
   pictures   scripts/demo.sh with the shipped model on the sample raster -> docs/img/demo_*.png (README)
 
 Two candidates can train at once on a 2-core machine: run two ``--stages train --candidates X``
-processes, then the full command (which skips what is done). Work files: ``--work``.
+processes, then the full command (which skips what is done). Training settings: the recipes in
+``training/recipes/default_model/`` (``base.yaml`` + one per candidate; ``--set KEY=VALUE`` overrides them
+for every run). Work files: ``<--work-dir>/{teachers,teacher_features,reinforced,default_model}``.
 """
 
 from __future__ import annotations
@@ -33,13 +35,23 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rsclip_core.train.config import (
+    TrainConfig,
+    TrainConfigError,
+    build_config,
+    check_values,
+    parse_assignments,
+    recipe_description,
+)
+from rsclip_core.workdir import WORK_DIR_ENV, stage_dir
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
-CACHE = Path(os.environ.get("RSCLIP_CACHE", "/work/cache"))
+RECIPES = REPO / "training" / "recipes" / "default_model"
 STAGES = ("teachers", "reinforce", "train", "evaluate", "select", "baseline", "export", "measure", "card", "pictures")
 SPEED_TARGET = 8.0  # image encoder vs open_clip ViT-B-32, batch 1, 1 thread (issue 3's target)
 REFERENCE = "ViT-B-32"
@@ -47,29 +59,31 @@ REFERENCE = "ViT-B-32"
 
 @dataclass(frozen=True)
 class Run:
-    """One training run of the pipeline."""
+    """One training run of the pipeline: a recipe, plus the values this run sets over it."""
 
     name: str
-    model: str  # registered config
-    mode: str  # reinforced | clip
-    lam: float
-    steps: int
-    note: str
+    recipe: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # default: the recipe's description
+
+    def config(self, args: argparse.Namespace) -> TrainConfig:
+        """The resolved TrainConfig: recipe < ``--set`` < this run's overrides < data/output."""
+        values = {**args.overrides, **check_values(self.overrides, f"run {self.name}"),
+                  "data": str(args.reinforced), "output": str(args.work / self.name)}
+        return build_config(self.recipe, values).resolved()
+
+    def describe(self) -> str:
+        return self.note or recipe_description(self.recipe)
 
 
-# MCi0 costs ~2x EfficientNet-Lite0 per step at 128 px on this CPU: 400 steps are ~0.65x the Lite0 run's CPU
-# time (the 2-core session budget; with a GPU, give both the same steps).
-CANDIDATES = {
-    "effnetlite0-mct-s-kd": Run("effnetlite0-mct-s-kd", "effnetlite0-mct-s", "reinforced", 0.7, 1200,
-                                "EfficientNet-Lite0 (ImageNet init) + small MCt, reinforced λ=0.7"),
-    "mci0-mct-s-kd": Run("mci0-mct-s-kd", "mci0-mct-s", "reinforced", 0.7, 400,
-                         "MCi0 (from scratch) + small MCt, reinforced λ=0.7, ~0.65x the Lite0 run's CPU time"),
-}
+# one recipe per candidate: training/recipes/default_model/<name>.yaml
+CANDIDATES = {name: Run(name, RECIPES / f"{name}.yaml") for name in ("effnetlite0-mct-s-kd", "mci0-mct-s-kd")}
 
 
 def baseline_for(candidate: Run) -> Run:
-    """The plain-CLIP twin: same shape, steps, data order, seed; λ=0 and real captions only."""
-    return Run(candidate.name.removesuffix("-kd") + "-clip", candidate.model, "clip", 0.0, candidate.steps,
+    """The plain-CLIP twin: same recipe (shape, steps, data order, seed); λ=0 and real captions only."""
+    return Run(candidate.name.removesuffix("-kd") + "-clip", candidate.recipe,
+               {**candidate.overrides, "mode": "clip", "lam": 0.0, "synthetic": False},
                f"plain CLIP twin of {candidate.name} (λ=0, real captions only)")
 
 
@@ -79,23 +93,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset of " + ",".join(CANDIDATES))
     p.add_argument("--rsicd", type=Path, default=DATA / "rsicd" / "dataset_rsicd.json")
     p.add_argument("--rsscn7", type=Path, default=DATA / "rsscn7")
-    p.add_argument("--teachers", type=Path, default=CACHE / "teachers", help="lite2.pt + lite0.pt (stage teachers)")
-    p.add_argument("--reinforced", type=Path, default=CACHE / "reinforced" / "rsicd-train")
-    p.add_argument("--work", type=Path, default=CACHE / "default_model")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help=f"work-file root (default: ${WORK_DIR_ENV} or ~/.cache/rsclip); the paths below default into it")
+    p.add_argument("--teachers", type=Path, default=None,
+                   help="lite2.pt + lite0.pt (stage teachers; default: <work-dir>/teachers)")
+    p.add_argument("--reinforced", type=Path, default=None, help="default: <work-dir>/reinforced/rsicd-train")
+    p.add_argument("--work", type=Path, default=None, help="runs, evaluations, exports (default: <work-dir>/default_model)")
     p.add_argument("--output", type=Path, default=REPO / "resources" / "models" / "default")
     p.add_argument("--coreml-output", type=Path, default=REPO / "build" / "default-coreml")
     p.add_argument("--card", type=Path, default=REPO / "resources" / "models" / "MODEL_CARD.md")
     p.add_argument("--results", type=Path, default=REPO / "training" / "results" / "default_model.md")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--teacher-logit-scale", type=float, default=None,
-                   help="tau_k for every teacher (default: each teacher's own learned scale, from the manifest)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig value for every training run, over the recipes (repeatable): "
+                        "e.g. device=cuda, batch_size=64, num_workers=4")
+    p.add_argument("--reinforce-seed", type=int, default=0, help="seed of the stored augmentations (stage reinforce)")
     p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads per process")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--device", default="auto", help="training device (auto | cpu | cuda)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.teacher_features = stage_dir("teacher_features", args.work_dir)
+    args.teachers = args.teachers or stage_dir("teachers", args.work_dir)
+    args.reinforced = args.reinforced or stage_dir("reinforced", args.work_dir) / "rsicd-train"
+    args.work = args.work or stage_dir("default_model", args.work_dir)
+    return args
 
 
 def log(msg: str) -> None:
@@ -121,7 +139,7 @@ def stage_teachers(args: argparse.Namespace) -> None:
     if all(p.is_file() for p in ckpts):
         log(f"teachers: found {', '.join(map(str, ckpts))}")
         return
-    env = dict(os.environ, OUT=str(args.teachers), CACHE=str(CACHE / "teacher_features"))
+    env = dict(os.environ, OUT=str(args.teachers), CACHE=str(args.teacher_features))
     subprocess.run(["bash", str(REPO / "training" / "teachers" / "fit_teachers.sh")], check=True, env=env)
 
 
@@ -132,7 +150,7 @@ def stage_reinforce(args: argparse.Namespace) -> None:
         return
     cmd = ["rsclip", "reinforce", str(args.rsicd), str(args.reinforced), "--split", "train",
            "--teacher", f"lite2=offline:{args.teachers / 'lite2.pt'}",
-           "--teacher", f"lite0=offline:{args.teachers / 'lite0.pt'}", "-k", "5", "-s", "5", "--seed", str(args.seed)]
+           "--teacher", f"lite0=offline:{args.teachers / 'lite0.pt'}", "-k", "5", "-s", "5", "--seed", str(args.reinforce_seed)]
     log("reinforce: " + " ".join(cmd))
     subprocess.run(cmd, check=True)  # resumes by shard when re-run
 
@@ -141,20 +159,15 @@ def stage_reinforce(args: argparse.Namespace) -> None:
 
 
 def train_run(args: argparse.Namespace, run: Run) -> Path:
-    from rsclip_core.train.trainer import FINAL_WEIGHTS, LAST_CHECKPOINT, TrainConfig, train
+    from rsclip_core.train.trainer import FINAL_WEIGHTS, LAST_CHECKPOINT, train
 
-    out = args.work / run.name
+    cfg = run.config(args)
+    out = Path(cfg.output)
     if (out / FINAL_WEIGHTS).is_file():
         log(f"train {run.name}: done ({out / FINAL_WEIGHTS})")
         return out / FINAL_WEIGHTS
-    cfg = TrainConfig(
-        data=str(args.reinforced), model=run.model, output=str(out), mode=run.mode, lam=run.lam,
-        teacher_logit_scale=args.teacher_logit_scale, batch_size=args.batch_size, steps=run.steps, lr=args.lr,
-        warmup_steps=args.warmup_steps, seed=args.seed, num_workers=args.workers, checkpoint_every=50,
-        device=args.device,
-    )
     resume = (out / LAST_CHECKPOINT).is_file()
-    log(f"train {run.name}: {'resuming' if resume else 'starting'} {run.steps} steps ({run.note})")
+    log(f"train {run.name}: {'resuming' if resume else 'starting'} {cfg.steps} steps ({run.describe()})")
     return train(cfg, resume=resume).final_weights
 
 
@@ -194,10 +207,11 @@ def evaluate_checkpoint(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     from rsclip_core.train.checkpoint import load_trained_model
 
     log(f"evaluate {run.name}")
-    model = load_trained_model(run.model, args.work / run.name / "model.pt")
+    cfg = run.config(args)
+    model = load_trained_model(cfg.model, args.work / run.name / "model.pt")
     t0 = time.perf_counter()
-    result = evaluate_encoder(args, TorchEncoder.from_model(model, get_tokenizer(run.model)))
-    result.update(run=run.name, model=run.model, mode=run.mode, lam=run.lam, eval_seconds=time.perf_counter() - t0,
+    result = evaluate_encoder(args, TorchEncoder.from_model(model, get_tokenizer(cfg.model)))
+    result.update(run=run.name, model=cfg.model, mode=cfg.mode, lam=cfg.lam, eval_seconds=time.perf_counter() - t0,
                   training=train_summary(args.work / run.name))
     write_json(cache, result)
     return result
@@ -209,7 +223,7 @@ def export_candidate(args: argparse.Namespace, run: Run) -> Path:
 
     out = args.work / "exports" / run.name
     if not (out / "rsclip.json").is_file():
-        export_model(run.model, out, checkpoint=args.work / run.name / "model.pt", overwrite=True)
+        export_model(run.config(args).model, out, checkpoint=args.work / run.name / "model.pt", overwrite=True)
     return out
 
 
@@ -317,13 +331,14 @@ def stage_export(args: argparse.Namespace, chosen: Run) -> None:
     from rsclip_core.export import export_model
 
     ckpt = args.work / chosen.name / "model.pt"
+    model_name = chosen.config(args).model
     classes = REPO / "resources" / "classes" / "landcover.yaml"
     # int8 text graph: its fp16 version is 31 MB, 25 MB of it the token embedding; the image graph stays fp16
     log(f"export {chosen.name} -> {args.output} (ONNX: fp16 image, dynamic int8 text)")
-    export_model(chosen.model, args.output, checkpoint=ckpt, fp16=True, quantize="int8-text", classes=classes,
+    export_model(model_name, args.output, checkpoint=ckpt, fp16=True, quantize="int8-text", classes=classes,
                  resolution_m=1.0, overwrite=True, log=log)
     log(f"export {chosen.name} -> {args.coreml_output} (Core ML build artefact)")
-    export_model(chosen.model, args.coreml_output, checkpoint=ckpt, coreml=True, classes=classes, resolution_m=1.0,
+    export_model(model_name, args.coreml_output, checkpoint=ckpt, coreml=True, classes=classes, resolution_m=1.0,
                  overwrite=True, log=log)
 
 
@@ -378,11 +393,12 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
     teachers = read_json(REPO / "training" / "results" / "teachers.json")
     manifest = load_manifest(args.reinforced)
     sel = read_json(args.work / "selection.json")
+    cfg = chosen.config(args)
     ens = teachers["ensemble"]
     student = candidates[chosen.name]
     ship_test, ship_zs = shipped["rsicd_test"], shipped["rsscn7"]
     lat = shipped["image_latency_ms"]
-    params = count_params(chosen.model)
+    params = count_params(cfg.model)
     sizes = shipped["sizes"]
     total = sum(sizes.values())
     base_mr = baseline["rsicd_test"]["mR"]
@@ -397,7 +413,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
     lines = [
         "# Bundled model `resources/models/default`",
         "",
-        f"`{chosen.model}` distilled with MobileCLIP-style multi-modal reinforced training on RSICD `train`, on a",
+        f"`{cfg.model}` distilled with MobileCLIP-style multi-modal reinforced training on RSICD `train`, on a",
         "2-core CPU. Generated by `training/default_model/pipeline.py` from its JSON results (numbers are",
         "measured, not edited). The first results row, the RSSCN7 per-class line, the latency table and the",
         "file sizes are measured on the files in this directory through the torch-free inference path.",
@@ -406,14 +422,14 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         "",
         "| | |",
         "|---|---|",
-        f"| registry name | `{chosen.model}` (`rsclip models`) |",
-        f"| image tower | {'EfficientNet-Lite0, initialised from the packaged ImageNet weights' if 'effnet' in chosen.model else 'MCi0 (timm `fastvit_mci0`), random init'}; {shipped['metadata']['image_size']} px, mean/std {shipped['metadata']['mean']}/{shipped['metadata']['std']}; {params['image']:.2f} M params |",
+        f"| registry name | `{cfg.model}` (`rsclip models`) |",
+        f"| image tower | {'EfficientNet-Lite0, initialised from the packaged ImageNet weights' if 'effnet' in cfg.model else 'MCi0 (timm `fastvit_mci0`), random init'}; {shipped['metadata']['image_size']} px, mean/std {shipped['metadata']['mean']}/{shipped['metadata']['std']}; {params['image']:.2f} M params |",
         f"| text tower | MCt: 2 Text-RepMixer blocks (reparameterized for export) + 2 attention layers, width 256, CLIP BPE, {shipped['metadata']['context_length']}-token context; {params['text']:.2f} M params (12.6 M of them the 49,408-token embedding) |",
         f"| embedding | {shipped['metadata']['embed_dim']}-d, L2-normalised, logit scale {shipped['metadata']['logit_scale']:.1f} |",
         f"| training data | RSICD `train` ({n_train:,} images x 5 captions), reinforced once: K={manifest.num_augmentations} stored augmentations per image (random resized crop, flips incl. vertical, rot90 — replayed exactly), S={manifest.num_syn_captions} synthetic captions per image ({manifest.captioner.get('kind', manifest.captioner)}), teacher embeddings stored in bf16 |",
         f"| teachers | {', '.join(f'`{t.name}` ({t.dim}-d)' for t in manifest.teachers)}: locked EfficientNet-Lite2/Lite0 + locked all-MiniLM-L6-v2 towers with MLP heads fitted on RSICD train, selected on val (`training/results/teachers.md`) |",
-        f"| objective | (1-λ)·CLIP + λ·KL(teacher ‖ student), λ={chosen.lam}, over a real-caption batch and a synthetic-caption batch, teacher logit scales τ_k = {teacher_scales} (each teacher's own learned temperature) |",
-        f"| schedule | {student['training']['steps']} steps x batch {args.batch_size} (= {student['training']['steps'] * args.batch_size / n_train:.1f} epochs), AdamW lr {args.lr:g}, wd 0.1, warmup {args.warmup_steps}, cosine, grad clip 1.0, fp32, seed {args.seed} |",
+        f"| objective | (1-λ)·CLIP + λ·KL(teacher ‖ student), λ={cfg.lam}, over a real-caption batch and a synthetic-caption batch, teacher logit scales τ_k = {teacher_scales} (each teacher's own learned temperature) |",
+        f"| schedule | {student['training']['steps']} steps x batch {cfg.batch_size} (= {student['training']['steps'] * cfg.batch_size / n_train:.1f} epochs), AdamW lr {cfg.lr:g}, wd {cfg.weight_decay:g}, warmup {cfg.warmup_steps}, cosine, grad clip {cfg.grad_clip or 'off'}, fp32, seed {cfg.seed} (recipe `{_display(chosen.recipe)}`) |",
         f"| training time | {student['training']['train_seconds'] / 60:.0f} min on 1 CPU thread ({student['training']['median_step_s']:.2f} s/step median; shared 2-core machine, no GPU; the candidates and the plain twin trained two at a time, one per core) |",
         "| selection | " + sel["rule"] + "; val mR: " + ", ".join(f"{n} {v['val_mR']:.2f} ({v['speedup']:.1f}x)" for n, v in sel["candidates"].items()) + " |",
         "| resolution hint | `resolution_m = 1.0` (informational). RSICD scenes span roughly 0.5–8 m/px |",
@@ -505,6 +521,10 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
     log(f"wrote {args.card} and {args.results}")
 
 
+def _display(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def stage_pictures(args: argparse.Namespace) -> None:
     demo = REPO / "out" / "demo-default"
     env = dict(os.environ, RSCLIP_MODEL=str(args.output))
@@ -531,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             print(f"Error: {what} not found: {path} (the pipeline needs ../shared/data)", file=sys.stderr)
             return 2
+    try:
+        args.overrides = parse_assignments(args.overrides)
+        for name in names:
+            CANDIDATES[name].config(args)  # a bad recipe or --set fails here, before any stage runs
+    except TrainConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Fit and evaluate the two offline teachers (locked packaged towers + fitted heads) on RSICD.
-# Features are cached under $CACHE (resumable); checkpoints go to $OUT (outside the repo).
+# Features are cached under $CACHE (resumable); checkpoints go to $OUT (outside the repo). Both default into
+# the work dir (rsclip_core.workdir): $RSCLIP_WORK_DIR, else ~/.cache/rsclip.
 set -euo pipefail
 DATA=${RSCLIP_SHARED_DATA:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/data}
-CACHE=${CACHE:-/work/cache/teacher_features}
-OUT=${OUT:-/work/cache/teachers}
+WORK=${RSCLIP_WORK_DIR:-$HOME/.cache/rsclip}
+CACHE=${CACHE:-$WORK/teacher_features}
+OUT=${OUT:-$WORK/teachers}
 export RSCLIP_CACHE=${RSCLIP_CACHE:-$(dirname "$CACHE")}
 HEAD_ARGS=${HEAD_ARGS:-"--head mlp --hidden 1024 --dropout 0.1 --epochs 40 --label-caption-prob 0.1"}
 
