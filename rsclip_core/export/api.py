@@ -53,10 +53,19 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     from rsclip_core.models import CheckpointError, create_model, list_models
 
     names = list_models()
-    if name not in names:
-        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(names)}")
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         raise CheckpointNotFoundError(f"{checkpoint}: checkpoint not found")
+    if name.startswith("open_clip:"):  # open_clip architecture + public checkpoint (models.open_clip_model)
+        from rsclip_core.models import ModelConfigError
+
+        try:
+            return create_model(name, checkpoint=checkpoint)
+        except ModelConfigError as exc:
+            raise UnknownModelError(_first_line(exc, limit=400)) from exc
+        except CheckpointError as exc:
+            raise CheckpointMismatchError(_first_line(exc, limit=400)) from exc
+    if name not in names:
+        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(names)}")
     if checkpoint is not None and name.startswith("teacher-"):
         from rsclip_core.export.offline_teacher import is_teacher_checkpoint, model_from_teacher_checkpoint
 
@@ -231,6 +240,7 @@ def export_model(
     del train_model
 
     source: dict[str, Any] = {"exporter": f"rsclip {_rsclip_version()}", "opset": opset}
+    source.update(getattr(model, "source_info", {}))  # open_clip models: architecture, entry, licence, layout
     if checkpoint is not None:
         source["checkpoint"] = Path(checkpoint).name
         source["checkpoint_sha256"] = _sha256(Path(checkpoint))

@@ -1,0 +1,240 @@
+"""Any open_clip architecture + a local checkpoint file as an :class:`RSClipModel` (export, teacher, student).
+
+Model name: ``open_clip:ARCH[@ENTRY]`` — ``ARCH`` an open_clip architecture, ``ENTRY`` a checkpoint
+entry (``rsclip_core.models.pretrained``: preprocessing, QuickGELU, licence) or an entry family for
+that architecture (``open_clip:ViT-B-32@remoteclip``). Without an entry the architecture's
+defaults apply (open_clip's: OpenAI mean/std, bicubic, shortest-side resize).
+
+The model is always built as open_clip's ``CustomTextCLIP`` (``force_custom_text``), so its state
+dict keys are ``visual.*``, ``text.*``, ``logit_scale`` (+ ``logit_bias``): the ``RSClipModel``
+towers are open_clip's own modules and a trained student saves open_clip keys. Every checkpoint
+layout (see ``pretrained.LAYOUTS``) is read into that key space and loaded strictly; a file of
+another architecture fails with one line naming missing / unexpected keys. Never downloads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsclip_core.models.factory import CheckpointError, ModelConfigError, check_state_dict, extract_state_dict
+from rsclip_core.models.model import PreprocessConfig, RSClipModel, TokenizerSpec
+from rsclip_core.models.pretrained import CheckpointEntry, UnknownEntryError, resolve_entry
+
+PREFIX = "open_clip:"
+# keys in some files that are no model weights (OpenAI archive attributes, non-persistent buffers, old HF ids)
+_DROP_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask", "text.attn_mask",
+              "text.transformer.embeddings.position_ids")
+
+
+def is_open_clip_name(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+def parse_open_clip_name(name: str) -> tuple[str, CheckpointEntry | None]:
+    """``open_clip:ARCH[@ENTRY]`` -> (architecture, entry or None); one-line errors for unknown names."""
+    import open_clip
+
+    if not is_open_clip_name(name):
+        raise ModelConfigError(f"{name!r} is not an open_clip model name (open_clip:ARCH[@ENTRY])")
+    body = name[len(PREFIX):]
+    arch, _, entry_name = body.partition("@")
+    if not arch:
+        raise ModelConfigError(f"{name!r}: no architecture (use open_clip:ARCH, e.g. open_clip:ViT-B-32)")
+    if open_clip.get_model_config(arch) is None:
+        raise ModelConfigError(f"{name!r}: unknown open_clip architecture {arch!r} (see open_clip.list_models())")
+    if not entry_name:
+        return arch, None
+    try:
+        return arch, resolve_entry(entry_name, arch)
+    except UnknownEntryError as exc:
+        raise ModelConfigError(f"{name!r}: {exc}") from None
+
+
+def canonical_name(arch: str, entry: CheckpointEntry | None) -> str:
+    return f"{PREFIX}{arch}" + (f"@{entry.name}" if entry else "")
+
+
+def _check_tokenizer(arch: str, arch_cfg: dict[str, Any]) -> None:
+    """Only open_clip's CLIP BPE (``SimpleTokenizer``, clean='lower') is reproduced id-for-id at inference."""
+    text_cfg = arch_cfg.get("text_cfg", {})
+    hf_name = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
+    kwargs = text_cfg.get("tokenizer_kwargs") or {}
+    if hf_name or any(k not in ("context_length",) for k in kwargs):
+        what = f"Hugging Face tokenizer {hf_name!r}" if hf_name else f"tokenizer options {kwargs}"
+        raise ModelConfigError(
+            f"open_clip:{arch} uses a {what}: only the CLIP BPE tokenizer can be reproduced id-for-id by the "
+            "torch-free inference tokenizer (SigLIP sentencepiece / HF tokenizers are not supported)"
+        )
+    if int(text_cfg.get("vocab_size", 49408)) != 49408:
+        raise ModelConfigError(f"open_clip:{arch}: vocab_size {text_cfg.get('vocab_size')} is not CLIP BPE's 49408")
+
+
+def open_clip_config(name: str) -> dict[str, Any]:
+    """An rsclip model config (``factory.get_model_config`` shape) describing ``open_clip:ARCH[@ENTRY]``."""
+    import open_clip
+
+    arch, entry = parse_open_clip_name(name)
+    arch_cfg = open_clip.get_model_config(arch)
+    _check_tokenizer(arch, arch_cfg)
+    size = arch_cfg["vision_cfg"].get("image_size", 224)
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    ctx = int(entry.context_length if entry else arch_cfg["text_cfg"].get("context_length", 77))
+    if entry is not None:
+        pre = {"mean": list(entry.mean), "std": list(entry.std), "interpolation": entry.interpolation,
+               "resize_mode": entry.resize_mode}
+        quick_gelu = bool(entry.quick_gelu)
+    else:  # open_clip's defaults for an architecture without a pretrained tag
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        pre = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD), "interpolation": "bicubic",
+               "resize_mode": "shortest"}
+        quick_gelu = bool(arch_cfg.get("quick_gelu", False))
+    return {
+        "embed_dim": int(arch_cfg["embed_dim"]),
+        "vision_cfg": {"image_size": size, "open_clip_arch": arch},
+        "text_cfg": {"context_length": ctx, "vocab_size": int(arch_cfg["text_cfg"].get("vocab_size", 49408))},
+        "preprocess": pre,
+        "tokenizer": {"kind": "clip-bpe", "context_length": ctx},
+        "open_clip": {"arch": arch, "entry": entry.name if entry else None, "quick_gelu": quick_gelu},
+    }
+
+
+class OpenClipModel(RSClipModel):
+    """An open_clip ``CustomTextCLIP`` seen as an ``RSClipModel`` (towers, temperature, bias are open_clip's)."""
+
+    def __init__(self, name: str, config: dict[str, Any], clip: nn.Module, entry: CheckpointEntry | None) -> None:
+        from rsclip_core.models.factory import preprocess_config, tokenizer_spec
+
+        spec: TokenizerSpec = tokenizer_spec(config)
+        pre: PreprocessConfig = preprocess_config(config)
+        super().__init__(name, config, clip.visual, clip.text, pre, spec)
+        self.logit_scale = clip.logit_scale
+        self.logit_bias = getattr(clip, "logit_bias", None)
+        self.entry = entry
+        self.source_info: dict[str, Any] = {"open_clip_arch": config["open_clip"]["arch"],
+                                            "quick_gelu": config["open_clip"]["quick_gelu"]}
+        if entry is not None:
+            self.source_info.update(entry=entry.name, license=entry.license, weights_from=entry.source)
+
+    @torch.no_grad()
+    def reparameterize(self) -> OpenClipModel:
+        """Fold MobileOne / RepMixer branches (MobileCLIP(2) MCi towers) with timm's ``reparameterize_model``."""
+        from timm.utils.model import reparameterize_model
+
+        self.eval()
+        reparameterize_model(self.visual, inplace=True)
+        reparameterize_model(self.text, inplace=True)
+        self.reparameterized = True
+        return self.eval()
+
+
+def build_open_clip_model(name: str, device: str | torch.device = "cpu") -> OpenClipModel:
+    """Random-init ``open_clip:ARCH[@ENTRY]`` (never downloads anything)."""
+    import open_clip
+
+    config = open_clip_config(name)
+    arch = config["open_clip"]["arch"]
+    _, entry = parse_open_clip_name(name)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    clip = open_clip.create_model(
+        arch, pretrained=None, force_quick_gelu=config["open_clip"]["quick_gelu"], force_custom_text=True,
+        pretrained_image=False, pretrained_text=False, device=device,
+    )
+    if entry is not None and entry.logit_scale:
+        clip.logit_scale.data.fill_(math.log(entry.logit_scale))
+    return OpenClipModel(canonical_name(arch, entry), config, clip, entry)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/code/__torch__.py") or "/code/__torch__/" in n or n.endswith("constants.pkl")
+                   for n in archive.namelist())
+
+
+def read_checkpoint_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, layout) of any supported file: torch pickle (plain / ``state_dict`` / ``model``),
+    TorchScript archive, safetensors. ``module.`` / ``_orig_mod.`` prefixes removed, floats as float32."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    layout = "state_dict"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        elif _is_torchscript(path):
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            layout = "openai_torchscript"
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling / archive errors have many types
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc)[:160]})") from exc
+    if layout == "state_dict" and isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        layout = "open_clip_train"
+    if isinstance(obj, dict):  # keep only tensors of a flat dict (open_clip train files carry ints/strings beside)
+        if not any(isinstance(obj.get(k), dict) for k in ("state_dict", "model", "ema")):
+            obj = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        elif isinstance(obj.get("ema"), dict) and obj.get("ema"):  # rsclip training checkpoint: prefer EMA
+            obj = {"model": obj["ema"]}
+    state = extract_state_dict(obj, str(path))
+    if any(k.startswith("image_encoder.model.") for k in state):
+        layout = "ml_mobileclip"
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k not in _DROP_KEYS}
+    return state, layout
+
+
+def to_open_clip_keys(model: OpenClipModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict in any supported layout -> ``CustomTextCLIP`` keys of ``model``."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    state = convert_state_dict(model, dict(state))  # ml-mobileclip's own layout -> open_clip
+    if "positional_embedding" in state or "token_embedding.weight" in state:  # plain CLIP / OpenAI text keys
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        own = getattr(model, key, None)
+        if key in state and own is not None and state[key].shape != own.shape:
+            state[key] = state[key].reshape(own.shape)
+    return {k: v for k, v in state.items() if k not in _DROP_KEYS}
+
+
+def load_open_clip_weights(model: OpenClipModel, checkpoint: str | Path) -> str:
+    """Load ``checkpoint`` (any layout) into ``model`` strictly; returns the layout it was read as.
+
+    A file without ``logit_scale`` (some fine-tuning scripts drop it) keeps the entry's temperature.
+    """
+    path = Path(checkpoint).expanduser()
+    state, layout = read_checkpoint_file(path)
+    state = to_open_clip_keys(model, state)
+    if "logit_scale" not in state:
+        state["logit_scale"] = model.logit_scale.detach().clone()
+    if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:
+        bias = model.entry.logit_bias if model.entry is not None and model.entry.logit_bias is not None else 0.0
+        state["logit_bias"] = torch.full_like(model.logit_bias, float(bias))
+    folded = ("reparam_conv", "fused_conv")
+    if not model.reparameterized and any(any(f in k for f in folded) for k in state):
+        model.reparameterize()
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True)
+    model.source_info["layout"] = layout
+    return layout
+
+
+def create_open_clip_model(
+    name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
+) -> OpenClipModel:
+    """``open_clip:ARCH[@ENTRY]`` with weights from a local ``checkpoint`` (random init without one)."""
+    model = build_open_clip_model(name, device="cpu")
+    if checkpoint is not None:
+        load_open_clip_weights(model, checkpoint)
+    return model.to(device).eval()
