@@ -23,6 +23,11 @@ import click
     "preprocessing, QuickGELU, licence of the checkpoint file.",
 )
 @click.option("--coreml", is_flag=True, help="Also write image.mlpackage and text.mlpackage (Core ML, FP16).")
+@click.option(
+    "--coreml-field", is_flag=True,
+    help="Also write the phone field bundle field.mlpackage + field-int8.mlpackage (image -> probabilities of "
+    "--classes (default: the packaged classes) + embedding); implies --coreml for the text encoder.",
+)
 @click.option("--fp16", is_flag=True, help="Store ONNX weights as float16 (half size; compute stays float32).")
 @click.option(
     "--classes", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -49,6 +54,7 @@ def export(
     checkpoint: Path | None,
     entry: str | None,
     coreml: bool,
+    coreml_field: bool,
     fp16: bool,
     classes: Path | None,
     resolution_m: float | None,
@@ -80,6 +86,7 @@ def export(
             output,
             checkpoint=checkpoint,
             coreml=coreml,
+            coreml_field=coreml_field,
             fp16=fp16,
             classes=classes,
             resolution_m=resolution_m,
