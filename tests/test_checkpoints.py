@@ -190,6 +190,11 @@ def test_entry_lookup_and_unreproducible_tokenizers_are_clear():
         get_model_config("open_clip:NoSuchArch")
     with pytest.raises(ModelConfigError, match="sentencepiece"):
         get_model_config("open_clip:ViT-B-16-SigLIP")
+    # an open_clip pretrained tag works as the entry too (its preprocessing / QuickGELU from open_clip's table)
+    tagged = get_model_config("open_clip:RN50@yfcc15m")
+    assert tagged["open_clip"]["quick_gelu"] is True and tagged["preprocess"]["interpolation"] == "bicubic"
+    with pytest.raises(ModelConfigError, match="nor an open_clip pretrained tag"):
+        get_model_config("open_clip:ViT-B-32@no-such-tag")
     required = {"RN50", "ViT-B-32", "ViT-L-14", "ViT-H-14", "MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP-B",
                 "MobileCLIP2-S0", "MobileCLIP2-S2", "MobileCLIP2-B", "MobileCLIP2-S3", "MobileCLIP2-S4",
                 "MobileCLIP2-L-14"}

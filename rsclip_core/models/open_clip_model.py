@@ -54,55 +54,103 @@ def parse_open_clip_name(name: str) -> tuple[str, CheckpointEntry | None]:
     try:
         return arch, resolve_entry(entry_name, arch)
     except UnknownEntryError as exc:
-        raise ModelConfigError(f"{name!r}: {exc}") from None
+        tag_entry = entry_from_open_clip_tag(arch, entry_name)
+        if tag_entry is not None:
+            return arch, tag_entry
+        raise ModelConfigError(f"{name!r}: {exc} (nor an open_clip pretrained tag of {arch})") from None
+
+
+def entry_from_open_clip_tag(arch: str, tag: str) -> CheckpointEntry | None:
+    """A checkpoint entry from open_clip's own pretrained table (``open_clip:ViT-B-16-SigLIP@webli``), or None."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch, tag)
+    if not cfg:
+        return None
+    arch_cfg = open_clip_arch_config(arch)
+    return CheckpointEntry(
+        name=tag, family=tag, arch=arch, file="(the file downloaded for this open_clip tag)",
+        source=cfg.get("hf_hub") and f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}" or cfg.get("url", ""),
+        license="see the open_clip pretrained tag's source", layout="state_dict",
+        quick_gelu=bool(cfg.get("quick_gelu", False)) or bool(arch_cfg.get("quick_gelu", False)),
+        mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bicubic")), resize_mode=str(cfg.get("resize_mode", "shortest")),
+        context_length=int(arch_cfg["text_cfg"].get("context_length", 77)),
+        logit_bias=None, reference=f"open_clip pretrained.py tag {tag!r} of {arch}",
+    )
+
+
+def open_clip_arch_config(arch: str) -> dict[str, Any]:
+    import open_clip
+
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise ModelConfigError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
+    return cfg
 
 
 def canonical_name(arch: str, entry: CheckpointEntry | None) -> str:
     return f"{PREFIX}{arch}" + (f"@{entry.name}" if entry else "")
 
 
-def _check_tokenizer(arch: str, arch_cfg: dict[str, Any]) -> None:
-    """Only open_clip's CLIP BPE (``SimpleTokenizer``, clean='lower') is reproduced id-for-id at inference."""
+def clip_tokenizer_problem(arch_cfg: dict[str, Any]) -> str | None:
+    """Why the architecture's tokenizer is not open_clip's plain CLIP BPE, or None when it is."""
     text_cfg = arch_cfg.get("text_cfg", {})
     hf_name = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
     kwargs = text_cfg.get("tokenizer_kwargs") or {}
-    if hf_name or any(k not in ("context_length",) for k in kwargs):
-        what = f"Hugging Face tokenizer {hf_name!r}" if hf_name else f"tokenizer options {kwargs}"
+    if hf_name:
+        return f"Hugging Face tokenizer {hf_name!r}"
+    if any(k not in ("context_length",) for k in kwargs):
+        return f"tokenizer options {kwargs}"
+    if int(text_cfg.get("vocab_size", 49408)) != 49408:
+        return f"vocab_size {text_cfg.get('vocab_size')} (CLIP BPE has 49408)"
+    return None
+
+
+def _check_tokenizer(arch: str, arch_cfg: dict[str, Any]) -> None:
+    """Only open_clip's CLIP BPE (``SimpleTokenizer``, clean='lower') is reproduced id-for-id at inference."""
+    what = clip_tokenizer_problem(arch_cfg)
+    if what:
         raise ModelConfigError(
             f"open_clip:{arch} uses a {what}: only the CLIP BPE tokenizer can be reproduced id-for-id by the "
             "torch-free inference tokenizer (SigLIP sentencepiece / HF tokenizers are not supported)"
         )
-    if int(text_cfg.get("vocab_size", 49408)) != 49408:
-        raise ModelConfigError(f"open_clip:{arch}: vocab_size {text_cfg.get('vocab_size')} is not CLIP BPE's 49408")
 
 
-def open_clip_config(name: str) -> dict[str, Any]:
-    """An rsclip model config (``factory.get_model_config`` shape) describing ``open_clip:ARCH[@ENTRY]``."""
-    import open_clip
+def open_clip_config(name: str, *, check_tokenizer: bool = True, quick_gelu: bool | None = None) -> dict[str, Any]:
+    """An rsclip model config (``factory.get_model_config`` shape) describing ``open_clip:ARCH[@ENTRY]``.
 
+    ``check_tokenizer`` refuses architectures whose tokenizer the exported ``tokenizer.json`` cannot
+    reproduce (teachers, which tokenize with open_clip itself, pass False); ``quick_gelu`` overrides
+    the entry's / architecture's activation.
+    """
     arch, entry = parse_open_clip_name(name)
-    arch_cfg = open_clip.get_model_config(arch)
-    _check_tokenizer(arch, arch_cfg)
+    arch_cfg = open_clip_arch_config(arch)
+    if check_tokenizer:
+        _check_tokenizer(arch, arch_cfg)
+    clip_bpe = clip_tokenizer_problem(arch_cfg) is None
     size = arch_cfg["vision_cfg"].get("image_size", 224)
     size = int(size[0] if isinstance(size, (list, tuple)) else size)
     ctx = int(entry.context_length if entry else arch_cfg["text_cfg"].get("context_length", 77))
     if entry is not None:
         pre = {"mean": list(entry.mean), "std": list(entry.std), "interpolation": entry.interpolation,
                "resize_mode": entry.resize_mode}
-        quick_gelu = bool(entry.quick_gelu)
+        resolved_gelu = bool(entry.quick_gelu)
     else:  # open_clip's defaults for an architecture without a pretrained tag
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
         pre = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD), "interpolation": "bicubic",
                "resize_mode": "shortest"}
-        quick_gelu = bool(arch_cfg.get("quick_gelu", False))
+        resolved_gelu = bool(arch_cfg.get("quick_gelu", False)) or arch.endswith("-quickgelu")
+    if quick_gelu is not None:
+        resolved_gelu = bool(quick_gelu)
     return {
         "embed_dim": int(arch_cfg["embed_dim"]),
         "vision_cfg": {"image_size": size, "open_clip_arch": arch},
         "text_cfg": {"context_length": ctx, "vocab_size": int(arch_cfg["text_cfg"].get("vocab_size", 49408))},
         "preprocess": pre,
-        "tokenizer": {"kind": "clip-bpe", "context_length": ctx},
-        "open_clip": {"arch": arch, "entry": entry.name if entry else None, "quick_gelu": quick_gelu},
+        "tokenizer": {"kind": "clip-bpe" if clip_bpe else "open_clip", "context_length": ctx},
+        "open_clip": {"arch": arch, "entry": entry.name if entry else None, "quick_gelu": resolved_gelu},
     }
 
 
@@ -112,7 +160,9 @@ class OpenClipModel(RSClipModel):
     def __init__(self, name: str, config: dict[str, Any], clip: nn.Module, entry: CheckpointEntry | None) -> None:
         from rsclip_core.models.factory import preprocess_config, tokenizer_spec
 
-        spec: TokenizerSpec = tokenizer_spec(config)
+        tok = config["tokenizer"]
+        spec: TokenizerSpec = tokenizer_spec(config) if tok["kind"] == "clip-bpe" else TokenizerSpec(
+            tok["kind"], int(tok["context_length"]), int(config["text_cfg"]["vocab_size"]))  # teacher only
         pre: PreprocessConfig = preprocess_config(config)
         super().__init__(name, config, clip.visual, clip.text, pre, spec)
         self.logit_scale = clip.logit_scale
@@ -135,11 +185,12 @@ class OpenClipModel(RSClipModel):
         return self.eval()
 
 
-def build_open_clip_model(name: str, device: str | torch.device = "cpu") -> OpenClipModel:
-    """Random-init ``open_clip:ARCH[@ENTRY]`` (never downloads anything)."""
+def build_open_clip_model(name: str, device: str | torch.device = "cpu", *, check_tokenizer: bool = True,
+                          quick_gelu: bool | None = None) -> OpenClipModel:
+    """Random-init ``open_clip:ARCH[@ENTRY]`` (never downloads anything); options as :func:`open_clip_config`."""
     import open_clip
 
-    config = open_clip_config(name)
+    config = open_clip_config(name, check_tokenizer=check_tokenizer, quick_gelu=quick_gelu)
     arch = config["open_clip"]["arch"]
     _, entry = parse_open_clip_name(name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -231,10 +282,14 @@ def load_open_clip_weights(model: OpenClipModel, checkpoint: str | Path) -> str:
 
 
 def create_open_clip_model(
-    name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
+    name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu", *,
+    check_tokenizer: bool = True, quick_gelu: bool | None = None,
 ) -> OpenClipModel:
-    """``open_clip:ARCH[@ENTRY]`` with weights from a local ``checkpoint`` (random init without one)."""
-    model = build_open_clip_model(name, device="cpu")
+    """``open_clip:ARCH[@ENTRY]`` with weights from a local ``checkpoint`` (random init without one).
+
+    ``ENTRY``: a checkpoint entry / family (``rsclip_core.models.pretrained``) or an open_clip pretrained tag.
+    """
+    model = build_open_clip_model(name, device="cpu", check_tokenizer=check_tokenizer, quick_gelu=quick_gelu)
     if checkpoint is not None:
         load_open_clip_weights(model, checkpoint)
     return model.to(device).eval()
