@@ -3,7 +3,7 @@
 No real weights exist here: tiny custom open_clip configs (a ViT, a ModifiedResNet, a FastViT /
 MCi-like timm tower) are registered in a tmp dir, random-init weights are saved in each layout
 (plain state dict, open_clip training checkpoint with ``module.`` prefixes, OpenAI TorchScript
-archive in fp16), exported, and the exported model's embeddings are compared with open_clip's own.
+archive in fp16, Apple ml-mobileclip's own keys), exported, and the exported model's embeddings are compared with open_clip's own.
 ``-m slow`` checks the real architectures' key names and shapes (random init, files in tmp only).
 """
 
@@ -70,9 +70,47 @@ def save_layout(model, path: Path, layout: str) -> Path:
         traced = torch.jit.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long)),
                                  check_trace=False, strict=False)
         torch.jit.save(traced.half(), str(path))
+    elif layout == "ml_mobileclip":
+        torch.save(to_ml_mobileclip_layout(state), path)
     else:
         raise ValueError(layout)
     return path
+
+
+def to_ml_mobileclip_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An open_clip FastViT/MCi + text-transformer state dict in Apple ml-mobileclip's own key layout
+    (the inverse of timm's fastvit ``checkpoint_filter_fn`` and open_clip's ``convert_mobile_clip_state_dict``)."""
+    import re
+
+    out = {"logit_scale": state["logit_scale"]}
+    for key, value in state.items():
+        if key.startswith("visual.trunk."):
+            k = key[len("visual.trunk."):]
+            if k.startswith("head.fc."):
+                if k.endswith("weight"):
+                    out["image_encoder.model.head.proj"] = value.t().contiguous()
+                continue  # ml-mobileclip's projection has no bias (open_clip fills zeros)
+            k = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"network.{2 * int(m.group(1)) - 1}.", k)
+            k = re.sub(r"^stages\.(\d+)\.blocks\.", lambda m: f"network.{2 * int(m.group(1))}.", k)
+            k = re.sub(r"layer_scale(_\d)?\.gamma$", lambda m: "layer_scale" + (m.group(1) or ""), k)
+            for new, old in (("patch_embed", "stem"), ("rbr_conv", "conv_kxk"), ("rbr_scale", "conv_scale"),
+                             ("rbr_skip", "identity"), ("conv_exp", "final_conv"), ("lkb_origin", "large_conv"),
+                             ("convffn", "mlp"), ("se.reduce", "se.fc1"), ("se.expand", "se.fc2")):
+                k = k.replace(old, new)
+            out[f"image_encoder.model.{k}"] = value
+        elif key.startswith("text."):
+            k = key[len("text."):]
+            if k == "positional_embedding":
+                out["text_encoder.positional_embedding.pos_embed.pos_embed"] = value[None, None]
+                continue
+            for old, new in (("transformer.resblocks.", "transformer."), ("text_projection", "projection_layer"),
+                             ("token_embedding", "embedding_layer"), ("ln_final", "final_layer_norm"),
+                             ("ln_1", "pre_norm_mha.0"), ("attn.in_proj_weight", "pre_norm_mha.1.qkv_proj.weight"),
+                             ("attn.in_proj_bias", "pre_norm_mha.1.qkv_proj.bias"), ("attn.", "pre_norm_mha.1."),
+                             ("ln_2", "pre_norm_ffn.0"), ("mlp.c_fc", "pre_norm_ffn.1"), ("mlp.c_proj", "pre_norm_ffn.4")):
+                k = k.replace(old, new)
+            out[f"text_encoder.{k}"] = value
+    return out
 
 
 def open_clip_embeddings(model, images01: np.ndarray, mean, std) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +160,15 @@ def test_resnet_and_mci_towers_export_reparameterized_with_parity(tiny, tmp_path
         path = save_layout(reference, tmp_path / f"{arch}.pt", "state_dict")
         out = export_model(f"open_clip:{arch}", tmp_path / arch, checkpoint=path)
         assert_exported_matches(out, reference)
+    # Apple ml-mobileclip's own layout (image_encoder.model.*, text_encoder.*), converted by open_clip
+    apple = reference_model("RsTiny-MCi", seed=4)
+    with torch.no_grad():
+        apple.visual.trunk.head.fc.bias.zero_()  # ml-mobileclip's projection has no bias
+    path = save_layout(apple, tmp_path / "mobileclip_s1.pt", "ml_mobileclip")
+    assert read_checkpoint_file(path)[1] == "ml_mobileclip"
+    out = export_model("open_clip:RsTiny-MCi", tmp_path / "apple", checkpoint=path)
+    assert json.loads((out / "rsclip.json").read_text())["source"]["layout"] == "ml_mobileclip"
+    assert_exported_matches(out, apple)
     model = create_model("open_clip:RsTiny-MCi", tmp_path / "RsTiny-MCi.pt").reparameterize()
     assert model.reparameterized and any("reparam_conv" in k for k in model.state_dict())
     # a reparameterized student checkpoint loads too (the model folds itself first)
