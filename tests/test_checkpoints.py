@@ -307,3 +307,17 @@ def test_real_architecture_state_dicts_load(entry_name, tmp_path):
                                    rtol=0)
         torch.testing.assert_close(model.encode_text(tokens), reference.encode_text(tokens, normalize=True),
                                    atol=1e-5, rtol=0)
+
+
+def test_models_cli_lists_checkpoint_entries():
+    from click.testing import CliRunner
+
+    from rsclip_core.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["models", "--checkpoints"])
+    assert result.exit_code == 0, result.output
+    assert "remoteclip-vit-l-14" in result.output and "open_clip:MobileCLIP2-S0" in result.output
+    listed = json.loads(CliRunner().invoke(cli, ["models", "--checkpoints", "--json"]).output)
+    assert {e["name"] for e in listed} == set(entries.ENTRIES)
+    shown = json.loads(CliRunner().invoke(cli, ["models", "open_clip:ViT-L-14@remoteclip"]).output)
+    assert shown["open_clip"]["entry"] == "remoteclip-vit-l-14"

@@ -57,7 +57,10 @@ def parse_open_clip_name(name: str) -> tuple[str, CheckpointEntry | None]:
         tag_entry = entry_from_open_clip_tag(arch, entry_name)
         if tag_entry is not None:
             return arch, tag_entry
-        raise ModelConfigError(f"{name!r}: {exc} (nor an open_clip pretrained tag of {arch})") from None
+        from open_clip.pretrained import list_pretrained_tags_by_model
+
+        tags = ", ".join(list_pretrained_tags_by_model(arch)) or "none"
+        raise ModelConfigError(f"{name!r}: {exc} (nor an open_clip pretrained tag of {arch}; known tags: {tags})") from None
 
 
 def entry_from_open_clip_tag(arch: str, tag: str) -> CheckpointEntry | None:
