@@ -37,6 +37,8 @@ PROBABILITIES_OUTPUT = "probabilities"
 class ZeroShotFieldModel(nn.Module):
     """RGB [1, 3, S, S] in [0, 1] -> (class probabilities [1, K], L2-normalised embedding [1, D])."""
 
+    class_embeddings: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
                  class_embeddings: np.ndarray, logit_scale: float, logit_bias: float = 0.0) -> None:
         super().__init__()

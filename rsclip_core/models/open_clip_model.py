@@ -76,11 +76,16 @@ def entry_from_open_clip_tag(arch: str, tag: str) -> CheckpointEntry | None:
         source=cfg.get("hf_hub") and f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}" or cfg.get("url", ""),
         license="see the open_clip pretrained tag's source", layout="state_dict",
         quick_gelu=bool(cfg.get("quick_gelu", False)) or bool(arch_cfg.get("quick_gelu", False)),
-        mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
+        mean=_rgb(cfg["mean"]), std=_rgb(cfg["std"]),
         interpolation=str(cfg.get("interpolation", "bicubic")), resize_mode=str(cfg.get("resize_mode", "shortest")),
         context_length=int(arch_cfg["text_cfg"].get("context_length", 77)),
         logit_bias=None, reference=f"open_clip pretrained.py tag {tag!r} of {arch}",
     )
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b
 
 
 def open_clip_arch_config(arch: str) -> dict[str, Any]:
@@ -167,9 +172,11 @@ class OpenClipModel(RSClipModel):
         spec: TokenizerSpec = tokenizer_spec(config) if tok["kind"] == "clip-bpe" else TokenizerSpec(
             tok["kind"], int(tok["context_length"]), int(config["text_cfg"]["vocab_size"]))  # teacher only
         pre: PreprocessConfig = preprocess_config(config)
-        super().__init__(name, config, clip.visual, clip.text, pre, spec)
-        self.logit_scale = clip.logit_scale
-        self.logit_bias = getattr(clip, "logit_bias", None)
+        visual, text = clip.get_submodule("visual"), clip.get_submodule("text")
+        super().__init__(name, config, visual, text, pre, spec)
+        self.logit_scale = clip.get_parameter("logit_scale")
+        bias = getattr(clip, "logit_bias", None)
+        self.logit_bias: nn.Parameter | None = bias if isinstance(bias, nn.Parameter) else None
         self.entry = entry
         self.source_info: dict[str, Any] = {"open_clip_arch": config["open_clip"]["arch"],
                                             "quick_gelu": config["open_clip"]["quick_gelu"]}
@@ -272,7 +279,7 @@ def load_open_clip_weights(model: OpenClipModel, checkpoint: str | Path) -> str:
     state = to_open_clip_keys(model, state)
     if "logit_scale" not in state:
         state["logit_scale"] = model.logit_scale.detach().clone()
-    if getattr(model, "logit_bias", None) is not None and "logit_bias" not in state:
+    if model.logit_bias is not None and "logit_bias" not in state:
         bias = model.entry.logit_bias if model.entry is not None and model.entry.logit_bias is not None else 0.0
         state["logit_bias"] = torch.full_like(model.logit_bias, float(bias))
     folded = ("reparam_conv", "fused_conv")

@@ -66,7 +66,7 @@ class CheckpointEntry:
 
 
 def _entries() -> list[CheckpointEntry]:
-    remote = dict(
+    remote: dict[str, Any] = dict(
         family="remoteclip",
         source="https://huggingface.co/chendelong/RemoteCLIP (files RemoteCLIP-{arch}.pt)",
         license="Apache-2.0 as declared on the chendelong/RemoteCLIP model card (not checked here; "
@@ -74,14 +74,14 @@ def _entries() -> list[CheckpointEntry]:
         reference="ChenDelong1999/RemoteCLIP README 'Load RemoteCLIP': open_clip.create_model_and_transforms(name) "
         "then model.load_state_dict(torch.load(ckpt)) (strict, plain state dict, no QuickGELU)",
     )
-    geo = dict(
+    geo: dict[str, Any] = dict(
         family="georsclip",
         source="https://huggingface.co/Zilun/GeoRSCLIP (files RS5M_ViT-B-32.pt, RS5M_ViT-H-14.pt)",
         license="MIT (om-ai-lab/RS5M LICENSE; the model card may add terms)",
         notes="RS5M loads these with strict=False; inference_tool.get_preprocess: bicubic resize + centre crop 224, "
         "OpenAI mean/std (subset 'clip')",
     )
-    sky = dict(
+    sky: dict[str, Any] = dict(
         family="skyclip",
         source="https://opendatasharing.s3.us-west-2.amazonaws.com/SkyScript/ckpt/ (zip with open_clip epoch_*.pt)",
         license="MIT (wangzhecheng/SkyScript LICENSE)",
@@ -89,7 +89,7 @@ def _entries() -> list[CheckpointEntry]:
         reference="wangzhecheng/SkyScript README: open_clip training (customized_train_and_test.py), "
         "--pretrained openai for ViT-L-14, laion2b_e16 for ViT-B-32",
     )
-    mc = dict(
+    mc: dict[str, Any] = dict(
         family="mobileclip",
         mean=ZERO_MEAN,
         std=UNIT_STD,
@@ -99,14 +99,14 @@ def _entries() -> list[CheckpointEntry]:
         reference="apple/ml-mobileclip README + open_clip pretrained.py _mccfg (datacompdr); "
         "open_clip convert.py convert_mobile_clip_state_dict for Apple's own .pt",
     )
-    mc2 = dict(
+    mc2: dict[str, Any] = dict(
         family="mobileclip2",
         interpolation="bilinear",
         license=_APPLE_RESEARCH,
         reference="apple/ml-mobileclip LICENSE_MODELS + open_clip pretrained.py MobileCLIP2 entries (dfndr2b): "
         "_mccfg (mean 0 / std 1) for S0, S2, B; _mc2cfg (OpenAI mean/std) for S3, S4, L-14 (bicubic)",
     )
-    openai = dict(
+    openai: dict[str, Any] = dict(
         family="openai",
         quick_gelu=True,
         license=_MIT_OPENAI,
