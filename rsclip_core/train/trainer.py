@@ -137,7 +137,7 @@ class TrainConfig:
 
 
 class OnlineTeacher(Protocol):
-    """A teacher run live (mode ``online``), the ``rsclip_core.reinforce.teachers.Teacher`` protocol:
+    """A teacher run live (mode ``online``), the ``rsclip_core.teachers.base.Teacher`` protocol:
     PIL views and caption strings -> L2-normalised float32 numpy ``[N, dim]``."""
 
     name: str
@@ -249,7 +249,7 @@ def _recorded_teacher_scale(info: Any) -> float | None:
     if getattr(info, "logit_scale", None):
         return float(info.logit_scale)
     if info.kind == "offline" and info.checkpoint and Path(info.checkpoint).is_file():
-        from rsclip_core.reinforce.teachers import offline_logit_scale
+        from rsclip_core.teachers.heads import offline_logit_scale
 
         return offline_logit_scale(torch.load(info.checkpoint, map_location="cpu", weights_only=True))
     return None
@@ -357,7 +357,7 @@ def train(
     image_size = int(cfg.image_size or preprocess.image_size)
 
     if cfg.mode == "online" and online_teachers is None:
-        from rsclip_core.train.online import load_online_teachers
+        from rsclip_core.teachers.online import load_online_teachers
 
         online_teachers = load_online_teachers(store.manifest, teachers, cfg.online_teacher_specs)
     if cfg.mode == "online":
