@@ -2,7 +2,8 @@
 
 One place decides it: an explicit path wins, else ``$RSCLIP_WORK_DIR``, else ``~/.cache/rsclip``.
 Every stage writes below ``work_dir() / <stage>`` and resumes from what it finds there, so the work dir
-may be wiped between sessions without losing anything but time. Torch-free (stdlib only).
+may be wiped between sessions without losing anything but time. Work files are written with
+:func:`atomic_write_bytes`, so a killed stage never leaves a half-written file. Torch-free (stdlib only).
 """
 
 from __future__ import annotations
@@ -23,3 +24,14 @@ def work_dir(override: str | os.PathLike | None = None) -> Path:
 def stage_dir(stage: str, override: str | os.PathLike | None = None) -> Path:
     """The folder of one stage (``teacher_features``, ``teachers``, ``reinforced``, ``runs`` ...)."""
     return work_dir(override) / stage
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file + fsync + rename (never a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -9,13 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from rsclip_core.models.teachers import (
-    OFFLINE_TEACHERS,
-    TeacherError,
-    create_offline_teacher,
-    load_open_clip_teacher,
-    resolve_open_clip_settings,
-)
+from rsclip_core.teachers.base import TeacherError
+from rsclip_core.teachers.offline import OFFLINE_TEACHERS, create_offline_teacher
+from rsclip_core.teachers.openclip import load_open_clip_teacher, resolve_open_clip_settings
 
 TINY_ARCH = "rsclip-test-tiny-vit"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

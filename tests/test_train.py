@@ -20,10 +20,10 @@ from rsclip_core.reinforce.shards import (
     SHARD_PATTERN,
     Manifest,
     ReinforcedSample,
-    TeacherInfo,
     save_manifest,
     write_shard,
 )
+from rsclip_core.teachers.base import TeacherInfo
 from rsclip_core.train.checkpoint import CheckpointError, load_trained_model, read_checkpoint
 from rsclip_core.train.data import (
     ItemConfig,
@@ -298,7 +298,7 @@ def test_run_config_records_resolved_teacher_scales(dataset, tmp_path):
 def test_offline_teacher_scale_is_read_as_a_multiplier():
     import math
 
-    from rsclip_core.reinforce.teachers import offline_logit_scale
+    from rsclip_core.teachers.heads import offline_logit_scale
 
     assert offline_logit_scale({"logit_scale": math.log(22.6)}) == pytest.approx(22.6)
     assert offline_logit_scale({}) is None

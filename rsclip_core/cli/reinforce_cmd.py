@@ -67,7 +67,7 @@ def _run(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[st
         storage_report,
     )
     from rsclip_core.reinforce.captioners import CocaCaptioner
-    from rsclip_core.reinforce.teachers import TeacherEnsemble, load_teacher
+    from rsclip_core.teachers.base import TeacherEnsemble, load_teacher
 
     if threads:
         torch.set_num_threads(threads)
@@ -107,7 +107,7 @@ def _run(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[st
     click.echo(f"wrote {len(result.shards_written)} shards ({result.samples_written} samples, "
                f"{len(result.images_skipped)} skipped, {result.images_per_second:.2f} images/s); "
                f"{len(result.shards_skipped_existing)} shards were already done")
-    from rsclip_core.reinforce.shards import atomic_write_bytes
+    from rsclip_core.workdir import atomic_write_bytes
 
     report = storage_report(out_dir)
     atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())

@@ -58,10 +58,15 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         raise CheckpointNotFoundError(f"{checkpoint}: checkpoint not found")
     if checkpoint is not None and name.startswith("teacher-"):
-        from rsclip_core.export.offline_teacher import is_teacher_checkpoint, model_from_teacher_checkpoint
+        from rsclip_core.teachers.base import TeacherError
+        from rsclip_core.teachers.heads import is_teacher_checkpoint
+        from rsclip_core.teachers.offline import load_offline_teacher
 
         if is_teacher_checkpoint(checkpoint):  # heads fitted by `rsclip teacher fit` on the packaged towers
-            return model_from_teacher_checkpoint(name, checkpoint)
+            try:
+                return load_offline_teacher(checkpoint, name)
+            except TeacherError as exc:
+                raise CheckpointMismatchError(_first_line(exc, limit=400)) from exc
     try:
         # A checkpoint replaces every weight: never load the towers' pretrained weights first.
         return create_model(name, checkpoint=checkpoint, pretrained_towers=False)

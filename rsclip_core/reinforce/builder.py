@@ -35,13 +35,13 @@ from rsclip_core.reinforce.shards import (
     Manifest,
     ReinforcedSample,
     ShardFormatError,
-    atomic_write_bytes,
     list_shards,
     load_manifest,
     save_manifest,
     write_shard,
 )
-from rsclip_core.reinforce.teachers import TeacherEnsemble
+from rsclip_core.teachers.base import TeacherEnsemble
+from rsclip_core.workdir import atomic_write_bytes
 
 
 class BuildError(ValueError):

