@@ -265,3 +265,24 @@ def test_unknown_kind_and_bad_workers_are_refused(tmp_path):
     with pytest.raises(RsclipInputError, match="^workers: must be >= 1") as bad:
         run_batch("index", [BatchJob("x.tif", {})], workers=0)
     assert describe_error(bad.value, {"workers": "--workers"}) == "--workers: must be >= 1, got 0"
+
+
+# -- the one model cache (CLI workers and QGIS plugin) -------------------------------------------
+def test_model_cache_loads_each_directory_once(model_dir, tmp_path):
+    from rsclip_core.inference import ModelCache, resolve_model_dir
+
+    assert resolve_model_dir(model_dir / "image.onnx") == model_dir
+    assert resolve_model_dir("", default=model_dir) == model_dir
+    cache = ModelCache()
+    first = cache.get(model_dir)
+    assert cache.get(model_dir / "image.onnx") is first and cache.get(str(model_dir) + "/") is first
+    assert cache.get(model_dir, threads=1) is not first and len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0 and cache.get(model_dir) is not first
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RsclipInputError, match="not an exported rsclip model") as bad:
+        resolve_model_dir(tmp_path / "empty")
+    assert bad.value.field == "model"
+    with pytest.raises(FileNotFoundError) as missing:
+        resolve_model_dir(tmp_path / "nope")
+    assert missing.value.field == "model"
