@@ -207,6 +207,23 @@ def test_cancel_callback_reports_the_rest_as_cancelled(model_dir, classes_file, 
     assert not (tmp_path / "maps" / "r1.landcover.tif").exists()
 
 
+def test_workers_that_do_not_stop_in_time_are_killed(model_dir, classes_file, tmp_path, monkeypatch):
+    from rsclip_core.inference import batch, load_classes
+
+    monkeypatch.setattr(batch, "STOP_GRACE_S", 0.0)  # no time to reach a cancel check
+    rasters = slow_rasters(tmp_path / "in", 4)
+    params = {"model_dir": str(model_dir), "classes": load_classes(classes_file),
+              "tiling": TilingConfig(tile_size=32, overlap=0.75), "threshold": None, "cache_dir": None,
+              "overwrite": False}
+    began = time.monotonic()
+    results = run_batch("classify", plan_classify_batch(rasters, tmp_path / "maps", params), workers=2,
+                        cancel=lambda: time.monotonic() - began > 4.0)
+    assert time.monotonic() - began < 60
+    assert len(results) == 4 and results[-1].status == "cancelled"
+    assert {r.status for r in results} <= {"done", "cancelled"}
+    assert not spawned_workers(os.getpid())
+
+
 # -- #13 item 4: kill -9 of the parent ----------------------------------------------------------
 def test_workers_exit_when_the_parent_is_killed(model_dir, classes_file, tmp_path):
     psutil = pytest.importorskip("psutil")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import pickle
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -84,3 +87,19 @@ def test_cli_error_line_uses_the_flag(tmp_path):
     errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
     assert result.exit_code != 0 and len(errors) == 1, result.output
     assert errors[0].startswith("Error: --bands: asked for 5,6,7 but ") and "has only 3 band(s)" in errors[0]
+
+
+def test_no_inference_error_names_a_cli_flag():
+    """Errors and warnings raised in rsclip_core.inference say ``bands``, never ``--bands``."""
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    offenders = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "rsclip_core" / "inference").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            is_warn = isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "warn"
+            if not isinstance(node, ast.Raise) and not is_warn:
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and flag.search(sub.value):
+                    offenders.append(f"{path.name}:{sub.lineno}: {sub.value!r}")
+    assert not offenders, "use field=... and {field} mentions instead of flags:\n" + "\n".join(offenders)

@@ -196,12 +196,15 @@ def _run_batch(kind: str, jobs: Sequence[Any], model: Any, workers: int, quiet: 
 def _summary(results: Sequence[Any], quiet: bool) -> None:
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "cancelled")}
     if not quiet or counts["failed"]:
-        width = max([len(Path(r.raster).name) for r in results] + [6])
+        names = [Path(r.raster).name for r in results]
+        if len(set(names)) < len(names):  # same file name in several folders: show the paths
+            names = [r.raster for r in results]
+        width = max([len(n) for n in names] + [6])
         click.echo(f"{'raster'.ljust(width)}  {'status':8} {'time':>7}  detail")
-        for r in results:
+        for name, r in zip(names, results):
             if quiet and r.status != "failed":
                 continue
-            click.echo(f"{Path(r.raster).name.ljust(width)}  {r.status:8} {r.seconds:6.1f}s  {r.detail}")
+            click.echo(f"{name.ljust(width)}  {r.status:8} {r.seconds:6.1f}s  {r.detail}")
     cancelled = f", {counts['cancelled']} cancelled" if counts["cancelled"] else ""
     click.echo(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed{cancelled}", err=quiet)
 
