@@ -1,6 +1,7 @@
 """Glue between QGIS objects and ``rsclip_core.inference``: layers -> paths, extents -> TilingConfig.
 
-No tiling, preprocessing or output writing happens here: that is all ``rsclip_core.inference``.
+No tiling, preprocessing, output writing or model caching happens here: that is all
+``rsclip_core.inference`` (models come from its ``cached_model``; errors are worded by `wording`).
 Heavy imports (rsclip_core.inference, shapely) stay inside functions so the plugin loads without them.
 """
 
@@ -8,9 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from qgis.core import (
     QgsApplication,
@@ -62,7 +62,8 @@ def bundled_model_dir() -> Optional[Path]:
 
 
 def resolve_model_dir(path: str) -> Path:
-    """A model directory from what the user picked: the directory, or any file inside it (image.onnx...)."""
+    """A model directory from what the user picked (``rsclip_core.inference.resolve_model_dir``);
+    empty means the bundled model. Errors are ``ValueError``s naming the model."""
     if not path:
         bundled = bundled_model_dir()
         if bundled is None:
@@ -71,12 +72,9 @@ def resolve_model_dir(path: str) -> Path:
                 "(or its image.onnx) with 'Browse…'"
             )
         return bundled
-    candidate = Path(path).expanduser()
-    if candidate.is_file():
-        candidate = candidate.parent
-    if not (candidate / METADATA_FILE).is_file():
-        raise PluginInputError(f"{path}: not an exported rsclip model (no {METADATA_FILE} next to it)")
-    return candidate
+    from rsclip_core.inference import resolve_model_dir as resolve
+
+    return resolve(path)
 
 
 def model_summary(model_dir: Path) -> str:
@@ -197,27 +195,3 @@ def output_dir(settings_dir: str = "") -> Path:
         folder = Path(home) / "rsclip_outputs" if home else Path(tempfile.gettempdir()) / "rsclip_outputs"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-class ModelCache:
-    """Loaded models by directory, so repeated runs skip creating onnxruntime sessions."""
-
-    def __init__(self) -> None:
-        self._models: Dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, model_dir: Path) -> Any:
-        from rsclip_core.inference import load_model
-
-        key = str(Path(model_dir).resolve())
-        with self._lock:
-            if key not in self._models:
-                self._models[key] = load_model(key)
-            return self._models[key]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._models.clear()
-
-
-MODELS = ModelCache()

@@ -51,7 +51,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import PLUGIN_DIR, bridge, deps, layers
+from . import PLUGIN_DIR, bridge, deps, layers, wording
 from .settings import (
     EXTENT_CANVAS,
     EXTENT_LAYER,
@@ -435,7 +435,7 @@ class RsclipDock(QgsDockWidget):
     def _model_dir(self) -> Optional[Path]:
         try:
             return bridge.resolve_model_dir(self.model_combo.currentData() or "")
-        except bridge.PluginInputError:
+        except ValueError:  # no usable model chosen (PluginInputError or rsclip_core's InvalidModelError)
             return None
 
     def _on_model_changed(self, *_args: Any) -> None:
@@ -443,7 +443,7 @@ class RsclipDock(QgsDockWidget):
         try:
             self.model_info.setText(bridge.model_summary(bridge.resolve_model_dir(path)))
         except Exception as exc:  # shown, not raised: the user can pick another model
-            self.model_info.setText(f"<i>{exc}</i>")
+            self.model_info.setText(f"<i>{wording.dock_message(exc)}</i>")
         if not self._loading:
             self.save_settings()
 
@@ -473,7 +473,7 @@ class RsclipDock(QgsDockWidget):
         try:
             self.class_table.set_classes(classes_to_dicts(load_classes(path)))
         except Exception as exc:
-            self._report_error(str(exc))
+            self._report_error(wording.dock_message(exc))
 
     def save_class_file(self, path: str = "") -> None:
         if not path:
@@ -486,7 +486,7 @@ class RsclipDock(QgsDockWidget):
             save_classes(dicts_to_classes(self.class_table.classes()), path)
             self.status_label.setText(f"Saved {path}")
         except Exception as exc:
-            self._report_error(str(exc))
+            self._report_error(wording.dock_message(exc))
 
     # ---- dependencies ---------------------------------------------------------------------
     def refresh_dependencies(self) -> List[Any]:
@@ -552,14 +552,14 @@ class RsclipDock(QgsDockWidget):
                 / f"search_{_slug(query)}_{time.strftime('%Y%m%d_%H%M%S')}.gpkg"
             )
         except Exception as exc:
-            self._report_error(str(exc))
+            self._report_error(wording.dock_message(exc))
             return None
         self.save_settings()
         cache = bridge.cache_dir()
         top_k = settings.top_k
 
         def work(progress: Any, cancel: Any) -> Any:
-            from rsclip_core.inference import run_search
+            from rsclip_core.inference import cached_model, run_search
 
             started = time.perf_counter()
             result = run_search(
@@ -572,7 +572,7 @@ class RsclipDock(QgsDockWidget):
                 overwrite=True,
                 progress=progress,
                 cancel=cancel,
-                model=bridge.MODELS.get(model_dir),
+                model=cached_model(model_dir),
             )
             return result, time.perf_counter() - started
 
@@ -603,14 +603,14 @@ class RsclipDock(QgsDockWidget):
             out_tif = folder / f"landcover_{_slug(raster.name())}_{stamp}.tif"
             out_gpkg = folder / f"landcover_{_slug(raster.name())}_{stamp}.gpkg"
         except Exception as exc:
-            self._report_error(str(exc))
+            self._report_error(wording.dock_message(exc))
             return None
         self.save_settings()
         cache = bridge.cache_dir()
         threshold = settings.threshold or None
 
         def work(progress: Any, cancel: Any) -> Any:
-            from rsclip_core.inference import run_classify
+            from rsclip_core.inference import cached_model, run_classify
 
             return run_classify(
                 path,
@@ -623,7 +623,7 @@ class RsclipDock(QgsDockWidget):
                 overwrite=True,
                 progress=progress,
                 cancel=cancel,
-                model=bridge.MODELS.get(model_dir),
+                model=cached_model(model_dir),
             )
 
         def done(result: Any) -> None:
@@ -675,7 +675,7 @@ class RsclipDock(QgsDockWidget):
         if cancelled:
             self.status_label.setText("Cancelled.")
             return
-        self._report_error(str(error) if error is not None else "the task failed")
+        self._report_error(wording.dock_message(error) if error is not None else "the task failed")
 
     def _report_error(self, message: str) -> None:
         self.last_error = message

@@ -35,7 +35,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from . import PLUGIN_DIR, bridge, layers
+from . import PLUGIN_DIR, bridge, layers, wording
 
 MODEL_FILTER = "rsclip model (rsclip.json *.onnx);;All files (*)"
 
@@ -194,9 +194,11 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
             )
             model_dir = bridge.resolve_model_dir(self.parameterAsFile(parameters, self.MODEL, context))
             feedback.pushInfo(f"model: {model_dir}")
-            model = bridge.MODELS.get(model_dir)
+            from rsclip_core.inference import cached_model
+
+            model = cached_model(model_dir)
         except (ValueError, OSError) as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(wording.processing_message(exc)) from exc
         return path, tiling, model
 
     def postProcessAlgorithm(
@@ -233,7 +235,7 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
         except RsclipCancelled as exc:
             raise QgsProcessingException("cancelled") from exc
         except (ValueError, OSError) as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(wording.processing_message(exc)) from exc
 
 
 class TextSearchAlgorithm(_RsclipAlgorithm):
@@ -382,7 +384,7 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
         try:
             classes = load_classes(class_file or default_classes_path(model))
         except (ValueError, OSError) as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(wording.processing_message(exc)) from exc
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
         if polygons and not polygons.lower().endswith(".gpkg"):

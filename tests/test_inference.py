@@ -198,8 +198,9 @@ def test_run_search_writes_gpkg_and_heatmap(model, raster, tmp_path):
         grid = ds.read(1)
     assert grid[0, 3] > grid[1, 0]  # green (top-right) scores higher than blue (bottom-left)
     assert list(tmp_path.glob("*.rsclip-index.npz")), "index cached next to the outputs"
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="^output: .*exists") as exists:
         run_search(raster, "green", model=model, tiling=TILING, out_gpkg=out)
+    assert exists.value.field == "output"
     with pytest.raises(RsclipInputError, match="empty"):
         run_search(raster, "  ", model=model, tiling=TILING)
 

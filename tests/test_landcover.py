@@ -59,8 +59,9 @@ def test_class_file_errors(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(RsclipInputError, match=message):
             load_classes(tmp_path / name)
-    with pytest.raises(FileNotFoundError, match="--classes"):
+    with pytest.raises(FileNotFoundError, match="^classes: .*missing.yaml: no such file") as missing:
         load_classes(tmp_path / "missing.yaml")
+    assert missing.value.field == "classes"
 
 
 def test_class_file_shorthands(tmp_path):
@@ -121,10 +122,11 @@ def test_run_classify_refuses_existing_outputs_and_bad_threshold(model, tmp_path
     raster = write_color_raster(tmp_path / "q.tif", 64, 64)
     out = tmp_path / "lc.tif"
     out.write_bytes(b"keep me")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="exists \\(use overwrite to replace it\\)") as exists:
         run_classify(raster, CLASSES, model=model, out_tif=out)
+    assert exists.value.field == "output"
     assert out.read_bytes() == b"keep me"
-    with pytest.raises(RsclipInputError, match="--threshold"):
+    with pytest.raises(RsclipInputError, match="^threshold: must be a probability"):
         run_classify(raster, CLASSES, model=model, out_tif=tmp_path / "x.tif", threshold=2.0)
     with pytest.raises(RsclipInputError, match="empty class list"):
         run_classify(raster, [], model=model, out_tif=tmp_path / "x.tif")

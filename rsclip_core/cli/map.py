@@ -7,18 +7,38 @@ processes) and prints a summary. No tiling, preprocessing or writing logic lives
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-EXPECTED_ERRORS: tuple[type, ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+CLI_FLAGS: dict[str, str] = {
+    "raster": "RASTER",
+    "model": "-m/--model",
+    "classes": "--classes",
+    "output": "-o/--output",
+    "polygons": "--polygons",
+    "confidence": "--confidence",
+    "heatmap": "--heatmap",
+    "out_dir": "--out-dir",
+    "cache_dir": "--cache-dir",
+    "overwrite": "--overwrite",
+    "bands": "--bands",
+    "tile_size": "--tile",
+    "overlap": "--overlap",
+    "resolution": "--resolution",
+    "extent": "--extent",
+    "batch_size": "--batch-size",
+    "query": "QUERY",
+    "top_k": "--top-k",
+    "threshold": "--threshold",
+    "workers": "--workers",
+}
+"""How ``rsclip-map`` names each field of an inference error (`rsclip_core.inference.errors.FIELDS`)."""
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 MAIN_HELP = """Search rasters with text and map land cover zero-shot with an rsclip model.
 
@@ -96,9 +116,11 @@ def _tiling(opts: dict[str, Any]) -> Any:
 
 
 # -- errors, warnings, progress ---------------------------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def cli_message(exc: BaseException) -> str:
+    """An error or warning as ``rsclip-map`` shows it: one line, fields named by their flags."""
+    from rsclip_core.inference.errors import describe_error
+
+    return describe_error(exc, CLI_FLAGS)
 
 
 class _Fail:
@@ -108,15 +130,17 @@ class _Fail:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if exc is not None and isinstance(exc, EXPECTED_ERRORS) and not isinstance(exc, click.ClickException):
-            raise click.ClickException(_one_line(exc)) from exc
+        from rsclip_core.inference.errors import USER_ERRORS
+
+        if exc is not None and isinstance(exc, USER_ERRORS) and not isinstance(exc, click.ClickException):
+            raise click.ClickException(cli_message(exc)) from exc
         return False
 
 
 def _install_warning_format(quiet: bool) -> None:
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         if not quiet:
-            click.echo(f"Warning: {message}", err=True)
+            click.echo(f"Warning: {cli_message(message) if isinstance(message, Warning) else message}", err=True)
 
     warnings.showwarning = show  # type: ignore[assignment]
     warnings.filterwarnings("ignore", category=Warning, module="rasterio")  # NotGeoreferenced etc.
@@ -145,115 +169,44 @@ class _Bar:
             self.bar.close()
 
 
-# -- batch machinery ---------------------------------------------------------------------------
-@dataclass
-class JobResult:
-    raster: str
-    status: str  # done | skipped | failed
-    detail: str
-    seconds: float = 0.0
-
-
-_WORKER_MODEL: dict[str, Any] = {}
-
-
-def _worker_model(model_dir: str | None, threads: int | None) -> Any:
-    from rsclip_core.inference import load_model
-
-    key = f"{model_dir}|{threads}"
-    if key not in _WORKER_MODEL:
-        _WORKER_MODEL[key] = load_model(model_dir, threads=threads)
-    return _WORKER_MODEL[key]
-
-
-def classify_outputs(raster: Path, out_dir: Path) -> dict[str, Path]:
-    """Batch-mode output names for one raster."""
-    return {
-        "out_tif": out_dir / f"{raster.stem}.landcover.tif",
-        "confidence_tif": out_dir / f"{raster.stem}.confidence.tif",
-        "polygons_gpkg": out_dir / f"{raster.stem}.landcover.gpkg",
-    }
-
-
-def _run_job(kind: str, raster: str, params: dict[str, Any], model: Any = None,
-             progress: Callable[[int, int], None] | None = None) -> JobResult:
-    """One raster of a batch; never raises (failures are reported in the result)."""
-    from rsclip_core.inference import run_classify, run_index
-
-    start = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if model is None:
-                model = _worker_model(params["model_dir"], params.get("threads"))
-            if kind == "classify":
-                outputs = params["outputs"]
-                present = [Path(p).exists() for p in outputs.values() if p]
-                if not params["overwrite"] and all(present):
-                    return JobResult(raster, "skipped", "outputs exist")
-                # an incomplete set is what a stopped batch leaves: redo that raster's outputs
-                run = run_classify(raster, params["classes"], model=model, tiling=params["tiling"],
-                                   threshold=params["threshold"], cache_dir=params["cache_dir"],
-                                   overwrite=params["overwrite"] or any(present), progress=progress, **outputs)
-                top = max(run.stats, key=lambda s: s["cells"]) if run.stats else None
-                detail = str(run.out_tif) + (f" (mostly {top['name']}, {top['fraction']:.0%})" if top else "")
-            else:
-                run = run_index(raster, model=model, tiling=params["tiling"], cache_dir=params["cache_dir"],
-                                overwrite=params["overwrite"], progress=progress)
-                if run.reused:
-                    return JobResult(raster, "skipped", f"index exists: {run.index_path}",
-                                     time.perf_counter() - start)
-                detail = f"{run.index_path} ({len(run.index)} tiles)"
-        return JobResult(raster, "done", detail, time.perf_counter() - start)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # keep going: the batch reports it
-        reason = _one_line(exc)
-        if not isinstance(exc, EXPECTED_ERRORS):
-            reason = f"{type(exc).__name__}: {reason}"
-        return JobResult(raster, "failed", reason, time.perf_counter() - start)
-
-
-def _run_batch(kind: str, jobs: list[tuple[str, dict[str, Any]]], model: Any, workers: int, quiet: bool) -> list[JobResult]:
+# -- batches (the runner is rsclip_core.inference.batch) ------------------------------------------
+def _run_batch(kind: str, jobs: Sequence[Any], model: Any, workers: int, quiet: bool) -> list[Any]:
+    """Run a batch with progress bars; Ctrl-C ends with one line and exit status 130."""
     from tqdm.auto import tqdm
 
-    results: list[JobResult] = []
-    if workers <= 1 or len(jobs) <= 1:
-        for n, (raster, params) in enumerate(jobs, 1):
-            bar = _Bar(f"[{n}/{len(jobs)}] {Path(raster).name}", quiet)
-            try:
-                results.append(_run_job(kind, raster, params, model=model, progress=bar))
-            finally:
-                bar.close()
-        return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from rsclip_core.inference import BatchInterrupted, run_batch
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context("spawn")  # onnxruntime and GDAL are not fork-safe
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_run_job, kind, raster, dict(params, threads=threads)): raster
-                   for raster, params in jobs}
-        order = {raster: i for i, (raster, _) in enumerate(jobs)}
-        done: list[JobResult] = []
-        with tqdm(total=len(futures), desc=f"{kind} ({workers} workers)", unit="raster", disable=quiet) as bar:
-            for future in as_completed(futures):
-                done.append(future.result())
-                bar.update(1)
-        results = sorted(done, key=lambda r: order[r.raster])
-    return results
+    def tile_bar(n: int, total: int, raster: str) -> _Bar:
+        return _Bar(f"[{n}/{total}] {Path(raster).name}", quiet)
+
+    many = workers > 1 and len(jobs) > 1
+    bar = tqdm(total=len(jobs), desc=f"{kind} ({workers} workers)", unit="raster", disable=quiet or not many)
+    try:
+        return run_batch(kind, jobs, model=model, workers=workers, labels=CLI_FLAGS,
+                         tile_progress=None if many else tile_bar, on_result=lambda r: bar.update(1))
+    except BatchInterrupted as stop:
+        bar.close()
+        click.echo(f"Interrupted: {stop.finished} of {stop.total} rasters finished; "
+                   "rerun the same command to resume.", err=True)
+        sys.exit(INTERRUPTED_EXIT)
+    finally:
+        bar.close()
 
 
-def _summary(results: Sequence[JobResult], quiet: bool) -> None:
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+def _summary(results: Sequence[Any], quiet: bool) -> None:
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "cancelled")}
     if not quiet or counts["failed"]:
-        width = max([len(Path(r.raster).name) for r in results] + [6])
+        names = [Path(r.raster).name for r in results]
+        if len(set(names)) < len(names):  # same file name in several folders: show the paths
+            names = [r.raster for r in results]
+        width = max([len(n) for n in names] + [6])
         click.echo(f"{'raster'.ljust(width)}  {'status':8} {'time':>7}  detail")
-        for r in results:
+        for name, r in zip(names, results):
             if quiet and r.status != "failed":
                 continue
-            click.echo(f"{Path(r.raster).name.ljust(width)}  {r.status:8} {r.seconds:6.1f}s  {r.detail}")
-    click.echo(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed", err=quiet)
+            click.echo(f"{name.ljust(width)}  {r.status:8} {r.seconds:6.1f}s  {r.detail}")
+    cancelled = f", {counts['cancelled']} cancelled" if counts["cancelled"] else ""
+    click.echo(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed{cancelled}", err=quiet)
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -286,10 +239,12 @@ def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path |
     \b
     One raster:   rsclip-map classify scene.tif --classes classes.yaml -o lc.tif --polygons lc.gpkg
     Many rasters: rsclip-map classify "tiles/*.tif" --out-dir maps/ --workers 2
-    A stopped batch resumes: rasters whose outputs all exist are skipped (unless --overwrite).
+    Rasters in different folders keep their sub-folders under --out-dir (a/x.tif -> maps/a/x.*).
+    A stopped batch (Ctrl-C: exit 130) resumes: rasters whose outputs all exist are skipped
+    (unless --overwrite).
     Output codes: 1..K classes in file order, 0 no data, 255 unclassified.
     """
-    from rsclip_core.inference import default_classes_path, list_rasters, load_classes, load_model
+    from rsclip_core.inference import default_classes_path, list_rasters, load_classes, load_model, plan_classify_batch
 
     _install_warning_format(opts["quiet"])
     with _Fail():
@@ -311,13 +266,10 @@ def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path |
         if polygons is not None or confidence is not None:
             raise click.UsageError("--polygons/--confidence name single-raster outputs; --out-dir writes all three")
         assert out_dir is not None
-        out_dir.mkdir(parents=True, exist_ok=True)
-        own = {".landcover", ".confidence"}
-        paths = [p for p in paths if Path(p.stem).suffix not in own]  # never map our own outputs
         params = {"model_dir": str(model.model_dir), "classes": classes, "tiling": tiling,
                   "threshold": threshold, "cache_dir": opts["cache_dir"], "overwrite": opts["overwrite"]}
-        jobs = [(str(p), dict(params, outputs={k: str(v) for k, v in classify_outputs(p, out_dir).items()}))
-                for p in paths]
+        jobs = plan_classify_batch(paths, out_dir, params)  # keeps sub-folders, refuses clashes
+        out_dir.mkdir(parents=True, exist_ok=True)
     results = _run_batch("classify", jobs, model, workers, opts["quiet"])
     _summary(results, opts["quiet"])
     if any(r.status == "failed" for r in results):
@@ -414,7 +366,7 @@ def index(rasters: tuple[str, ...], out_dir: Path | None, workers: int, **opts: 
     rsclip-map search naip/a.tif "solar panels" --cache-dir idx/ --bands 1,2,3
     Indexes are keyed by raster + model + tiling; existing ones are skipped (unless --overwrite).
     """
-    from rsclip_core.inference import list_rasters, load_model
+    from rsclip_core.inference import list_rasters, load_model, plan_index_batch
 
     _install_warning_format(opts["quiet"])
     with _Fail():
@@ -427,7 +379,7 @@ def index(rasters: tuple[str, ...], out_dir: Path | None, workers: int, **opts: 
         folder.mkdir(parents=True, exist_ok=True)
         params = {"model_dir": str(model.model_dir), "tiling": tiling, "cache_dir": str(folder),
                   "overwrite": opts["overwrite"]}
-        jobs = [(str(p), params) for p in paths]
+        jobs = plan_index_batch(paths, params)
     results = _run_batch("index", jobs, model, workers, opts["quiet"])
     _summary(results, opts["quiet"])
     if any(r.status == "failed" for r in results):

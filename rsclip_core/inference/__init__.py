@@ -9,11 +9,28 @@ imports torch.
     hits = search(index, model, "tennis courts", top_k=20)          # GeoDataFrame
     result = classify(index, model, load_classes())                 # LandCoverResult
     run_classify("scene.tif", default_classes_path(), out_tif="lc.tif", polygons_gpkg="lc.gpkg")
+    jobs = plan_classify_batch(["a/s.tif", "b/s.tif"], "maps", {...})  # maps/a/..., maps/b/...
+    results = run_batch("classify", jobs, workers=2)                   # list[JobResult]
+
+Errors name a *field* (``exc.field == "bands"``); front-ends word them with their own labels via
+``describe_error(exc, {"bands": "--bands"})`` (see ``errors.FIELDS``).
 """
 
 from __future__ import annotations
 
+from rsclip_core.inference.batch import (
+    BatchInterrupted,
+    BatchJob,
+    JobResult,
+    classify_outputs,
+    plan_classify_batch,
+    plan_index_batch,
+    run_batch,
+    run_job,
+)
 from rsclip_core.inference.errors import (
+    FIELDS,
+    USER_ERRORS,
     InvalidModelError,
     OutputExistsError,
     RsclipCancelled,
@@ -21,6 +38,7 @@ from rsclip_core.inference.errors import (
     RsclipFileNotFoundError,
     RsclipInputError,
     RsclipWarning,
+    describe_error,
 )
 from rsclip_core.inference.index import EmbeddingIndex, build_index, find_cached_index
 from rsclip_core.inference.landcover import (
@@ -33,6 +51,7 @@ from rsclip_core.inference.landcover import (
     save_classes,
 )
 from rsclip_core.inference.model import EmbeddingModel, default_model_dir, describe_model, load_model
+from rsclip_core.inference.model_cache import MODEL_CACHE, ModelCache, cached_model, resolve_model_dir
 from rsclip_core.inference.raster import RasterSource, list_rasters
 from rsclip_core.inference.runs import (
     ClassifyRun,
@@ -47,13 +66,19 @@ from rsclip_core.inference.search import score_heatmap, search
 from rsclip_core.inference.tiling import TileGrid, TilingConfig, plan_grid
 
 __all__ = [
+    "BatchInterrupted",
+    "BatchJob",
     "ClassifyRun",
     "EmbeddingIndex",
     "EmbeddingModel",
+    "FIELDS",
     "IndexRun",
     "InvalidModelError",
+    "JobResult",
     "LandCoverClass",
     "LandCoverResult",
+    "MODEL_CACHE",
+    "ModelCache",
     "OutputExistsError",
     "RasterSource",
     "RsclipCancelled",
@@ -64,10 +89,14 @@ __all__ = [
     "SearchRun",
     "TileGrid",
     "TilingConfig",
+    "USER_ERRORS",
     "build_index",
+    "cached_model",
     "classify",
+    "classify_outputs",
     "default_classes_path",
     "default_model_dir",
+    "describe_error",
     "describe_model",
     "find_cached_index",
     "landcover_polygons",
@@ -75,9 +104,14 @@ __all__ = [
     "load_classes",
     "load_model",
     "parse_classes",
+    "plan_classify_batch",
     "plan_grid",
+    "plan_index_batch",
+    "resolve_model_dir",
+    "run_batch",
     "run_classify",
     "run_index",
+    "run_job",
     "run_search",
     "save_classes",
     "score_heatmap",

@@ -71,20 +71,23 @@ def default_classes_path(model: EmbeddingModel | None = None) -> Path:
     return DEFAULT_CLASSES_FILE
 
 
-def parse_classes(data: Any, origin: str = "classes") -> list[LandCoverClass]:
-    """Classes from parsed YAML/JSON: a list of {name, prompts, color} or {"classes": [...]}."""
+def parse_classes(data: Any, origin: str | None = None) -> list[LandCoverClass]:
+    """Classes from parsed YAML/JSON: a list of {name, prompts, color} or {"classes": [...]}.
+
+    ``origin`` (e.g. the class file) prefixes error messages; errors name the ``classes`` field.
+    """
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
     if isinstance(data, dict):  # {name: {prompts, color}} or {name: [prompts]}
         data = [dict(name=k, **(v if isinstance(v, dict) else {"prompts": v})) for k, v in data.items()]
     if not isinstance(data, list):
-        raise RsclipInputError(f"{origin}: expected a list of classes (name, prompts, color)")
+        raise RsclipInputError(f"{_at(origin)}expected a list of classes (name, prompts, color)", field="classes")
     classes = []
     for i, item in enumerate(data):
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict) or not str(item.get("name", "")).strip():
-            raise RsclipInputError(f"{origin}: class #{i + 1} has no name")
+            raise RsclipInputError(f"{_at(origin)}class #{i + 1} has no name", field="classes")
         prompts = item.get("prompts", [])
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -93,15 +96,20 @@ def parse_classes(data: Any, origin: str = "classes") -> list[LandCoverClass]:
     return classes
 
 
-def validate_classes(classes: Sequence[LandCoverClass], origin: str = "classes") -> None:
+def _at(origin: str | None) -> str:
+    return f"{origin}: " if origin else ""
+
+
+def validate_classes(classes: Sequence[LandCoverClass], origin: str | None = None) -> None:
+    """Refuse an empty, too long or ambiguous class list (errors name the ``classes`` field)."""
     if not classes:
-        raise RsclipInputError(f"{origin}: empty class list")
+        raise RsclipInputError(f"{_at(origin)}empty class list", field="classes")
     if len(classes) > MAX_CLASSES:
-        raise RsclipInputError(f"{origin}: at most {MAX_CLASSES} classes, got {len(classes)}")
+        raise RsclipInputError(f"{_at(origin)}at most {MAX_CLASSES} classes, got {len(classes)}", field="classes")
     names = [c.name for c in classes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise RsclipInputError(f"{origin}: duplicate class names {dupes}")
+        raise RsclipInputError(f"{_at(origin)}duplicate class names {dupes}", field="classes")
 
 
 def _auto_color(i: int) -> tuple[int, int, int]:
@@ -114,7 +122,7 @@ def load_classes(path: str | os.PathLike | None = None) -> list[LandCoverClass]:
     """Read a class file (.yaml/.yml/.json); default: `default_classes_path()`."""
     path = Path(path) if path is not None else default_classes_path()
     if not path.is_file():
-        raise RsclipFileNotFoundError(f"--classes {path}: no such file")
+        raise RsclipFileNotFoundError(f"{path}: no such file", field="classes")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".json":
@@ -124,8 +132,8 @@ def load_classes(path: str | os.PathLike | None = None) -> list[LandCoverClass]:
 
             data = yaml.safe_load(text)
     except Exception as exc:
-        raise RsclipInputError(f"--classes {path}: cannot parse ({str(exc).splitlines()[0]})") from exc
-    return parse_classes(data, f"--classes {path}")
+        raise RsclipInputError(f"{path}: cannot parse ({str(exc).splitlines()[0]})", field="classes") from exc
+    return parse_classes(data, str(path))
 
 
 def save_classes(classes: Sequence[LandCoverClass], path: str | os.PathLike) -> Path:
@@ -204,7 +212,7 @@ def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCov
     """
     validate_classes(classes)
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise RsclipInputError(f"--threshold: must be a probability in [0, 1], got {threshold}")
+        raise RsclipInputError(f"must be a probability in [0, 1], got {threshold}", field="threshold")
     text = class_text_embeddings(model, classes, templates)
     if len(index):
         probs = softmax(model.logit_scale * index.scores(text))

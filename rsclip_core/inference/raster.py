@@ -118,7 +118,8 @@ class RasterSource:
             bands = self.tiling.bands
             bad = [b for b in bands if b > ds.count]
             if bad:
-                raise RsclipInputError(f"--bands {','.join(map(str, bands))}: {self.path} has only {ds.count} band(s)")
+                raise RsclipInputError(f"asked for {','.join(map(str, bands))} but {self.path} has only {ds.count} band(s)",
+                                       field="bands")
             return (bands[0],) * 3 if len(bands) == 1 else tuple(bands)  # type: ignore[return-value]
         interp = list(ds.colorinterp)
         if all(c in interp for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
@@ -127,9 +128,9 @@ class RasterSource:
             return (1, 2, 3)
         if ds.count == 4 and interp[3] == ColorInterp.alpha:
             return (1, 2, 3)
-        hint = "--bands 1,1,1 to use it as grey" if ds.count == 1 else "--bands R,G,B, e.g. --bands 1,2,3"
+        hint = "{bands} 1,1,1 to use it as grey" if ds.count == 1 else "{bands} R,G,B, e.g. {bands} 1,2,3"
         raise RsclipInputError(
-            f"{self.path}: {ds.count} band(s) without RGB colour interpretation; pass {hint}"
+            f"{self.path}: {ds.count} band(s) without RGB colour interpretation; pass {hint}", field="bands"
         )
 
     def _compute_stretch(self) -> np.ndarray:
@@ -174,14 +175,14 @@ class RasterSource:
         elif _is_bbox(extent):
             bounds = tuple(float(v) for v in extent)
             if not (bounds[2] > bounds[0] and bounds[3] > bounds[1]):
-                raise RsclipInputError(f"--extent: need minx,miny,maxx,maxy with max > min, got {extent}")
+                raise RsclipInputError(f"need minx,miny,maxx,maxy with max > min, got {extent}", field="extent")
         else:
             from shapely import union_all
             from shapely.geometry.base import BaseGeometry
 
             geoms = list(extent) if not isinstance(extent, BaseGeometry) else [extent]
             if not geoms or not all(isinstance(g, BaseGeometry) for g in geoms):
-                raise RsclipInputError("--extent: expected a bbox, shapely geometries or a vector file path")
+                raise RsclipInputError("expected a bbox, shapely geometries or a vector file path", field="extent")
             self.extent_geometry = union_all(geoms)
             bounds = self.extent_geometry.bounds
         inv = ~ds.transform
@@ -194,7 +195,7 @@ class RasterSource:
         col1 = min(ds.width, int(math.ceil(max(cols) - 1e-9)))
         row1 = min(ds.height, int(math.ceil(max(rows) - 1e-9)))
         if col1 <= col0 or row1 <= row0:
-            raise RsclipInputError(f"--extent: {tuple(round(b, 6) for b in bounds)} does not overlap {self.path}")
+            raise RsclipInputError(f"{tuple(round(b, 6) for b in bounds)} does not overlap {self.path}", field="extent")
         return (col0, row0, col1, row1)
 
     def _tile_source_size(self) -> tuple[int, int]:
@@ -225,7 +226,7 @@ class RasterSource:
         shapely.prepare(self.extent_geometry)
         keep = shapely.intersects(self.extent_geometry, geoms)
         if not keep.any():
-            raise RsclipInputError(f"--extent: the given polygons do not overlap {self.path}")
+            raise RsclipInputError(f"the given polygons do not overlap {self.path}", field="extent")
         return rc[keep]
 
     # -- description -----------------------------------------------------------------------
@@ -351,18 +352,18 @@ def _read_vector_extent(path: Path, raster_crs: Any) -> Any:
     from shapely import union_all
 
     if not path.exists():
-        raise RsclipFileNotFoundError(f"--extent {path}: no such file")
+        raise RsclipFileNotFoundError(f"{path}: no such file", field="extent")
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises DataSourceError and friends
-        raise RsclipInputError(f"--extent {path}: not a readable vector file ({exc})") from exc
+        raise RsclipInputError(f"{path}: not a readable vector file ({exc})", field="extent") from exc
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if frame.empty:
-        raise RsclipInputError(f"--extent {path}: contains no geometries")
+        raise RsclipInputError(f"{path}: contains no geometries", field="extent")
     if raster_crs is not None and frame.crs is not None:
         frame = frame.to_crs(raster_crs)
     elif raster_crs is not None and frame.crs is None:
-        warnings.warn(f"--extent {path}: no CRS, assuming the raster's", RsclipWarning, stacklevel=4)
+        warnings.warn(RsclipWarning(f"{path}: no CRS, assuming the raster's", field="extent"), stacklevel=4)
     return union_all(list(frame.geometry.values))
 
 

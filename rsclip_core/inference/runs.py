@@ -110,9 +110,9 @@ def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.Pat
     """
     query = _check_query(query)
     if int(top_k) < 1:
-        raise RsclipInputError(f"--top-k: must be >= 1, got {top_k}")
-    gpkg = check_output(out_gpkg, overwrite, "-o/--output")
-    heat = check_output(heatmap_tif, overwrite, "--heatmap")
+        raise RsclipInputError(f"must be >= 1, got {top_k}", field="top_k")
+    gpkg = check_output(out_gpkg, overwrite, "output")
+    heat = check_output(heatmap_tif, overwrite, "heatmap")
     model = _model(model, model_dir)
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, gpkg, heat),
                         progress=progress, cancel=cancel)
@@ -202,12 +202,12 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
     classes = list(classes)
     validate_classes(classes)
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise RsclipInputError(f"--threshold: must be a probability in [0, 1], got {threshold}")
+        raise RsclipInputError(f"must be a probability in [0, 1], got {threshold}", field="threshold")
     if out_tif is None:
-        raise RsclipInputError("-o/--output: a GeoTIFF path for the class map is required")
-    tif = check_output(out_tif, overwrite, "-o/--output")
-    gpkg = check_output(polygons_gpkg, overwrite, "--polygons")
-    conf_path = check_output(confidence_tif, overwrite, "--confidence")
+        raise RsclipInputError("a GeoTIFF path for the class map is required", field="output")
+    tif = check_output(out_tif, overwrite, "output")
+    gpkg = check_output(polygons_gpkg, overwrite, "polygons")
+    conf_path = check_output(confidence_tif, overwrite, "confidence")
     model = _model(model, model_dir)
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, tif),
                         progress=progress, cancel=cancel)

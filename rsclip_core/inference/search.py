@@ -14,7 +14,7 @@ from rsclip_core.inference.tiling import aggregate_to_cells
 
 def _check_query(query: str) -> str:
     if not isinstance(query, str) or not query.strip():
-        raise RsclipInputError("query: empty search text")
+        raise RsclipInputError("empty search text", field="query")
     return query.strip()
 
 
@@ -41,7 +41,7 @@ def rank_tiles(index: EmbeddingIndex, text_embedding: np.ndarray, top_k: int = 5
                suppress_overlap: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into the index) and scores of the best ``top_k`` tiles for one text embedding."""
     if top_k < 1:
-        raise RsclipInputError(f"--top-k: must be >= 1, got {top_k}")
+        raise RsclipInputError(f"must be >= 1, got {top_k}", field="top_k")
     if len(index) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     scores = index.scores(text_embedding)

@@ -55,20 +55,20 @@ class TilingConfig:
     def validate(self) -> TilingConfig:
         """Check values; raise `RsclipInputError` naming the option at fault. Returns self."""
         if self.tile_size is not None and (int(self.tile_size) != self.tile_size or self.tile_size < 8):
-            raise RsclipInputError(f"--tile: tile size must be an integer >= 8 pixels, got {self.tile_size}")
+            raise RsclipInputError(f"must be an integer >= 8 pixels, got {self.tile_size}", field="tile_size")
         if not 0.0 <= float(self.overlap) < 1.0:
-            raise RsclipInputError(f"--overlap: must be a fraction in [0, 1), got {self.overlap}")
+            raise RsclipInputError(f"must be a fraction in [0, 1), got {self.overlap}", field="overlap")
         if self.resolution is not None and not float(self.resolution) > 0:
-            raise RsclipInputError(f"--resolution: must be > 0 metres per pixel, got {self.resolution}")
+            raise RsclipInputError(f"must be > 0 metres per pixel, got {self.resolution}", field="resolution")
         if self.bands is not None:
             bands = tuple(int(b) for b in self.bands)
             if len(bands) not in (1, 3) or min(bands) < 1:
                 raise RsclipInputError(
-                    f"--bands: give 3 band numbers (1-based) for R,G,B or 1 for grey, got {self.bands}"
+                    f"give 3 band numbers (1-based) for R,G,B or 1 for grey, got {self.bands}", field="bands"
                 )
             self.bands = bands
         if int(self.batch_size) < 1:
-            raise RsclipInputError(f"--batch-size: must be >= 1, got {self.batch_size}")
+            raise RsclipInputError(f"must be >= 1, got {self.batch_size}", field="batch_size")
         if not 0.0 <= float(self.min_valid_fraction) <= 1.0:
             raise RsclipInputError(f"min_valid_fraction: must be in [0, 1], got {self.min_valid_fraction}")
         if isinstance(self.stretch, str):
@@ -163,9 +163,9 @@ def plan_grid(
     """
     col0, row0, col1, row1 = (int(v) for v in region)
     if col1 <= col0 or row1 <= row0:
-        raise RsclipInputError(f"extent: empty processing region {region}")
+        raise RsclipInputError(f"empty processing region {region}", field="extent")
     if tile_w < 1 or tile_h < 1:
-        raise RsclipInputError(f"--tile: tile of {tile_w}x{tile_h} source pixels is empty")
+        raise RsclipInputError(f"tile of {tile_w}x{tile_h} source pixels is empty", field="tile_size")
     stride_x = max(1, int(round(tile_w * (1.0 - overlap))))
     stride_y = max(1, int(round(tile_h * (1.0 - overlap))))
     n_cols = 1 + max(0, math.ceil((col1 - col0 - tile_w) / stride_x))

@@ -19,15 +19,18 @@ from rsclip_core.inference.errors import OutputExistsError, RsclipInputError
 GPKG_VERSION = "1.2"  # QGIS 3.22's GDAL reads 1.2 cleanly; newer GDALs default to 1.4
 
 
-def check_output(path: str | os.PathLike | None, overwrite: bool, option: str = "output") -> Path | None:
-    """Validate an output path before any work: parent exists, no clobbering without overwrite."""
+def check_output(path: str | os.PathLike | None, overwrite: bool, field: str = "output") -> Path | None:
+    """Validate an output path before any work: parent exists, no clobbering without overwrite.
+
+    ``field`` is the output's name in `errors.FIELDS` (``output``, ``polygons``, ...).
+    """
     if path is None:
         return None
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{option} {path}: exists (use --overwrite to replace it)")
+        raise OutputExistsError(f"{path}: exists (use {{overwrite}} to replace it)", field=field)
     if path.is_dir():
-        raise RsclipInputError(f"{option} {path}: is a directory")
+        raise RsclipInputError(f"{path}: is a directory", field=field)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
