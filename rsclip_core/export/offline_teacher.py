@@ -43,6 +43,7 @@ def model_from_teacher_checkpoint(name: str, checkpoint: str | Path) -> Any:
     """Registered offline teacher ``name`` with the fitted heads of ``checkpoint`` (eval mode)."""
     from rsclip_core.models import create_model, get_model_config
     from rsclip_core.reinforce.teacher_fit import load_teacher_checkpoint
+    from rsclip_core.reinforce.towers import tower_preprocess
 
     payload, heads = load_teacher_checkpoint(checkpoint)
     config = get_model_config(name)
@@ -59,9 +60,8 @@ def model_from_teacher_checkpoint(name: str, checkpoint: str | Path) -> Any:
     model.text.proj = nn.Sequential(L2Normalize(), heads["text"])
     model.embed_dim = int(payload["embed_dim"])
     model.config["embed_dim"] = model.embed_dim
-    model.preprocess.image_size = int(payload["image_size"])
-    # the fit resized with PIL bicubic (rsclip_core.reinforce.towers.images_to_tensor)
-    model.preprocess.interpolation = "bicubic"
+    # what the fit's views were (rsclip_core.reinforce.towers.tower_preprocess)
+    model.preprocess = tower_preprocess(int(payload["image_size"]))
     if payload.get("logit_scale") is not None:
         model.logit_scale.data.fill_(float(payload["logit_scale"]))
     else:

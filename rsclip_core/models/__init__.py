@@ -14,7 +14,6 @@ from rsclip_core.models.factory import (
     tokenizer_spec,
 )
 from rsclip_core.models.model import (
-    PreprocessConfig,
     RSClipModel,
     TokenizerSpec,
     lock_towers,
@@ -32,7 +31,6 @@ __all__ = [
     "CheckpointError",
     "ModelConfigError",
     "OpenClipTeacher",
-    "PreprocessConfig",
     "RSClipModel",
     "TeacherError",
     "TokenizerSpec",

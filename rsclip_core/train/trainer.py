@@ -401,9 +401,7 @@ def train(
         )
 
     item_cfg = ItemConfig(
-        image_size=image_size,
-        mean=tuple(preprocess.mean),
-        std=tuple(preprocess.std),
+        preprocess=preprocess.replace(image_size=image_size),
         teachers=tuple(teachers) if cfg.lam > 0 else (),
         synthetic=bool(cfg.synthetic),
         stored_embeddings=cfg.mode == "reinforced",
