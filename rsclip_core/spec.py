@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rsclip_core.preprocess import PreprocessConfig, PreprocessConfigError
+
 FORMAT_VERSION = 1
 
 METADATA_FILE = "rsclip.json"
@@ -70,7 +72,13 @@ class ModelDirError(ValueError):
 
 @dataclass
 class ModelMetadata:
-    """Metadata of an exported model: what inference needs, nothing more."""
+    """Metadata of an exported model: what inference needs, nothing more.
+
+    The preprocessing fields (``image_size``, ``mean``, ``std``, ``interpolation``,
+    ``resize_mode``) are stored flat in ``rsclip.json`` (the on-disk format since version 1);
+    :attr:`preprocess` returns them as THE :class:`~rsclip_core.preprocess.PreprocessConfig`
+    and :meth:`preprocess_fields` turns one into these fields.
+    """
 
     model_name: str
     embed_dim: int
@@ -95,6 +103,17 @@ class ModelMetadata:
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint, training run, licence...
     format_version: int = FORMAT_VERSION
 
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing these fields describe (validated)."""
+        return PreprocessConfig(image_size=self.image_size, mean=tuple(self.mean), std=tuple(self.std),
+                                interpolation=self.interpolation, resize_mode=self.resize_mode)
+
+    @staticmethod
+    def preprocess_fields(cfg: PreprocessConfig) -> dict[str, Any]:
+        """The ``ModelMetadata`` fields of a preprocessing config (their on-disk form)."""
+        return cfg.to_dict()
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
@@ -111,8 +130,11 @@ class ModelMetadata:
                 f"{origin}: format_version {version} is newer than this rsclip understands ({FORMAT_VERSION})"
             )
         meta = cls(**{k: v for k, v in data.items() if k in known})
-        if len(meta.mean) != 3 or len(meta.std) != 3:
-            raise ModelDirError(f"{origin}: mean/std must have 3 values (RGB)")
+        try:
+            pre_fields = {k: getattr(meta, k) for k in ("image_size", "mean", "std", "interpolation", "resize_mode")}
+            PreprocessConfig.from_dict(pre_fields, origin)
+        except PreprocessConfigError as exc:
+            raise ModelDirError(str(exc)) from exc
         return meta
 
     @classmethod

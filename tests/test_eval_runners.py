@@ -13,14 +13,13 @@ from PIL import Image
 from rsclip_core.evaluate import (
     EvalInputError,
     FunctionEncoder,
-    ImageGeometry,
     evaluate_retrieval,
     evaluate_zero_shot,
-    load_image,
     read_image_folder,
     read_karpathy_split,
     write_results,
 )
+from rsclip_core.preprocess import PreprocessConfig, load_image
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 210), "yellow": (230, 220, 30)}
 WORD_VECTORS = {name: np.array(rgb, dtype=np.float32) / 255.0 - 0.45 for name, rgb in COLOURS.items()}
@@ -37,7 +36,7 @@ def _colour_encoder(size: int = 16) -> FunctionEncoder:
             rows.append(vec if np.any(vec) else np.ones(3, np.float32))
         return np.stack(rows)
 
-    return FunctionEncoder(ImageGeometry(image_size=size), image_fn, text_fn)
+    return FunctionEncoder(PreprocessConfig(image_size=size), image_fn, text_fn)
 
 
 @pytest.fixture()
@@ -72,11 +71,11 @@ def test_load_image_resizes_shortest_side_and_centre_crops(tmp_path: Path):
     array = np.zeros((20, 40, 3), dtype=np.uint8)
     array[:, 10:30] = 255  # white centre band that a 20x20 centre crop keeps entirely
     Image.fromarray(array).save(tmp_path / "wide.png")
-    out = load_image(tmp_path / "wide.png", ImageGeometry(image_size=10, interpolation="bilinear"))
+    out = load_image(tmp_path / "wide.png", PreprocessConfig(image_size=10, interpolation="bilinear"))
     assert out.shape == (3, 10, 10) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert out[:, :, 1:-1].min() > 0.9  # centre crop = the white band
-    squashed = load_image(tmp_path / "wide.png", ImageGeometry(image_size=10, resize_mode="squash"))
+    squashed = load_image(tmp_path / "wide.png", PreprocessConfig(image_size=10, resize_mode="squash"))
     assert squashed[:, :, 0].max() < 0.1  # the black left border survives a squash
 
 

@@ -10,10 +10,8 @@ from rsclip_core.evaluate.encoders import (
     Encoder,
     EvalInputError,
     FunctionEncoder,
-    ImageGeometry,
     ModelDirEncoder,
     TorchEncoder,
-    load_image,
 )
 from rsclip_core.evaluate.metrics import (
     MetricInputError,
@@ -38,7 +36,6 @@ __all__ = [
     "Encoder",
     "EvalInputError",
     "FunctionEncoder",
-    "ImageGeometry",
     "MetricInputError",
     "ModelDirEncoder",
     "RetrievalSet",
@@ -48,7 +45,6 @@ __all__ = [
     "clean_class_names",
     "evaluate_retrieval",
     "evaluate_zero_shot",
-    "load_image",
     "read_image_folder",
     "read_karpathy_split",
     "retrieval_metrics",

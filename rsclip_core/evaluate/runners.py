@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from rsclip_core.evaluate.encoders import Encoder, EvalInputError, load_images
+from rsclip_core.evaluate.encoders import Encoder, EvalInputError
 from rsclip_core.evaluate.metrics import (
     build_prompts,
     clean_class_names,
@@ -27,6 +27,7 @@ from rsclip_core.evaluate.metrics import (
     zero_shot_markdown,
     zero_shot_metrics,
 )
+from rsclip_core.preprocess import load_images
 from rsclip_core.spec import DEFAULT_PROMPT_TEMPLATES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -123,7 +124,7 @@ def embed_image_files(
     """L2-normalised embeddings of image files, batch by batch."""
     chunks = []
     for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress):
-        chunks.append(encoder.encode_images(load_images(paths[start : start + batch_size], encoder.geometry)))
+        chunks.append(encoder.encode_images(load_images(paths[start : start + batch_size], encoder.preprocess)))
     return np.concatenate(chunks).astype(np.float32)
 
 

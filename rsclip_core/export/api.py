@@ -127,19 +127,14 @@ def build_metadata(
     source: dict[str, Any] | None = None,
 ) -> spec.ModelMetadata:
     """``ModelMetadata`` for an RSClipModel; ``logit_scale`` is stored exponentiated (multiplier)."""
-    pre = model.preprocess
     fields = {k: v for k, v in tokenizer_fields.items() if k in spec.ModelMetadata.__dataclass_fields__}
     fields.pop("context_length", None)
     return spec.ModelMetadata(
         model_name=str(model.name),
         embed_dim=int(model.embed_dim),
-        image_size=int(pre.image_size),
-        mean=[float(v) for v in pre.mean],
-        std=[float(v) for v in pre.std],
+        **spec.ModelMetadata.preprocess_fields(model.preprocess),
         context_length=int(model.context_length),
         logit_scale=float(model.logit_scale.detach().exp().item()),
-        interpolation=str(pre.interpolation),
-        resize_mode=str(pre.resize_mode),
         default_classes=spec.CLASSES_FILE if has_classes else None,
         resolution_m=None if resolution_m is None else float(resolution_m),
         source=dict(source or {}),

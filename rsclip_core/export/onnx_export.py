@@ -29,6 +29,7 @@ from torch import nn
 from rsclip_core import spec
 from rsclip_core.export.errors import ExportError
 from rsclip_core.export.wrappers import ImageEncoder, TextEncoder
+from rsclip_core.preprocess import standardise
 
 DEFAULT_OPSET = 17
 _TMP_OUTPUT = "rsclip_export_output"
@@ -48,9 +49,7 @@ def example_images(model: nn.Module, batch: int = 2, seed: int = 0) -> torch.Ten
     gen = torch.Generator().manual_seed(seed)
     size = _image_size(model)
     pixels = torch.rand(batch, 3, size, size, generator=gen)
-    mean = torch.tensor([float(v) for v in model.preprocess.mean]).view(1, 3, 1, 1)
-    std = torch.tensor([float(v) for v in model.preprocess.std]).view(1, 3, 1, 1)
-    return (pixels - mean) / std
+    return torch.from_numpy(standardise(pixels.numpy(), model.preprocess))
 
 
 def example_tokens(model: nn.Module, batch: int = 2) -> torch.Tensor:

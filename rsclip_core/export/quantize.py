@@ -9,8 +9,8 @@
   activations; the stem and first stages (the first ``KEEP_FLOAT_CONVS`` convolutions, at most a
   quarter of them) stay float, they are where the error starts. Activation ranges are
   calibrated (MinMax) on a folder of images, preprocessed exactly as
-  ``rsclip eval --model-dir`` / inference do: :func:`rsclip_core.evaluate.encoders.load_image` with
-  the model's geometry, then the metadata's mean/std.
+  ``rsclip eval --model-dir`` / inference do: :func:`rsclip_core.preprocess.load_images` and
+  :func:`rsclip_core.preprocess.standardise` with the metadata's ``preprocess`` config.
 
 ``metadata_props`` of the fp32 graph are copied onto the quantized one (onnxruntime drops some).
 Quantized graphs cannot match fp32 to 1e-4; :func:`quantization_report` measures the cosine
@@ -30,6 +30,7 @@ import numpy as np
 
 from rsclip_core import spec
 from rsclip_core.export.errors import ExportError
+from rsclip_core.preprocess import load_images, standardise
 
 QuantizeMode = Literal["none", "int8-text", "int8"]
 QUANTIZE_MODES: tuple[str, ...] = ("none", "int8-text", "int8")
@@ -88,12 +89,8 @@ def list_calibration_images(folder: str | Path, limit: int = DEFAULT_CALIBRATION
 
 def preprocess_images(paths: Sequence[str | Path], metadata: spec.ModelMetadata) -> np.ndarray:
     """Image files -> float32 [N, 3, S, S] standardised input of ``image.onnx`` (as inference does)."""
-    from rsclip_core.evaluate.encoders import ImageGeometry, load_images
-
-    pixels = load_images(list(paths), ImageGeometry.from_any(metadata))  # [0, 1], model geometry
-    mean = np.asarray(metadata.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(metadata.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+    cfg = metadata.preprocess
+    return standardise(load_images(list(paths), cfg), cfg)
 
 
 class ImageCalibrationReader:

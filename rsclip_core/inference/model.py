@@ -1,7 +1,8 @@
 """Loading an exported model directory (``rsclip_core.spec``) and running it with onnxruntime.
 
-`EmbeddingModel` takes RGB pixels in [0, 1] and applies the metadata's mean/std itself (the
-image graph expects standardised input, see ``rsclip_core.export``); text goes through the
+`EmbeddingModel` takes RGB pixels in [0, 1] and standardises them itself with the metadata's
+preprocessing (:func:`rsclip_core.preprocess.standardise`; the image graph expects standardised
+input, see ``rsclip_core.export``); text goes through the
 model's own ``tokenizer.json``. Everything returned is float32, L2-normalised.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from rsclip_core import spec
 from rsclip_core.inference.errors import InvalidModelError, RsclipFileNotFoundError, RsclipInputError
+from rsclip_core.preprocess import standardise
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL_DIR = REPO_ROOT / "resources" / "models" / "default"
@@ -55,9 +57,8 @@ class EmbeddingModel:
         self.image_session = image_session
         self.text_session = text_session
         self.tokenizer = tokenizer
-        self._mean = np.asarray(metadata.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self._inv_std = (1.0 / np.asarray(metadata.std, dtype=np.float32)).reshape(1, 3, 1, 1)
-        self._identity_norm = bool(np.all(self._mean == 0.0) and np.all(self._inv_std == 1.0))
+        self.preprocess = metadata.preprocess
+        self._identity_norm = self.preprocess.mean == (0.0, 0.0, 0.0) and self.preprocess.std == (1.0, 1.0, 1.0)
         self._fingerprint: str | None = None
 
     @property
@@ -97,7 +98,7 @@ class EmbeddingModel:
         if self._identity_norm:
             x = np.ascontiguousarray(images)
         else:
-            x = np.ascontiguousarray((images - self._mean) * self._inv_std, dtype=np.float32)
+            x = standardise(images, self.preprocess)
         out = self.image_session.run([spec.EMBEDDING_OUTPUT], {spec.IMAGE_INPUT: x})[0]
         return self._check(out, len(images), "image")
 

@@ -26,14 +26,10 @@ from rasterio.windows import Window
 
 from rsclip_core.inference.errors import RsclipFileNotFoundError, RsclipInputError, RsclipWarning
 from rsclip_core.inference.tiling import TileGrid, TilingConfig, clip_window, plan_grid
+from rsclip_core.preprocess import GDAL_RESAMPLING
 
-RESAMPLING = {
-    "bicubic": Resampling.cubic,
-    "cubic": Resampling.cubic,
-    "bilinear": Resampling.bilinear,
-    "nearest": Resampling.nearest,
-    "lanczos": Resampling.lanczos,
-}
+#: model interpolation name -> GDAL resampling on read (names from rsclip_core.preprocess)
+RESAMPLING = {name: Resampling[gdal] for name, gdal in GDAL_RESAMPLING.items()}
 STRETCH_SAMPLE_SIDE = 1024  # longest side of the decimated read used for the percentile stretch
 GDAL_ENV = {"GDAL_CACHEMAX": 128}  # MB: keeps the block cache (and so peak RSS) bounded
 

@@ -14,7 +14,6 @@ from rsclip_core.models.factory import (
     tokenizer_spec,
 )
 from rsclip_core.models.model import (
-    PreprocessConfig,
     RSClipModel,
     TokenizerSpec,
     lock_towers,
@@ -25,7 +24,6 @@ from rsclip_core.models.tokenizer import get_tokenizer, save_inference_tokenizer
 __all__ = [
     "CheckpointError",
     "ModelConfigError",
-    "PreprocessConfig",
     "RSClipModel",
     "TokenizerSpec",
     "create_model",

@@ -81,7 +81,7 @@ def cached_image_features(
     import torch
     from tqdm import tqdm
 
-    from rsclip_core.teachers.towers import OnnxImageTower, TowerPreprocess, images_to_tensor
+    from rsclip_core.teachers.towers import OnnxImageTower, images_to_tensor, tower_preprocess
 
     cache = Path(cache_dir) / f"{tower_name}-{image_size}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def cached_image_features(
     n_chunks = math.ceil(len(records) / chunk_size)
     chunk_paths = [cache / f".{final.stem}.chunk{c:04d}.npy" for c in range(n_chunks)]
     model = tower
-    preprocess = TowerPreprocess(image_size=image_size)
+    preprocess = tower_preprocess(image_size)
     bar = tqdm(total=len(records), desc=f"{tower_name} {name} v{view}", unit="img", disable=not progress)
     for c, chunk_path in enumerate(chunk_paths):
         chunk = records[c * chunk_size:(c + 1) * chunk_size]

@@ -9,7 +9,7 @@ them (format ``rsclip-offline-teacher/1``, :mod:`rsclip_core.teachers.heads`). S
 loads into the same registered model with :func:`load_offline_teacher`: the config of its image
 tower, the packaged tower weights, the fitted heads in place of the projections (text: L2-normalise,
 then the head: the fit saw sentence-transformers' normalised embeddings), the fit's image size,
-bicubic resize and temperature. Export (``rsclip export teacher-... --checkpoint``) and
+the towers' preprocessing (``tower_preprocess``) and temperature. Export (``rsclip export teacher-... --checkpoint``) and
 reinforcement / online distillation (:class:`OfflineTeacher`) both go through that loader, so the
 targets stored in a reinforced dataset and the exported teacher embed alike.
 
@@ -65,6 +65,7 @@ def offline_teacher_model(payload: dict[str, Any], heads: Any, name: str | None 
     """Registered offline teacher ``name`` (default: the one of the payload's image tower) with the
     fitted ``heads`` of a loaded checkpoint ``payload`` (eval mode)."""
     from rsclip_core.models import create_model, get_model_config
+    from rsclip_core.teachers.towers import tower_preprocess
 
     name = name or offline_teacher_name(payload["image_tower"])
     config = get_model_config(name)
@@ -80,9 +81,8 @@ def offline_teacher_model(payload: dict[str, Any], heads: Any, name: str | None 
     model.text.proj = nn.Sequential(L2Normalize(), heads["text"])
     model.embed_dim = int(payload["embed_dim"])
     model.config["embed_dim"] = model.embed_dim
-    model.preprocess.image_size = int(payload["image_size"])
-    # the fit resized with PIL bicubic (rsclip_core.teachers.towers.images_to_tensor)
-    model.preprocess.interpolation = "bicubic"
+    # what the fit's views were (rsclip_core.teachers.towers.tower_preprocess)
+    model.preprocess = tower_preprocess(int(payload["image_size"]))
     if payload.get("logit_scale") is not None:
         model.logit_scale.data.fill_(float(payload["logit_scale"]))
     else:
@@ -128,7 +128,7 @@ class OfflineTeacher:
 
     def __init__(self, checkpoint: str | Path, name: str | None = None, batch_size: int = 64,
                  backend: str = "onnxruntime") -> None:
-        from rsclip_core.teachers.towers import OnnxImageTower, TowerPreprocess, load_text_tower
+        from rsclip_core.teachers.towers import OnnxImageTower, load_text_tower, tower_preprocess
 
         if backend not in ("onnxruntime", "torch"):
             raise TeacherError(f"unknown image-tower backend {backend!r} (onnxruntime | torch)")
@@ -139,7 +139,7 @@ class OfflineTeacher:
         self.name = name or f"offline-{self.image_tower_name.replace('_', '')}-minilm"
         self.dim = int(self.payload["embed_dim"])
         self.image_size = int(self.payload["image_size"])
-        self.preprocess = TowerPreprocess(image_size=self.image_size)
+        self.preprocess = tower_preprocess(self.image_size)
         if backend == "onnxruntime":  # same features (~1e-5), ~3x faster on CPU
             self.image_trunk: Any = OnnxImageTower(self.image_tower_name)
         else:

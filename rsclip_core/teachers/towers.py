@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rsclip_core.preprocess import PreprocessConfig, image_to_input
 from rsclip_core.teachers.base import TeacherError
 from rsclip_core.workdir import stage_dir
 
@@ -35,11 +35,10 @@ class TowerError(TeacherError):
     """An unknown tower name or missing packaged weights."""
 
 
-@dataclass(frozen=True)
-class TowerPreprocess:
-    image_size: int = 224
-    mean: tuple[float, float, float] = TOWER_MEAN
-    std: tuple[float, float, float] = TOWER_STD
+def tower_preprocess(image_size: int = 224) -> PreprocessConfig:
+    """The packaged towers' preprocessing: mean = std = 0.5, bilinear (the interpolation the
+    teacher fit's views are resampled with, see ``data.augment.reapply``)."""
+    return PreprocessConfig(image_size=image_size, mean=TOWER_MEAN, std=TOWER_STD, interpolation="bilinear")
 
 
 def load_image_tower(tower: str):  # -> torch.nn.Module
@@ -126,21 +125,12 @@ def load_text_tower(tower: str = "all-MiniLM-L6-v2"):  # -> SentenceTransformer
     return SentenceTransformer(minilm_path(), device="cpu")
 
 
-def images_to_tensor(images: Sequence[Any], preprocess: TowerPreprocess):  # -> torch.Tensor
-    """PIL RGB images (already at ``image_size``, or resized here, bicubic) -> standardised NCHW tensor."""
+def images_to_tensor(images: Sequence[Any], preprocess: PreprocessConfig):  # -> torch.Tensor
+    """PIL RGB images -> standardised NCHW tensor (:func:`rsclip_core.preprocess.image_to_input`:
+    used as is at ``image_size``, else resampled once with the config's geometry)."""
     import torch
-    from PIL import Image
 
-    size = preprocess.image_size
-    arrays = []
-    for img in images:
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(img.convert("RGB"), dtype=np.float32))
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
-    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return torch.from_numpy(np.stack([image_to_input(img, preprocess) for img in images]))
 
 
 def encode_texts_with_tower(text_tower: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

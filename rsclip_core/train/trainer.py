@@ -404,9 +404,7 @@ def _build_batches(
     preprocess = model.preprocess
     image_size = run.image_size
     item_cfg = ItemConfig(
-        image_size=image_size,
-        mean=tuple(preprocess.mean),
-        std=tuple(preprocess.std),
+        preprocess=preprocess.replace(image_size=image_size),
         teachers=tuple(teachers) if cfg.lam > 0 else (),
         synthetic=bool(cfg.synthetic),
         stored_embeddings=cfg.mode == "reinforced",
