@@ -66,7 +66,7 @@ def eval_cmd(
 
     \b
     Torch checkpoint:   rsclip eval --model mobileclip-s0-rs --checkpoint runs/x/model.pt --karpathy rsicd.json -o out
-    Exported model dir: rsclip eval --model-dir resources/models/default --folder my_scenes/ -o out
+    Exported model dir: rsclip eval --model-dir rsclip_core/resources/models/default --folder my_scenes/ -o out
     """
     from rsclip_core.evaluate import (
         EvalInputError,

@@ -243,14 +243,6 @@ class QuantizationParity:
                 f"retrieval top-1 agreement {100 * self.top1_agreement:.1f}% (n={self.n})")
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _run(session: Any, name: str, x: np.ndarray, batch: int = 32) -> np.ndarray:
     parts = [session.run([spec.EMBEDDING_OUTPUT], {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
     out = np.concatenate(parts).astype(np.float32)
@@ -273,16 +265,17 @@ def quantization_report(fp32_dir: str | Path, int8_dir: str | Path, images: Sequ
     Image rows: cosine(fp32, int8) and whether each fp32 *text* query retrieves the same image
     from the int8 image embeddings as from the fp32 ones; text rows: the same the other way round.
     """
+    from rsclip_core.inference.sessions import onnx_session
     from rsclip_core.inference.tokenizer import TextTokenizer
 
     fp32_dir, int8_dir = Path(fp32_dir), Path(int8_dir)
     metadata = spec.ModelMetadata.read(fp32_dir)
     x = preprocess_images(images, metadata)
     tokens = np.asarray(TextTokenizer.from_model_dir(fp32_dir, metadata)(list(texts)), dtype=np.int64)
-    img32 = _run(_session(fp32_dir / spec.IMAGE_ONNX), spec.IMAGE_INPUT, x)
-    img8 = _run(_session(int8_dir / spec.IMAGE_ONNX), spec.IMAGE_INPUT, x)
-    txt32 = _run(_session(fp32_dir / spec.TEXT_ONNX), spec.TEXT_INPUT, tokens)
-    txt8 = _run(_session(int8_dir / spec.TEXT_ONNX), spec.TEXT_INPUT, tokens)
+    img32 = _run(onnx_session(fp32_dir / spec.IMAGE_ONNX), spec.IMAGE_INPUT, x)
+    img8 = _run(onnx_session(int8_dir / spec.IMAGE_ONNX), spec.IMAGE_INPUT, x)
+    txt32 = _run(onnx_session(fp32_dir / spec.TEXT_ONNX), spec.TEXT_INPUT, tokens)
+    txt8 = _run(onnx_session(int8_dir / spec.TEXT_ONNX), spec.TEXT_INPUT, tokens)
     return [
         compare_embeddings("image", img32, img8, queries=txt32),
         compare_embeddings("text", txt32, txt8, queries=img32),
