@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rsclip_core.prompts import ZERO_SHOT_TEMPLATES
+
 FORMAT_VERSION = 1
 
 METADATA_FILE = "rsclip.json"
@@ -40,14 +42,6 @@ IMAGE_INPUT = "image"
 TEXT_INPUT = "tokens"
 EMBEDDING_OUTPUT = "embedding"
 
-DEFAULT_PROMPT_TEMPLATES = (
-    "{}.",
-    "a satellite image of {}.",
-    "an aerial image of {}.",
-    "a remote sensing image of {}.",
-    "an aerial photograph of {}.",
-    "a top-down view of {}.",
-)
 
 
 def tokenizer_metadata_fields(
@@ -87,7 +81,7 @@ class ModelMetadata:
     sot_id: int | None = None
     eot_id: int | None = None
     lowercase: bool = True
-    prompt_templates: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES))
+    prompt_templates: list[str] = field(default_factory=lambda: list(ZERO_SHOT_TEMPLATES))
     default_classes: str | None = None
     # Hints for tiling rasters (ground resolution the model was trained at, in m/px).
     resolution_m: float | None = None

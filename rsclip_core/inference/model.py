@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from rsclip_core import spec
+from rsclip_core.prompts import PromptTemplateError, fill_prompts
 from rsclip_core.inference.errors import InvalidModelError, RsclipFileNotFoundError, RsclipInputError
 from rsclip_core.inference.sessions import onnx_session
 
@@ -123,7 +124,10 @@ class EmbeddingModel:
         if not names:
             raise RsclipInputError("encode_prompts: no names given")
         templates = list(templates if templates is not None else self.metadata.prompt_templates) or ["{}"]
-        texts = [t.format(n) if "{}" in t else f"{t} {n}" for n in names for t in templates]
+        try:
+            texts = [prompt for n in names for prompt in fill_prompts(n, templates)]
+        except PromptTemplateError as exc:
+            raise RsclipInputError(str(exc)) from exc
         emb = self.encode_text(texts).reshape(len(names), len(templates), -1).mean(axis=1)
         return l2_normalize(emb)
 

@@ -126,6 +126,7 @@ def test_zip_contents(plugin_zip):
         "rsclip/icon.png",
         "rsclip/LICENSE",
         "rsclip/vendor/rsclip_core/spec.py",
+        "rsclip/vendor/rsclip_core/prompts.py",
         "rsclip/vendor/rsclip_core/inference/runs.py",
         "rsclip/vendor/rsclip_core/resources/__init__.py",
         "rsclip/vendor/rsclip_core/resources/classes/landcover.yaml",
@@ -134,7 +135,7 @@ def test_zip_contents(plugin_zip):
     if (REPO_ROOT / "rsclip_core" / "resources" / "models" / "default" / "rsclip.json").is_file():
         assert "rsclip/vendor/rsclip_core/resources/models/default/image.onnx" in names
     assert not [n for n in names if ".mlpackage/" in n or "/samples/" in n]
-    allowed = ("rsclip_core/__init__.py", "rsclip_core/spec.py", "rsclip_core/py.typed")
+    allowed = ("rsclip_core/__init__.py", "rsclip_core/spec.py", "rsclip_core/prompts.py", "rsclip_core/py.typed")
     torch_side = [
         n for n in names
         if "/rsclip_core/" in n and "/inference/" not in n and "/resources/" not in n and not n.endswith(allowed)

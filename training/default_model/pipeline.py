@@ -173,13 +173,18 @@ def train_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def evaluate_encoder(args: argparse.Namespace, encoder: Any, splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
-    from rsclip_core.evaluate import evaluate_retrieval, evaluate_zero_shot, read_image_folder, read_karpathy_split
+    from rsclip_core.evaluate import (
+        evaluate_retrieval,
+        evaluate_zero_shot,
+        read_classification_folder,
+        read_karpathy_split,
+    )
 
     result: dict[str, Any] = {}
     for split in splits:
         data = read_karpathy_split(args.rsicd, args.rsicd.parent / "images", split)
         result[f"rsicd_{split}"] = evaluate_retrieval(encoder, data, 128)
-    zs = evaluate_zero_shot(encoder, read_image_folder(args.rsscn7), batch_size=128)
+    zs = evaluate_zero_shot(encoder, read_classification_folder(args.rsscn7), batch_size=128)
     result["rsscn7"] = {k: zs[k] for k in ("top1", "top5", "mean_per_class", "per_class") if k in zs}
     return result
 
