@@ -29,11 +29,11 @@ from typing import Any, Literal
 import numpy as np
 
 from rsclip_core import spec
+from rsclip_core.data.readers import IMAGE_EXTENSIONS
 from rsclip_core.export.errors import ExportError
 
 QuantizeMode = Literal["none", "int8-text", "int8"]
 QUANTIZE_MODES: tuple[str, ...] = ("none", "int8-text", "int8")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 TEXT_OP_TYPES = ("MatMul", "Gemm", "Gather")
 IMAGE_OP_TYPES = ("Conv", "MatMul", "Gemm")
 DEFAULT_CALIBRATION_LIMIT = 256
@@ -77,9 +77,9 @@ def list_calibration_images(folder: str | Path, limit: int = DEFAULT_CALIBRATION
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise QuantizationError(f"{folder}: calibration image folder not found")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise QuantizationError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) for calibration")
+        raise QuantizationError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) for calibration")
     if len(files) > limit:
         picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
         files = [files[i] for i in sorted(set(picks.tolist()))]
