@@ -8,7 +8,7 @@ DEMO_VENV ?= .venv-demo
 PIP_FLAGS ?= -q
 OUT ?= out
 
-.PHONY: demo setup setup-dev test test-fast test-slow test-qgis bench plugin-zip lint clean
+.PHONY: demo setup setup-dev test test-fast test-slow test-qgis check-wheel bench plugin-zip lint clean
 
 $(DEMO_VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(DEMO_VENV)
@@ -53,6 +53,11 @@ bench: setup-dev
 
 plugin-zip:
 	bash scripts/build_plugin_zip.sh
+
+# the wheel alone: < 60 MB, installed into a fresh venv outside the repo, rsclip-map info + classify
+# of the bundled sample with no -m (resources must come from the installed package)
+check-wheel:
+	PYTHON=$(PYTHON) bash scripts/check_wheel.sh
 
 lint: setup-dev
 	$(VENV)/bin/ruff check rsclip_core qgis_plugin tests training benchmarks

@@ -22,7 +22,6 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from . import PLUGIN_DIR
 from .settings import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, DockSettings
 
 METADATA_FILE = "rsclip.json"  # rsclip_core.spec.METADATA_FILE (spec is stdlib-only, imported lazily)
@@ -47,18 +46,15 @@ def raster_path(layer: Optional[QgsRasterLayer]) -> str:
 
 
 def bundled_model_dir() -> Optional[Path]:
-    """The default model shipped with the plugin / repository, or None when there is none."""
-    candidates = [PLUGIN_DIR / "models" / "default"]
+    """The default model shipped inside ``rsclip_core`` (wheel, checkout or plugin zip), or None."""
     try:
-        from rsclip_core.inference import default_model_dir
-
-        candidates.append(Path(default_model_dir()))
-    except Exception:  # no bundled model, or rsclip_core not importable yet
-        pass
-    for candidate in candidates:
-        if (candidate / METADATA_FILE).is_file():
-            return candidate
-    return None
+        from rsclip_core import resources
+    except ImportError:  # rsclip_core not importable yet
+        return None
+    try:
+        return resources.bundled_model_dir()
+    except resources.ResourceMissingError:
+        return None
 
 
 def resolve_model_dir(path: str) -> Path:
@@ -97,18 +93,22 @@ def model_summary(model_dir: Path) -> str:
 
 
 def default_classes_file(model_dir: Optional[Path]) -> Optional[Path]:
-    """The model's own class list (metadata ``default_classes``) if it has one, else None (rsclip's)."""
-    if model_dir is None:
-        return None
+    """The model's own class list (metadata ``default_classes``) if it has one, else rsclip's packaged
+    default (``rsclip_core.resources``); None when neither is there."""
+    from rsclip_core import resources
     from rsclip_core.spec import ModelMetadata
 
+    if model_dir is not None:
+        try:
+            meta = ModelMetadata.read(model_dir)
+        except ValueError:
+            meta = None
+        if meta is not None and meta.default_classes and (Path(model_dir) / meta.default_classes).is_file():
+            return Path(model_dir) / meta.default_classes
     try:
-        meta = ModelMetadata.read(model_dir)
-    except ValueError:
+        return resources.default_classes_file()
+    except resources.ResourceMissingError:
         return None
-    if meta.default_classes and (Path(model_dir) / meta.default_classes).is_file():
-        return Path(model_dir) / meta.default_classes
-    return None
 
 
 def transform_rect(

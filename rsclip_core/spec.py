@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rsclip_core.preprocess import PreprocessConfig, PreprocessConfigError
+from rsclip_core.prompts import ZERO_SHOT_TEMPLATES
 
 FORMAT_VERSION = 1
 
@@ -42,14 +43,6 @@ IMAGE_INPUT = "image"
 TEXT_INPUT = "tokens"
 EMBEDDING_OUTPUT = "embedding"
 
-DEFAULT_PROMPT_TEMPLATES = (
-    "{}.",
-    "a satellite image of {}.",
-    "an aerial image of {}.",
-    "a remote sensing image of {}.",
-    "an aerial photograph of {}.",
-    "a top-down view of {}.",
-)
 
 
 def tokenizer_metadata_fields(
@@ -95,7 +88,7 @@ class ModelMetadata:
     sot_id: int | None = None
     eot_id: int | None = None
     lowercase: bool = True
-    prompt_templates: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES))
+    prompt_templates: list[str] = field(default_factory=lambda: list(ZERO_SHOT_TEMPLATES))
     default_classes: str | None = None
     # Hints for tiling rasters (ground resolution the model was trained at, in m/px).
     resolution_m: float | None = None

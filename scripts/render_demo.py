@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-RASTER = Path(__file__).resolve().parents[1] / "resources" / "samples" / "naip_m_4709963_se_14_1_20200831.tif"
-
 
 def read_rgb(path: Path, bands: tuple[int, int, int] = (1, 2, 3)) -> tuple[np.ndarray, list[float]]:
     """RGB [H, W, 3] in [0, 1] (2-98 % stretch per band) and its extent (left, right, bottom, top)."""
@@ -136,7 +134,7 @@ def render_search(demo: Path, raster: Path, out: Path, n_chips: int = 5) -> Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("demo_dir", type=Path, help="output folder of scripts/demo.sh")
-    parser.add_argument("--raster", type=Path, default=RASTER)
+    parser.add_argument("--raster", type=Path, default=None, help="default: the bundled sample raster")
     parser.add_argument("--out-dir", type=Path, default=Path("docs/img"))
     args = parser.parse_args()
     for name in ("landcover.tif", "landcover_confidence.tif", "landcover.gpkg", "search_lake.gpkg",
@@ -144,8 +142,11 @@ def main() -> None:
         if not (args.demo_dir / name).is_file():
             parser.error(f"{args.demo_dir / name}: missing (run scripts/demo.sh first)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    print(render_landcover(args.demo_dir, args.raster, args.out_dir / "demo_landcover.png"))
-    print(render_search(args.demo_dir, args.raster, args.out_dir / "demo_search.png"))
+    from rsclip_core.resources import sample_raster
+
+    raster = args.raster or sample_raster()
+    print(render_landcover(args.demo_dir, raster, args.out_dir / "demo_landcover.png"))
+    print(render_search(args.demo_dir, raster, args.out_dir / "demo_search.png"))
 
 
 if __name__ == "__main__":

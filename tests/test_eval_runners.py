@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rsclip_core.data.readers import DatasetFormatError
 from rsclip_core.evaluate import (
-    EvalInputError,
     FunctionEncoder,
     evaluate_retrieval,
     evaluate_zero_shot,
-    read_image_folder,
+    read_classification_folder,
     read_karpathy_split,
     write_results,
 )
@@ -92,17 +92,17 @@ def test_retrieval_runner_on_karpathy_split(karpathy):
 
 def test_karpathy_errors_name_the_file(tmp_path: Path, karpathy):
     json_path, images = karpathy
-    with pytest.raises(EvalInputError, match="no images in split 'val'"):
+    with pytest.raises(DatasetFormatError, match="no images in split 'val'"):
         read_karpathy_split(json_path, images, split="val")
-    with pytest.raises(EvalInputError, match="not found"):
+    with pytest.raises(DatasetFormatError, match="missing.json: caption JSON not found"):
         read_karpathy_split(tmp_path / "missing.json", images)
     (images / "red_test.png").unlink()
-    with pytest.raises(EvalInputError, match="red_test.png"):
+    with pytest.raises(DatasetFormatError, match="red_test.png"):
         read_karpathy_split(json_path, images)
 
 
 def test_zero_shot_runner_and_reports(folder: Path, tmp_path: Path):
-    dataset = read_image_folder(folder)
+    dataset = read_classification_folder(folder)
     assert dataset.class_names == ["red", "green", "blue", "yellow"]
     assert dataset.folder_names[0] == "aRed"
     result = evaluate_zero_shot(_colour_encoder(), dataset, templates=["a {} field."], progress=False)
@@ -136,6 +136,6 @@ def test_real_rsicd_test_split_follows_the_published_protocol():
 def test_real_rsscn7_class_names_are_cleaned():
     from tests.conftest import shared_data_path
 
-    dataset = read_image_folder(shared_data_path("rsscn7"), limit_per_class=2)
+    dataset = read_classification_folder(shared_data_path("rsscn7"), limit_per_class=2)
     assert dataset.class_names == ["grass", "field", "industry", "river lake", "forest", "resident", "parking"]
     assert len(dataset.image_paths) == 14

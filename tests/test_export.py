@@ -74,7 +74,9 @@ def _randomize_bn(model, seed: int) -> None:
 
 
 def _session(path: Path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from rsclip_core.inference.sessions import onnx_session
+
+    return onnx_session(path)
 
 
 def _pixels(size: int, batch: int, seed: int = 1) -> np.ndarray:

@@ -114,10 +114,11 @@ def test_default_model_dir(monkeypatch, model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="RSCLIP_MODEL"):
         default_model_dir()
     monkeypatch.delenv("RSCLIP_MODEL")
-    from rsclip_core.inference import model as model_module
+    from rsclip_core import resources
 
-    monkeypatch.setattr(model_module, "BUNDLED_MODEL_DIR", tmp_path / "no-bundle")
-    with pytest.raises(RsclipInputError, match="pass -m"):
+    assert default_model_dir() == resources.bundled_model_dir()
+    monkeypatch.setattr(resources, "resources_dir", lambda: tmp_path / "no-bundle")
+    with pytest.raises(RsclipInputError, match="no bundled default model.*pass -m"):
         default_model_dir()
 
 

@@ -174,11 +174,9 @@ def test_single_vs_batch_usage_errors(model_dir, tmp_path):
 
 
 def test_bundled_sample_raster_maps_with_band_mapping(model_dir, tmp_path):
-    from rsclip_core.inference.model import REPO_ROOT
+    from rsclip_core.resources import sample_raster
 
-    sample = REPO_ROOT / "resources" / "samples" / "naip_m_4709963_se_14_1_20200831.tif"
-    if not sample.is_file():
-        pytest.skip("sample raster not in this checkout")
+    sample = sample_raster()
     out = tmp_path / "lc.tif"
     no_bands = invoke("classify", sample, "-m", model_dir, "-o", out)
     assert no_bands.exit_code != 0 and "--bands" in error_line(no_bands)

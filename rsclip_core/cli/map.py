@@ -46,12 +46,12 @@ MAIN_HELP = """Search rasters with text and map land cover zero-shot with an rsc
 Examples:
   rsclip-map info models/rsclip-s0
   rsclip-map search scene.tif "tennis courts" --top-k 50 -o hits.gpkg --heatmap heat.tif
-  rsclip-map classify scene.tif -m models/rsclip-s0 --classes resources/classes/landcover.yaml \\
+  rsclip-map classify scene.tif -m models/rsclip-s0 --classes my_classes.yaml \\
       -o landcover.tif --polygons landcover.gpkg
   rsclip-map classify tiles/ --out-dir maps/ --workers 2       # a whole folder, resumable
   rsclip-map index "naip/*.tif" --out-dir idx/ --bands 1,2,3  # embed once, query many times
 
-Without -m the model in $RSCLIP_MODEL or the bundled resources/models/default is used.
+Without -m the model in $RSCLIP_MODEL or the bundled model (inside the package) is used.
 """
 
 

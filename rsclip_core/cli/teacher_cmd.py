@@ -8,14 +8,6 @@ from typing import Any
 
 import click
 
-ZERO_SHOT_TEMPLATES = (
-    "an aerial image of {}.",
-    "a satellite photo of {}.",
-    "a remote sensing image of {}.",
-    "an overhead view of {}.",
-    "a top-down aerial view of {}.",
-    "an aerial photograph showing {}.",
-)
 
 
 CACHE_HELP = "Feature cache (default: <work dir>/teacher_features)."
@@ -86,7 +78,8 @@ def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path | No
         import numpy as np
         import torch
 
-        from rsclip_core.data.readers import DEFAULT_CAPTION_TEMPLATES, class_name_from_folder
+        from rsclip_core.data.readers import clean_class_name
+        from rsclip_core.prompts import CAPTION_TEMPLATES, fill_prompts
         from rsclip_core.teachers.fit import (
             FitConfig,
             FitData,
@@ -106,9 +99,9 @@ def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path | No
         labels = sorted({r.label for r in train if r.label})
         label_feats = None
         if labels:
-            prompts = [t.format(class_name_from_folder(lab)) for lab in labels for t in DEFAULT_CAPTION_TEMPLATES]
+            prompts = [p for lab in labels for p in fill_prompts(clean_class_name(lab), CAPTION_TEMPLATES)]
             label_feats = cached_text_features(prompts, cache, progress=False).reshape(
-                len(labels), len(DEFAULT_CAPTION_TEMPLATES), -1)
+                len(labels), len(CAPTION_TEMPLATES), -1)
         image_label = np.array([labels.index(r.label) if r.label else -1 for r in train], dtype=np.int64)
         data = FitData(views, cached_text_features(captions, cache), owner, label_feats, image_label)
         val = _eval_data(splits["val"], image_tower, cache, "rsicd-val", image_size)
@@ -131,14 +124,13 @@ def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_
     """RSICD-test retrieval + RSSCN7 zero-shot for each checkpoint and for their ensemble."""
     import numpy as np
 
-    from rsclip_core.data.readers import read_image_folder, read_karpathy_json
+    from rsclip_core.data.readers import clean_class_names, read_image_folder, read_karpathy_json
     from rsclip_core.evaluate.metrics import (
-        build_prompts,
-        clean_class_names,
         ensemble_class_embeddings,
         retrieval_metrics,
         zero_shot_metrics,
     )
+    from rsclip_core.prompts import ZERO_SHOT_TEMPLATES, fill_prompts
     from rsclip_core.teachers.fit import cached_image_features, cached_text_features, encode_with_heads
     from rsclip_core.teachers.heads import load_teacher_checkpoint
 
@@ -167,7 +159,7 @@ def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_
         joint["txt"].append(txt)
         if scn:
             simg = encode_with_heads(heads, cached_image_features(scn, tower, cache, "rsscn7", 0, size), "image")
-            prompts = [encode_with_heads(heads, cached_text_features(build_prompts(n, ZERO_SHOT_TEMPLATES), cache,
+            prompts = [encode_with_heads(heads, cached_text_features(fill_prompts(n, ZERO_SHOT_TEMPLATES), cache,
                                                                      progress=False), "text") for n in names]
             cls = ensemble_class_embeddings(prompts)
             zs = zero_shot_metrics(simg @ cls.T, scn_labels, names)

@@ -106,18 +106,15 @@ def check_parity(
     ``model`` is the torch model the graphs were exported from (reparameterized, eval). Uses a
     batch size different from the tracing one so the dynamic batch axis is exercised too.
     """
-    import onnxruntime as ort
+    from rsclip_core.inference.sessions import onnx_session
 
     model_dir = Path(model_dir)
     images = example_images(model, batch=batch, seed=seed)
     tokens = example_tokens(model, batch=batch)
     ref_image, ref_text = _torch_embeddings(model.eval(), images, tokens)
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    image_session = ort.InferenceSession(str(model_dir / spec.IMAGE_ONNX), options, providers=providers)
-    text_session = ort.InferenceSession(str(model_dir / spec.TEXT_ONNX), options, providers=providers)
+    image_session = onnx_session(model_dir / spec.IMAGE_ONNX)
+    text_session = onnx_session(model_dir / spec.TEXT_ONNX)
     onnx_image = image_session.run([spec.EMBEDDING_OUTPUT], {spec.IMAGE_INPUT: images.numpy()})[0]
     onnx_text = text_session.run([spec.EMBEDDING_OUTPUT], {spec.TEXT_INPUT: tokens.numpy().astype(np.int64)})[0]
 

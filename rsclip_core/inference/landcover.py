@@ -17,14 +17,13 @@ import numpy as np
 
 from rsclip_core.inference.errors import RsclipFileNotFoundError, RsclipInputError
 from rsclip_core.inference.index import EmbeddingIndex
-from rsclip_core.inference.model import REPO_ROOT, EmbeddingModel
+from rsclip_core.inference.model import EmbeddingModel
 from rsclip_core.inference.tiling import aggregate_to_cells
 
 NODATA_CODE = 0
 UNCLASSIFIED_CODE = 255
 UNCLASSIFIED_COLOR = (128, 128, 128)
 MAX_CLASSES = 254
-DEFAULT_CLASSES_FILE = REPO_ROOT / "resources" / "classes" / "landcover.yaml"
 
 
 @dataclass
@@ -68,7 +67,9 @@ def default_classes_path(model: EmbeddingModel | None = None) -> Path:
         candidate = model.model_dir / model.metadata.default_classes
         if candidate.is_file():
             return candidate
-    return DEFAULT_CLASSES_FILE
+    from rsclip_core import resources
+
+    return resources.default_classes_file()
 
 
 def parse_classes(data: Any, origin: str | None = None) -> list[LandCoverClass]:

@@ -17,29 +17,32 @@ from typing import Any
 import numpy as np
 
 from rsclip_core import spec
+from rsclip_core.prompts import PromptTemplateError, fill_prompts
 from rsclip_core.inference.errors import InvalidModelError, RsclipFileNotFoundError, RsclipInputError
+from rsclip_core.inference.sessions import onnx_session
 from rsclip_core.preprocess import standardise
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_MODEL_DIR = REPO_ROOT / "resources" / "models" / "default"
 MODEL_ENV = "RSCLIP_MODEL"
 TEXT_BATCH = 64
 
 
 def default_model_dir() -> Path:
-    """``$RSCLIP_MODEL`` if set, else the bundled ``resources/models/default``; clear error otherwise."""
+    """``$RSCLIP_MODEL`` if set, else the bundled model (``rsclip_core.resources``); clear error otherwise."""
+    from rsclip_core import resources
+
     env = os.environ.get(MODEL_ENV)
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():
             raise RsclipFileNotFoundError(f"{MODEL_ENV}={env}: no such model directory")
         return path
-    if (BUNDLED_MODEL_DIR / spec.METADATA_FILE).is_file():
-        return BUNDLED_MODEL_DIR
-    raise RsclipInputError(
-        f"no model given and no bundled default model in {BUNDLED_MODEL_DIR}: "
-        f"pass -m MODEL_DIR (an exported rsclip model directory) or set {MODEL_ENV}"
-    )
+    try:
+        return resources.bundled_model_dir()
+    except resources.ResourceMissingError as exc:
+        raise RsclipInputError(
+            f"no model given and no bundled default model ({exc}): "
+            f"pass -m MODEL_DIR (an exported rsclip model directory) or set {MODEL_ENV}"
+        ) from exc
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -122,7 +125,10 @@ class EmbeddingModel:
         if not names:
             raise RsclipInputError("encode_prompts: no names given")
         templates = list(templates if templates is not None else self.metadata.prompt_templates) or ["{}"]
-        texts = [t.format(n) if "{}" in t else f"{t} {n}" for n in names for t in templates]
+        try:
+            texts = [prompt for n in names for prompt in fill_prompts(n, templates)]
+        except PromptTemplateError as exc:
+            raise RsclipInputError(str(exc)) from exc
         emb = self.encode_text(texts).reshape(len(names), len(templates), -1).mean(axis=1)
         return l2_normalize(emb)
 
@@ -139,21 +145,9 @@ class EmbeddingModel:
 
 
 def _session(path: Path, providers: Sequence[str] | None, threads: int | None) -> Any:
-    import onnxruntime as ort
-
     if not path.is_file():
         raise InvalidModelError(f"{path}: missing (is {path.parent} an exported rsclip model directory?)")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), sess_options=options,
-                                    providers=list(providers or ["CPUExecutionProvider"]))
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidModelError(f"{path}: not a loadable ONNX model ({first})") from exc
+    return onnx_session(path, providers=providers, threads=threads)
 
 
 def _check_io(session: Any, path: Path, input_name: str, rank: int, static: dict) -> None:

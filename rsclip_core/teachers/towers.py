@@ -66,17 +66,14 @@ class OnnxImageTower:
     PyTorch for EfficientNet-Lite's depthwise convs on CPU; features agree to ~1e-5)."""
 
     def __init__(self, tower: str, cache_dir: str | Path | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from rsclip_core.inference.sessions import onnx_session
 
         cache = stage_dir("towers", cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"{tower}.onnx"
         if not path.exists():
             export_image_tower_onnx(tower, path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads=threads)
         self.num_features = int(self.session.get_outputs()[0].shape[-1])
         self.name = tower
 

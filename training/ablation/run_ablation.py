@@ -113,7 +113,7 @@ def evaluate_variant(args: argparse.Namespace, name: str, cfg: TrainConfig, weig
         TorchEncoder,
         evaluate_retrieval,
         evaluate_zero_shot,
-        read_image_folder,
+        read_classification_folder,
         read_karpathy_split,
     )
     from rsclip_core.evaluate.runners import atomic_write_text
@@ -125,7 +125,7 @@ def evaluate_variant(args: argparse.Namespace, name: str, cfg: TrainConfig, weig
     t0 = time.perf_counter()
     rsicd = read_karpathy_split(args.rsicd, args.rsicd_images or args.rsicd.parent / "images", "test")
     retrieval = evaluate_retrieval(encoder, rsicd, args.eval_batch_size)
-    zero_shot = evaluate_zero_shot(encoder, read_image_folder(args.rsscn7, args.rsscn7_per_class),
+    zero_shot = evaluate_zero_shot(encoder, read_classification_folder(args.rsscn7, args.rsscn7_per_class),
                                    batch_size=args.eval_batch_size)
     result = {"variant": name, "retrieval": retrieval, "zero_shot": zero_shot,
               "eval_seconds": time.perf_counter() - t0}
