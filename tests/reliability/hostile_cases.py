@@ -31,7 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+# the code under test: this checkout, or another one (e.g. main before a fix) via $RSCLIP_CODE
+REPO = Path(os.environ.get("RSCLIP_CODE") or Path(__file__).resolve().parents[2])
 CLASSES = ("classes:\n  - {name: bare, prompts: [red soil], color: '#c83232'}\n"
            "  - {name: vegetation, prompts: [green forest], color: '#1ea01e'}\n"
            "  - {name: water, prompts: [blue water], color: '#143cdc'}\n")

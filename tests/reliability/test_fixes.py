@@ -139,7 +139,7 @@ def test_warning_starts_its_own_line_under_a_progress_bar(monkeypatch):
         _install_warning_format(quiet=False)
         bar = _Bar("scene.tif", quiet=False)
         bar(3, 10)
-        warnings.warn("careful", RsclipWarning)
+        warnings.warn("careful", RsclipWarning, stacklevel=1)
         bar.close()
     finally:
         warnings.showwarning = old

@@ -1,0 +1,119 @@
+"""Reliability figures of ``rsclip-map``: the hostile cases of issue #13, judged and counted.
+
+Runs every case of ``tests/reliability/hostile_cases.py`` (the suite's definitions, one home) and
+writes a Markdown report: per case whether it was handled (expected exit status, one clear
+``Error:`` line naming the culprit, no traceback), whether the inputs and earlier outputs are
+intact and whether nothing was left behind (no ``.partial-`` files, no outputs of a failed run).
+
+    python benchmarks/reliability.py --out benchmarks/results/reliability.md
+    python benchmarks/reliability.py --code /path/to/older/checkout   # the same cases on other code
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="Markdown report to write (default: print only)")
+    parser.add_argument("--code", type=Path, help="checkout whose rsclip_core is tested [this one]")
+    parser.add_argument("--fast", action="store_true", help="skip the slow cases (signals to subprocesses)")
+    parser.add_argument("-k", dest="only", help="only cases whose name contains this")
+    args = parser.parse_args()
+    if args.code is not None:
+        os.environ["RSCLIP_CODE"] = str(args.code.resolve())
+        sys.path.insert(0, str(args.code.resolve()))
+    sys.path.insert(0, str(REPO / "tests" / "reliability"))
+    import hostile_cases as hc
+
+    mount = hc.can_mount()
+    cases = [c for c in hc.CASES if not (args.fast and c.slow) and (not args.only or args.only in c.name)]
+    outcomes = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rsclip-reliability-") as tmp:
+        env = hc.Env.create(Path(tmp) / "env")
+        for n, case in enumerate(cases):
+            if case.needs_mount and not mount:
+                outcomes.append(hc.Outcome(case.name, case.group, False, False, False, "", 0.0,
+                                           skipped="needs mount (not permitted here)"))
+                continue
+            try:
+                outcome = hc.run_case(case, Path(tmp) / f"case{n:02d}", env)
+            except Exception as exc:  # a case whose set-up or judging crashed counts as not handled
+                outcome = hc.Outcome(case.name, case.group, False, False, False,
+                                     f"harness: {type(exc).__name__}: {exc}", 0.0)
+            outcomes.append(outcome)
+            mark = "ok  " if outcome.passed else ("skip" if outcome.skipped else "FAIL")
+            print(f"{mark} {case.name:45s} {outcome.seconds:5.1f}s  {outcome.detail[:110]}", flush=True)
+    wall = time.perf_counter() - start
+    report = render(outcomes, args, wall, mount)
+    print(report.split("\n## ")[0])
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+        print(f"wrote {args.out}")
+
+
+def render(outcomes: list, args: argparse.Namespace, wall: float, mount: bool) -> str:
+    ran = [o for o in outcomes if not o.skipped]
+    tally = Counter()
+    for o in ran:
+        tally["handled"] += o.handled
+        tally["intact"] += o.intact
+        tally["clean"] += o.clean
+        tally["passed"] += o.passed
+    command = "python benchmarks/reliability.py"
+    command += f" --code {args.code}" if args.code else ""
+    command += " --fast" if args.fast else ""
+    command += f" -k {args.only}" if args.only else ""
+    command += f" --out {args.out}" if args.out else ""
+    n = len(ran)
+    lines = [
+        "# Reliability: hostile cases of `rsclip-map` (issue #13)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, Python "
+        f"{platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall {wall:.0f} s. "
+        f"Case definitions: `tests/reliability/hostile_cases.py` (also run by `tests/reliability/test_hostile.py`). "
+        f"Mounts (read-only bind, tmpfs) {'available' if mount else 'not permitted: those cases skipped'}.",
+        "",
+        "| figure | cases |",
+        "|---|---:|",
+        f"| cases tried | {n} |",
+        f"| handled (expected exit; one clear `Error:` line naming the culprit; no traceback) | {tally['handled']} / {n} |",
+        f"| inputs and earlier outputs intact | {tally['intact']} / {n} |",
+        f"| nothing left behind (no `.partial-` files, no outputs of a failed run) | {tally['clean']} / {n} |",
+        f"| **all three** | **{tally['passed']} / {n}** |",
+        f"| skipped | {len(outcomes) - n} |",
+        "",
+        "## Cases",
+        "",
+        "| group | case | handled | intact | clean | s | first error / warning line, or what went wrong |",
+        "|---|---|:-:|:-:|:-:|--:|---|",
+    ]
+    yes = {True: "yes", False: "**no**"}
+    for o in outcomes:
+        detail = (o.skipped or o.detail).replace("|", "\\|")
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        if o.skipped:
+            lines.append(f"| {o.group} | {o.name} | - | - | - | - | {detail} |")
+        else:
+            lines.append(f"| {o.group} | {o.name} | {yes[o.handled]} | {yes[o.intact]} | {yes[o.clean]} | "
+                         f"{o.seconds:.1f} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
