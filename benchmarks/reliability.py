@@ -7,12 +7,15 @@ intact and whether nothing was left behind (no ``.partial-`` files, no outputs o
 
     python benchmarks/reliability.py --out benchmarks/results/reliability.md
     python benchmarks/reliability.py --code /path/to/older/checkout   # the same cases on other code
+    python benchmarks/reliability.py --baseline /path/to/older/checkout --out ...  # both, side by side
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import platform
 import sys
 import tempfile
@@ -30,7 +33,18 @@ def main() -> None:
     parser.add_argument("--code", type=Path, help="checkout whose rsclip_core is tested [this one]")
     parser.add_argument("--fast", action="store_true", help="skip the slow cases (signals to subprocesses)")
     parser.add_argument("-k", dest="only", help="only cases whose name contains this")
+    parser.add_argument("--baseline", type=Path, help="also run the cases on this checkout (e.g. before #13)")
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # outcomes for a --baseline parent
     args = parser.parse_args()
+    baseline = None
+    if args.baseline is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "baseline.json"
+            cmd = [sys.executable, __file__, "--code", str(args.baseline), "--json", str(out)]
+            cmd += ["--fast"] if args.fast else []
+            cmd += ["-k", args.only] if args.only else []
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            baseline = {o["name"]: o for o in json.loads(out.read_text())}
     if args.code is not None:
         os.environ["RSCLIP_CODE"] = str(args.code.resolve())
         sys.path.insert(0, str(args.code.resolve()))
@@ -48,8 +62,10 @@ def main() -> None:
                 outcomes.append(hc.Outcome(case.name, case.group, False, False, False, "", 0.0,
                                            skipped="needs mount (not permitted here)"))
                 continue
+            workdir = Path(tmp) / f"case{n:02d}"
             try:
-                outcome = hc.run_case(case, Path(tmp) / f"case{n:02d}", env)
+                outcome = hc.run_case(case, workdir, env)
+                outcome.detail = outcome.detail.replace(str(workdir), "<case>")
             except Exception as exc:  # a case whose set-up or judging crashed counts as not handled
                 outcome = hc.Outcome(case.name, case.group, False, False, False,
                                      f"harness: {type(exc).__name__}: {exc}", 0.0)
@@ -57,7 +73,10 @@ def main() -> None:
             mark = "ok  " if outcome.passed else ("skip" if outcome.skipped else "FAIL")
             print(f"{mark} {case.name:45s} {outcome.seconds:5.1f}s  {outcome.detail[:110]}", flush=True)
     wall = time.perf_counter() - start
-    report = render(outcomes, args, wall, mount)
+    if args.json is not None:
+        args.json.write_text(json.dumps([o.__dict__ for o in outcomes]))
+        return
+    report = render(outcomes, args, wall, mount, baseline)
     print(report.split("\n## ")[0])
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,18 +84,26 @@ def main() -> None:
         print(f"wrote {args.out}")
 
 
-def render(outcomes: list, args: argparse.Namespace, wall: float, mount: bool) -> str:
-    ran = [o for o in outcomes if not o.skipped]
-    tally = Counter()
+def _tally(ran: list[dict]) -> Counter:
+    tally: Counter = Counter()
     for o in ran:
-        tally["handled"] += o.handled
-        tally["intact"] += o.intact
-        tally["clean"] += o.clean
-        tally["passed"] += o.passed
+        tally["handled"] += o["handled"]
+        tally["intact"] += o["intact"]
+        tally["clean"] += o["clean"]
+        tally["passed"] += o["handled"] and o["intact"] and o["clean"]
+    return tally
+
+
+def render(outcomes: list, args: argparse.Namespace, wall: float, mount: bool,
+           baseline: dict[str, dict] | None = None) -> str:
+    ran = [o for o in outcomes if not o.skipped]
+    tally = _tally([o.__dict__ for o in ran])
+    base = _tally([baseline[o.name] for o in ran if o.name in baseline]) if baseline else None
     command = "python benchmarks/reliability.py"
     command += f" --code {args.code}" if args.code else ""
     command += " --fast" if args.fast else ""
     command += f" -k {args.only}" if args.only else ""
+    command += f" --baseline {args.baseline}" if args.baseline else ""
     command += f" --out {args.out}" if args.out else ""
     n = len(ran)
     lines = [
@@ -89,14 +116,7 @@ def render(outcomes: list, args: argparse.Namespace, wall: float, mount: bool) -
         f"Case definitions: `tests/reliability/hostile_cases.py` (also run by `tests/reliability/test_hostile.py`). "
         f"Mounts (read-only bind, tmpfs) {'available' if mount else 'not permitted: those cases skipped'}.",
         "",
-        "| figure | cases |",
-        "|---|---:|",
-        f"| cases tried | {n} |",
-        f"| handled (expected exit; one clear `Error:` line naming the culprit; no traceback) | {tally['handled']} / {n} |",
-        f"| inputs and earlier outputs intact | {tally['intact']} / {n} |",
-        f"| nothing left behind (no `.partial-` files, no outputs of a failed run) | {tally['clean']} / {n} |",
-        f"| **all three** | **{tally['passed']} / {n}** |",
-        f"| skipped | {len(outcomes) - n} |",
+        *_figures(tally, base, n, len(outcomes) - n, args.baseline),
         "",
         "## Cases",
         "",
@@ -113,6 +133,20 @@ def render(outcomes: list, args: argparse.Namespace, wall: float, mount: bool) -
             lines.append(f"| {o.group} | {o.name} | {yes[o.handled]} | {yes[o.intact]} | {yes[o.clean]} | "
                          f"{o.seconds:.1f} | {detail} |")
     return "\n".join(lines) + "\n"
+
+
+def _figures(tally: Counter, base: Counter | None, n: int, skipped: int, baseline: Path | None) -> list[str]:
+    rows = [("handled (expected exit; one clear `Error:` line naming the culprit; no traceback)", "handled"),
+            ("inputs and earlier outputs intact", "intact"),
+            ("nothing left behind (no `.partial-` files, no outputs of a failed run)", "clean"),
+            ("**all three**", "passed")]
+    head = "| figure | this code |" + (f" baseline `{baseline}` |" if base is not None else "")
+    lines = [head, "|---|---:|" + ("---:|" if base is not None else ""),
+             f"| cases tried | {n} |" + (f" {n} |" if base is not None else "")]
+    for label, key in rows:
+        lines.append(f"| {label} | {tally[key]} / {n} |" + (f" {base[key]} / {n} |" if base is not None else ""))
+    lines.append(f"| skipped | {skipped} |" + (" |" if base is not None else ""))
+    return lines
 
 
 if __name__ == "__main__":

@@ -251,7 +251,8 @@ def build_index(
     same raster, model and tiling resumes where the last one stopped.
     """
     with open_raster(raster, model, tiling) as source:
-        key = index_key(raster_fingerprint(raster), model.fingerprint, source.tiling_hash())
+        raster_fp = raster_fingerprint(raster)
+        key = index_key(raster_fp, model.fingerprint, source.tiling_hash())
         path = index_path_for(raster, key, cache_dir) if cache_dir is not None else None
         if path is not None and path.is_file():
             try:
@@ -268,7 +269,7 @@ def build_index(
             remove_stale_partials(path)
             remove_stale_partials(checkpoint)  # type: ignore[arg-type]
         check_tile_count(source)
-        index = _embed(source, model, key, progress, cancel, checkpoint)
+        index = _embed(source, model, key, progress, cancel, checkpoint, raster_fp)
     if len(index) == 0:
         warnings.warn(f"{raster}: no tile has enough valid pixels (all nodata, transparent or blank?)",
                       RsclipWarning, stacklevel=2)
@@ -306,7 +307,8 @@ def _load_checkpoint(path: Path | None, key: str, embeddings: np.ndarray) -> dic
 
 
 def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: ProgressFn | None,
-           cancel: CancelFn | None, checkpoint: Path | None = None) -> EmbeddingIndex:
+           cancel: CancelFn | None, checkpoint: Path | None = None,
+           raster_fp: str | None = None) -> EmbeddingIndex:
     rc_all = source.tile_rc
     total = len(rc_all)
     batch = int(source.tiling.batch_size)
@@ -372,7 +374,7 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Prog
         raster_path=str(Path(source.path).resolve()),
         raster_size=(ds.width, ds.height),
         key=key,
-        fingerprints={"raster": raster_fingerprint(source.path), "model": model.fingerprint,
+        fingerprints={"raster": raster_fp or raster_fingerprint(source.path), "model": model.fingerprint,
                       "tiling": source.tiling_hash()},
         tiling=source.describe(),
         model_name=model.metadata.model_name,

@@ -449,7 +449,7 @@ CASES: list[Case] = [
       for k in ("missing", "no-image-graph", "corrupt-graph", "bad-json", "embed-dim")],
     *[Case(f"classes-{k}", "bad class files", _bad_classes(k))
       for k in ("latin1", "one-class", "empty", "duplicate", "bad-colour", "yaml-syntax")],
-    Case("overlap-0.99-warns", "options", _bad_option(["--overlap", "0.97"], ["tiles planned"], ok=True,
+    Case("overlap-0.97-warns", "options", _bad_option(["--overlap", "0.97"], ["tiles planned"], ok=True,
                                                           warning=True, size=96)),
     Case("threshold-no-effect-warns", "options", _bad_option(["--threshold", "0.01"], ["no effect"], ok=True,
                                                                  warning=True)),
@@ -494,10 +494,16 @@ def _invoke(argv: list[str], plan: Plan, workdir: Path) -> tuple[int, str]:
     proc = subprocess.Popen([sys.executable, "-m", "rsclip_core.cli.map", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=workdir, env=env, preexec_fn=limits)
     head = b""
-    if plan.signal is not None:  # wait for the tile-count line (the work has started), then signal
+    if plan.signal is not None:  # wait until the work has started (tile count or progress bar), then signal
+        import select
+
         assert proc.stdout is not None
-        while b" tiles" not in head and proc.poll() is None:
-            head += proc.stdout.readline()
+        fd = proc.stdout.fileno()
+        deadline = time.monotonic() + 120
+        while not any(m in head for m in (b" tiles", b"%|")) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                head += os.read(fd, 65536)
         time.sleep(plan.signal[1])
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(plan.signal[0])
