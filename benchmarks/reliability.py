@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="skip the slow cases (signals to subprocesses)")
     parser.add_argument("-k", dest="only", help="only cases whose name contains this")
     parser.add_argument("--baseline", type=Path, help="also run the cases on this checkout (e.g. before #13)")
+    parser.add_argument("--baseline-label", default=None, help="how the report names the baseline")
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # outcomes for a --baseline parent
     args = parser.parse_args()
     baseline = None
@@ -104,6 +105,7 @@ def render(outcomes: list, args: argparse.Namespace, wall: float, mount: bool,
     command += " --fast" if args.fast else ""
     command += f" -k {args.only}" if args.only else ""
     command += f" --baseline {args.baseline}" if args.baseline else ""
+    command += f" --baseline-label '{args.baseline_label}'" if args.baseline_label else ""
     command += f" --out {args.out}" if args.out else ""
     n = len(ran)
     lines = [
@@ -116,31 +118,38 @@ def render(outcomes: list, args: argparse.Namespace, wall: float, mount: bool,
         f"Case definitions: `tests/reliability/hostile_cases.py` (also run by `tests/reliability/test_hostile.py`). "
         f"Mounts (read-only bind, tmpfs) {'available' if mount else 'not permitted: those cases skipped'}.",
         "",
-        *_figures(tally, base, n, len(outcomes) - n, args.baseline),
+        *_figures(tally, base, n, len(outcomes) - n, args.baseline_label or args.baseline),
         "",
         "## Cases",
         "",
-        "| group | case | handled | intact | clean | s | first error / warning line, or what went wrong |",
-        "|---|---|:-:|:-:|:-:|--:|---|",
+        "| group | case | handled | intact | clean | s | first error / warning line, or what went wrong |"
+        + (" baseline |" if baseline else ""),
+        "|---|---|:-:|:-:|:-:|--:|---|" + ("---|" if baseline else ""),
     ]
     yes = {True: "yes", False: "**no**"}
     for o in outcomes:
         detail = (o.skipped or o.detail).replace("|", "\\|")
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        extra = ""
+        if baseline:
+            b = baseline.get(o.name)
+            extra = " - |" if b is None or b["skipped"] else (
+                " ok |" if b["handled"] and b["intact"] and b["clean"] else
+                f" fails: {(b['detail'][:70]).replace('|', '/')} |")
         if o.skipped:
-            lines.append(f"| {o.group} | {o.name} | - | - | - | - | {detail} |")
+            lines.append(f"| {o.group} | {o.name} | - | - | - | - | {detail} |{extra}")
         else:
             lines.append(f"| {o.group} | {o.name} | {yes[o.handled]} | {yes[o.intact]} | {yes[o.clean]} | "
-                         f"{o.seconds:.1f} | {detail} |")
+                         f"{o.seconds:.1f} | {detail} |{extra}")
     return "\n".join(lines) + "\n"
 
 
-def _figures(tally: Counter, base: Counter | None, n: int, skipped: int, baseline: Path | None) -> list[str]:
+def _figures(tally: Counter, base: Counter | None, n: int, skipped: int, baseline: object) -> list[str]:
     rows = [("handled (expected exit; one clear `Error:` line naming the culprit; no traceback)", "handled"),
             ("inputs and earlier outputs intact", "intact"),
             ("nothing left behind (no `.partial-` files, no outputs of a failed run)", "clean"),
             ("**all three**", "passed")]
-    head = "| figure | this code |" + (f" baseline `{baseline}` |" if base is not None else "")
+    head = "| figure | this code |" + (f" baseline: {baseline} |" if base is not None else "")
     lines = [head, "|---|---:|" + ("---:|" if base is not None else ""),
              f"| cases tried | {n} |" + (f" {n} |" if base is not None else "")]
     for label, key in rows:
