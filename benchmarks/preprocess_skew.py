@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from rsclip_core.data.augment import AugmentationConfig, center_view_params, model_view, reapply, sample_params
-from rsclip_core.inference.model import BUNDLED_MODEL_DIR
+from rsclip_core.resources import bundled_model_dir
 from rsclip_core.preprocess import PreprocessConfig, standardise, to_pixels
 from rsclip_core.spec import ModelMetadata
 
@@ -65,7 +65,7 @@ def measure(paths: list[Path], cfg: PreprocessConfig, views: int, seed: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=Path("../shared/data/rsicd/images"))
-    parser.add_argument("--model-dir", type=Path, default=BUNDLED_MODEL_DIR)
+    parser.add_argument("--model-dir", type=Path, default=bundled_model_dir())
     parser.add_argument("--n", type=int, default=64, help="number of images (evenly spaced in name order)")
     parser.add_argument("--views", type=int, default=5, help="augmented views per image")
     parser.add_argument("--seed", type=int, default=0)

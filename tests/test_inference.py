@@ -249,7 +249,7 @@ def test_no_partial_files_left_on_failure(model, raster, tmp_path, monkeypatch):
 
     monkeypatch.setattr("pyogrio.write_dataframe", boom)
     out = tmp_path / "hits.gpkg"
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(writers.OutputWriteError, match="hits.gpkg: cannot be written"):
         run_search(raster, "red", model=model, tiling=TILING, out_gpkg=out)
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]

@@ -93,11 +93,9 @@ def test_model_metadata_carries_the_config(tmp_path: Path):
 
 
 def test_bundled_model_metadata_still_loads():
-    from rsclip_core.inference.model import BUNDLED_MODEL_DIR
+    from rsclip_core.resources import bundled_model_dir
 
-    if not (BUNDLED_MODEL_DIR / spec.METADATA_FILE).is_file():
-        pytest.skip("no bundled model")
-    cfg = spec.ModelMetadata.read(BUNDLED_MODEL_DIR).preprocess
+    cfg = spec.ModelMetadata.read(bundled_model_dir()).preprocess
     assert cfg.image_size == 128 and cfg.interpolation == "bilinear" and cfg.resize_mode == "shortest"
 
 

@@ -99,7 +99,7 @@ def tiling_options(func: Callable) -> Callable:
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Where embedding indexes are kept [next to the outputs]."),
         click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables (warnings and errors still print)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -138,9 +138,13 @@ class _Fail:
 
 
 def _install_warning_format(quiet: bool) -> None:
+    """Warnings print as ``Warning: <line>`` on stderr, also with -q, above any progress bar."""
+
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-        if not quiet:
-            click.echo(f"Warning: {cli_message(message) if isinstance(message, Warning) else message}", err=True)
+        from tqdm.auto import tqdm
+
+        text = cli_message(message) if isinstance(message, Warning) else message
+        tqdm.write(f"Warning: {text}", file=sys.stderr)  # clears the bar, prints, redraws it
 
     warnings.showwarning = show  # type: ignore[assignment]
     warnings.filterwarnings("ignore", category=Warning, module="rasterio")  # NotGeoreferenced etc.
@@ -157,6 +161,8 @@ class _Bar:
         if self.bar is None:  # created on first progress, so early errors print no empty bar
             from tqdm.auto import tqdm
 
+            if not self.quiet:
+                click.echo(f"{self.desc}: {total:,} tiles", err=True)
             self.bar = tqdm(total=total, desc=self.desc, unit="tile", disable=self.quiet, leave=False,
                             dynamic_ncols=True)
         if self.bar.total != total:
@@ -229,7 +235,9 @@ def cli() -> None:
               help="Confidence raster (COG, probability of the chosen class), single raster.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Batch: write <name>.landcover.tif, .confidence.tif and .landcover.gpkg here.")
-@click.option("--threshold", type=float, help="Cells below this probability become 'unclassified' (255).")
+@click.option("--threshold", type=float,
+              help="Cells whose best-class probability is below this become 'unclassified' (255). The "
+                   "probability is a softmax among the K classes, so it is always >= 1/K (chance level).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Rasters processed in parallel.")
 def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path | None,
              polygons: Path | None, confidence: Path | None, out_dir: Path | None,
@@ -243,6 +251,8 @@ def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path |
     A stopped batch (Ctrl-C: exit 130) resumes: rasters whose outputs all exist are skipped
     (unless --overwrite).
     Output codes: 1..K classes in file order, 0 no data, 255 unclassified.
+    Confidence = probability of the chosen class among the K classes (>= 1/K; needs K >= 2).
+    Outputs never replace an input, and one run's outputs need distinct paths.
     """
     from rsclip_core.inference import default_classes_path, list_rasters, load_classes, load_model, plan_classify_batch
 

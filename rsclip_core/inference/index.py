@@ -24,10 +24,18 @@ from rsclip_core.inference.errors import RsclipCancelled, RsclipInputError, Rscl
 from rsclip_core.inference.model import EmbeddingModel
 from rsclip_core.inference.raster import RasterSource, raster_fingerprint, windows_to_polygons
 from rsclip_core.inference.tiling import TileGrid, TilingConfig
+from rsclip_core.inference.writers import (
+    OutputWriteError,
+    ensure_writable_dir,
+    partial_path,
+    remove_stale_partials,
+)
 
 INDEX_SUFFIX = ".rsclip-index.npz"
 INDEX_VERSION = 1
 CHECKPOINT_SECONDS = 30.0  # how often an index build saves its progress (when it has a cache dir)
+MAX_SANE_TILES = 50_000  # above this many planned tiles (or 20x the non-overlapping count) a run warns
+MAX_OVERLAP_FACTOR = 20.0
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -89,8 +97,19 @@ class EmbeddingIndex:
         return self.grid.windows(self.tile_rc)
 
     def geometries(self) -> np.ndarray:
-        """Shapely polygons of the tiles in the raster CRS."""
-        return windows_to_polygons(self.windows(), self.affine)
+        """Shapely polygons of the tiles in the raster CRS, clipped to the processing region.
+
+        Edge tiles are read padded past the raster, but their polygons end at its edge.
+        """
+        return windows_to_polygons(self.grid.clip_windows(self.windows()), self.affine)
+
+    @property
+    def region_bounds(self) -> tuple[float, float, float, float]:
+        """``(minx, miny, maxx, maxy)`` of the processing region (the raster or the requested extent)."""
+        g, t = self.grid, self.affine
+        xs = (t.a * g.col0 + t.c, t.a * g.col1 + t.c)
+        ys = (t.e * g.row0 + t.f, t.e * g.row1 + t.f)
+        return (min(xs), min(ys), max(xs), max(ys))
 
     def scores(self, text_embedding: np.ndarray) -> np.ndarray:
         """Cosine similarity of every tile with one or more text embeddings: [N] or [N, Q]."""
@@ -115,10 +134,10 @@ class EmbeddingIndex:
             "model_name": self.model_name,
             "n_grid_tiles": self.n_grid_tiles,
         }
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}.npz")
+        tmp = partial_path(path)
         try:
-            np.savez(tmp, embeddings=self.embeddings, tile_rc=self.tile_rc,
-                     valid_fraction=self.valid_fraction, meta=np.array(json.dumps(meta)))
+            _savez(tmp, str(path.parent), embeddings=self.embeddings, tile_rc=self.tile_rc,
+                   valid_fraction=self.valid_fraction, meta=np.array(json.dumps(meta)))
             os.replace(tmp, path)
         finally:
             if tmp.exists():
@@ -153,6 +172,30 @@ class EmbeddingIndex:
             model_name=meta["model_name"],
             n_grid_tiles=int(meta.get("n_grid_tiles", 0)),
         )
+
+
+def _savez(tmp: Path, what: str, **arrays: Any) -> None:
+    """``np.savez`` to ``tmp`` (a ``.npz`` name); write failures become one clear `OutputWriteError`."""
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OutputWriteError(f"{what}: cannot write the index {tmp.name} ({reason})", field="cache_dir") from exc
+
+
+def check_tile_count(source: RasterSource) -> None:
+    """Warn when a tiling plans so many tiles that the run will take very long (e.g. overlap 0.99)."""
+    from rsclip_core.inference.tiling import plan_grid
+
+    n = len(source.tile_rc)
+    base = plan_grid(source.region, source.tile_w, source.tile_h, 0.0).n_tiles
+    factor = n / max(1, base) if source.extent_geometry is None else source.grid.n_tiles / max(1, base)
+    if n > MAX_SANE_TILES or factor > MAX_OVERLAP_FACTOR:
+        warnings.warn(
+            f"{source.path}: {n:,} tiles planned ({factor:.0f}x the {base:,} tiles without overlap, "
+            f"overlap {source.tiling.overlap:g}); this will take long: lower the overlap or the tile count",
+            RsclipWarning, stacklevel=3)
 
 
 def index_key(raster_fp: str, model_fp: str, tiling_hash: str) -> str:
@@ -208,7 +251,8 @@ def build_index(
     same raster, model and tiling resumes where the last one stopped.
     """
     with open_raster(raster, model, tiling) as source:
-        key = index_key(raster_fingerprint(raster), model.fingerprint, source.tiling_hash())
+        raster_fp = raster_fingerprint(raster)
+        key = index_key(raster_fp, model.fingerprint, source.tiling_hash())
         path = index_path_for(raster, key, cache_dir) if cache_dir is not None else None
         if path is not None and path.is_file():
             try:
@@ -220,7 +264,12 @@ def build_index(
             except RsclipInputError:
                 pass
         checkpoint = path.with_name(f".{path.name[:-4]}.resume.npz") if path is not None else None
-        index = _embed(source, model, key, progress, cancel, checkpoint)
+        if path is not None:  # before the work: a cache that cannot be written fails now, not after
+            ensure_writable_dir(path.parent, "cache_dir")
+            remove_stale_partials(path)
+            remove_stale_partials(checkpoint)  # type: ignore[arg-type]
+        check_tile_count(source)
+        index = _embed(source, model, key, progress, cancel, checkpoint, raster_fp)
     if len(index) == 0:
         warnings.warn(f"{raster}: no tile has enough valid pixels (all nodata, transparent or blank?)",
                       RsclipWarning, stacklevel=2)
@@ -233,10 +282,10 @@ def build_index(
 
 def _save_checkpoint(path: Path, key: str, next_start: int, embeddings: np.ndarray, fractions: np.ndarray,
                      kept: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}.npz")
+    tmp = partial_path(path)
     try:
-        np.savez(tmp, key=np.array(key), next_start=np.array(next_start), embeddings=embeddings,
-                 fractions=fractions, kept=kept)
+        _savez(tmp, str(path.parent), key=np.array(key), next_start=np.array(next_start),
+               embeddings=embeddings, fractions=fractions, kept=kept)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -258,7 +307,8 @@ def _load_checkpoint(path: Path | None, key: str, embeddings: np.ndarray) -> dic
 
 
 def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: ProgressFn | None,
-           cancel: CancelFn | None, checkpoint: Path | None = None) -> EmbeddingIndex:
+           cancel: CancelFn | None, checkpoint: Path | None = None,
+           raster_fp: str | None = None) -> EmbeddingIndex:
     rc_all = source.tile_rc
     total = len(rc_all)
     batch = int(source.tiling.batch_size)
@@ -319,12 +369,12 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Prog
         tile_rc=rc_all[kept],
         valid_fraction=fractions[kept],
         grid=source.grid,
-        transform=tuple(ds.transform)[:6],
+        transform=tuple(source.transform)[:6],
         crs_wkt=ds.crs.to_wkt() if ds.crs is not None else None,
         raster_path=str(Path(source.path).resolve()),
         raster_size=(ds.width, ds.height),
         key=key,
-        fingerprints={"raster": raster_fingerprint(source.path), "model": model.fingerprint,
+        fingerprints={"raster": raster_fp or raster_fingerprint(source.path), "model": model.fingerprint,
                       "tiling": source.tiling_hash()},
         tiling=source.describe(),
         model_name=model.metadata.model_name,

@@ -113,6 +113,27 @@ def validate_classes(classes: Sequence[LandCoverClass], origin: str | None = Non
         raise RsclipInputError(f"{_at(origin)}duplicate class names {dupes}", field="classes")
 
 
+def check_class_count(classes: Sequence[LandCoverClass], threshold: float | None = None) -> None:
+    """Refuse a single class; warn when a threshold cannot mark anything unclassified.
+
+    The confidence of a cell is the softmax probability of its best class among the K classes,
+    so it is always >= 1/K: with one class every cell is that class at confidence 1.00, and a
+    threshold <= 1/K has no effect.
+    """
+    k = len(classes)
+    if k == 1:
+        raise RsclipInputError(
+            f"classes: only one class ({classes[0].name!r}): every cell would be it at confidence 1.00; "
+            "give at least 2 classes (confidence is the probability among the K classes, never below 1/K)")
+    if threshold is not None and k > 1 and float(threshold) <= 1.0 / k:
+        import warnings
+
+        from rsclip_core.inference.errors import RsclipWarning
+
+        warnings.warn(f"threshold {threshold:g} has no effect with {k} classes: the best class's probability "
+                      f"is always >= 1/{k} = {1.0 / k:.3f}", RsclipWarning, stacklevel=3)
+
+
 def _auto_color(i: int) -> tuple[int, int, int]:
     palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -124,7 +145,11 @@ def load_classes(path: str | os.PathLike | None = None) -> list[LandCoverClass]:
     path = Path(path) if path is not None else default_classes_path()
     if not path.is_file():
         raise RsclipFileNotFoundError(f"{path}: no such file", field="classes")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RsclipInputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                               f"{exc.start}); save the class file as UTF-8", field="classes") from exc
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -166,11 +191,15 @@ class LandCoverResult:
     transform: Any  # affine of the cell grid
     crs_wkt: str | None
     threshold: float | None
+    region_bounds: tuple[float, float, float, float] | None = None  # what the outputs cover exactly
+    coverage: np.ndarray | None = None  # float [rows, cols]: fraction of each cell inside the region
 
     def class_stats(self) -> list[dict[str, Any]]:
-        """Cells, area (map units^2) and fraction of mapped area per class (plus unclassified)."""
+        """Cells, area (map units^2, edge cells counted by their part inside the region) and
+        fraction of mapped area per class (plus unclassified)."""
         cell_area = abs(self.transform.a * self.transform.e)
-        mapped = int((self.codes != NODATA_CODE).sum())
+        cover = self.coverage if self.coverage is not None else np.ones(self.codes.shape)
+        mapped_area = float(cover[self.codes != NODATA_CODE].sum())
         rows = []
         entries = [(i + 1, c.name) for i, c in enumerate(self.classes)] + [(UNCLASSIFIED_CODE, "unclassified")]
         for code, name in entries:
@@ -182,8 +211,8 @@ class LandCoverResult:
                 "code": code,
                 "name": name,
                 "cells": cells,
-                "area": cells * cell_area,
-                "fraction": cells / mapped if mapped else 0.0,
+                "area": float(cover[self.codes == code].sum()) * cell_area,
+                "fraction": float(cover[self.codes == code].sum()) / mapped_area if mapped_area else 0.0,
                 "mean_confidence": float(conf.mean()) if cells else float("nan"),
             })
         return rows
@@ -214,6 +243,7 @@ def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCov
     validate_classes(classes)
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise RsclipInputError(f"must be a probability in [0, 1], got {threshold}", field="threshold")
+    check_class_count(classes, threshold)
     text = class_text_embeddings(model, classes, templates)
     if len(index):
         probs = softmax(model.logit_scale * index.scores(text))
@@ -237,4 +267,5 @@ def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCov
         classes=list(classes), tile_probs=probs, tile_codes=tile_codes, codes=codes,
         confidence=confidence, transform=index.cell_transform, crs_wkt=index.crs_wkt,
         threshold=None if threshold is None else float(threshold),
+        region_bounds=index.region_bounds, coverage=index.grid.cell_coverage(),
     )

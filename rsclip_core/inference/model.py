@@ -211,6 +211,13 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         }
     from dataclasses import asdict
 
+    for name, session in (("image.onnx", model.image_session), ("text.onnx", model.text_session)):
+        for out in session.get_outputs():
+            dim = out.shape[-1] if out.shape else None
+            if isinstance(dim, int) and dim != model.metadata.embed_dim:
+                raise InvalidModelError(
+                    f"{model.model_dir}: rsclip.json says embed_dim {model.metadata.embed_dim} but {name} "
+                    f"outputs {out.name} with {dim} dims; re-export the model")
     return {
         "model_dir": str(model.model_dir),
         "metadata": asdict(model.metadata),

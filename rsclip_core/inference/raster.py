@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from rsclip_core.inference.errors import RsclipFileNotFoundError, RsclipInputError, RsclipWarning
@@ -34,11 +34,39 @@ STRETCH_SAMPLE_SIDE = 1024  # longest side of the decimated read used for the pe
 GDAL_ENV = {"GDAL_CACHEMAX": 128}  # MB: keeps the block cache (and so peak RSS) bounded
 
 
+FINGERPRINT_FULL_BYTES = 64 << 20  # files up to this size are hashed whole
+FINGERPRINT_HEAD_BYTES = 1 << 20  # larger ones: the first MiB (header, tile offsets) ...
+FINGERPRINT_BLOCKS = 64  # ... plus this many evenly spaced blocks ...
+FINGERPRINT_BLOCK_BYTES = 64 << 10  # ... of this size, and the last block
+
+
 def raster_fingerprint(path: str | os.PathLike) -> str:
-    """Identity of a raster file: resolved path + size + modification time (cheap, no hashing)."""
+    """Identity of a raster's content: resolved path + size + a hash of its bytes.
+
+    Files up to `FINGERPRINT_FULL_BYTES` are hashed whole; larger ones by their header plus
+    sampled blocks (about 5 MiB read), so a raster rewritten in place with the same size and
+    modification time no longer reuses a stale index. GDAL side files that change the pixels'
+    meaning (``.aux.xml``, ``.msk``, ``.ovr``) add their size and time.
+    """
     p = Path(path).resolve()
-    st = p.stat()
-    return hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    size = p.stat().st_size
+    digest = hashlib.blake2b(f"{p}|{size}".encode(), digest_size=16)
+    with open(p, "rb") as fh:
+        if size <= FINGERPRINT_FULL_BYTES:
+            for chunk in iter(lambda: fh.read(4 << 20), b""):
+                digest.update(chunk)
+        else:
+            digest.update(fh.read(FINGERPRINT_HEAD_BYTES))
+            step = (size - FINGERPRINT_BLOCK_BYTES) / FINGERPRINT_BLOCKS
+            for k in range(1, FINGERPRINT_BLOCKS + 1):
+                fh.seek(int(k * step))
+                digest.update(fh.read(FINGERPRINT_BLOCK_BYTES))
+    for suffix in (".aux.xml", ".msk", ".ovr"):
+        side = p.with_name(p.name + suffix)
+        if side.is_file():
+            st = side.stat()
+            digest.update(f"|{suffix}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 class RasterSource:
@@ -87,7 +115,21 @@ class RasterSource:
                 f"warp it north-up first (gdalwarp {self.path.name} north_up.tif)"
             )
         self.crs = ds.crs
-        if ds.crs is None:
+        self.transform = t
+        if ds.crs is None and t.is_identity:
+            # no georeferencing at all (JPEG/PNG): GDAL's identity transform has y growing
+            # downwards, which GIS software draws upside down; use x = column, y = -row (what
+            # QGIS shows for such images), so outputs are upright and line up with the input
+            from affine import Affine
+
+            self.transform = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+            warnings.warn(
+                f"{self.path}: raster is not georeferenced; outputs use pixel coordinates "
+                "(x = column, y = -row, as QGIS shows the image)",
+                RsclipWarning,
+                stacklevel=3,
+            )
+        elif ds.crs is None:
             warnings.warn(
                 f"{self.path}: raster has no CRS; working in pixel/georeference units without a CRS",
                 RsclipWarning,
@@ -141,8 +183,12 @@ class RasterSource:
             return np.array([[0.0, high]] * 3, dtype=np.float64)
         scale = max(ds.width, ds.height) / STRETCH_SAMPLE_SIDE
         shape = (max(1, int(round(ds.height / max(scale, 1.0)))), max(1, int(round(ds.width / max(scale, 1.0)))))
-        with rasterio.Env(**GDAL_ENV):
-            data = ds.read(list(self.bands), out_shape=(3,) + shape, masked=True, resampling=Resampling.nearest)
+        try:
+            with rasterio.Env(**GDAL_ENV):
+                data = ds.read(list(self.bands), out_shape=(3,) + shape, masked=True,
+                               resampling=Resampling.nearest)
+        except RasterioError as exc:
+            raise self._read_error(exc, "overview read for the value stretch") from exc
         out = np.zeros((3, 2), dtype=np.float64)
         p_low, p_high = self.tiling.percentiles
         for i in range(3):
@@ -181,7 +227,7 @@ class RasterSource:
                 raise RsclipInputError("expected a bbox, shapely geometries or a vector file path", field="extent")
             self.extent_geometry = union_all(geoms)
             bounds = self.extent_geometry.bounds
-        inv = ~ds.transform
+        inv = ~self.transform
         xs = np.array([bounds[0], bounds[2], bounds[0], bounds[2]])
         ys = np.array([bounds[1], bounds[1], bounds[3], bounds[3]])
         cols = inv.a * xs + inv.b * ys + inv.c  # affine's `*` on tuples is deprecated, `@` too new
@@ -218,12 +264,17 @@ class RasterSource:
             return rc
         import shapely
 
-        geoms = windows_to_polygons(self.grid.windows(rc), self.dataset.transform)
+        geoms = windows_to_polygons(self.grid.windows(rc), self.transform)
         shapely.prepare(self.extent_geometry)
         keep = shapely.intersects(self.extent_geometry, geoms)
         if not keep.any():
             raise RsclipInputError(f"the given polygons do not overlap {self.path}", field="extent")
         return rc[keep]
+
+    def _read_error(self, exc: BaseException, where: str) -> RsclipInputError:
+        """One clear line for pixels that cannot be read (truncated or corrupt file)."""
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return RsclipInputError(f"{self.path}: cannot read pixels ({where}): file truncated or corrupt? ({detail})")
 
     # -- description -----------------------------------------------------------------------
     def describe(self) -> dict:
@@ -267,7 +318,10 @@ class RasterSource:
             return None, 0.0
         win = Window(c0, r0, cw, ch)
         shape = (3, y1 - y0, x1 - x0)
-        raw = ds.read(list(self.bands), window=win, out_shape=shape, resampling=self.resampling)
+        try:
+            raw = ds.read(list(self.bands), window=win, out_shape=shape, resampling=self.resampling)
+        except RasterioError as exc:
+            raise self._read_error(exc, f"window col {c0}, row {r0}, {cw}x{ch} px") from exc
         inner_valid: np.ndarray | None = None  # None = every pixel of the read part is valid
         if self.nodata_only:
             inner_valid = np.logical_or.reduce(
@@ -275,8 +329,11 @@ class RasterSource:
                 or [np.ones(shape[1:], dtype=bool)], axis=0)
         elif self.has_mask:
             mask_bands = [self.bands[0]] if self.per_dataset_mask else list(self.bands)
-            masks = ds.read_masks(mask_bands, window=win, out_shape=(len(mask_bands),) + shape[1:],
-                                  resampling=Resampling.nearest)
+            try:
+                masks = ds.read_masks(mask_bands, window=win, out_shape=(len(mask_bands),) + shape[1:],
+                                      resampling=Resampling.nearest)
+            except RasterioError as exc:
+                raise self._read_error(exc, f"mask of window col {c0}, row {r0}, {cw}x{ch} px") from exc
             inner_valid = np.logical_and.reduce(masks > 0, axis=0)
         if raw.dtype.kind == "f":
             finite = np.isfinite(raw).all(axis=0)

@@ -1,8 +1,10 @@
 """End-to-end runs shared by ``rsclip-map`` and the QGIS plugin: raster -> index -> files on disk.
 
-Outputs are checked before any work (exists without ``overwrite`` -> error), written to temp
-names and renamed when complete. The index is cached in ``cache_dir`` (default: the folder of the
-first output), so re-running a query or a class list on the same raster only encodes text.
+Outputs are checked before any work (`writers.check_outputs`: never an input, never two on one
+path, writable folders, exists without ``overwrite`` -> error), written to temp names and renamed
+together when all are complete (a failure leaves none of them). The index is cached in
+``cache_dir`` (default: the folder of the first output), so re-running a query or a class list on
+the same raster only encodes text.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rsclip_core.inference.landcover import (
     UNCLASSIFIED_COLOR,
     LandCoverClass,
     LandCoverResult,
+    check_class_count,
     classify,
     load_classes,
     validate_classes,
@@ -32,7 +35,7 @@ from rsclip_core.inference.landcover import (
 from rsclip_core.inference.model import EmbeddingModel, load_model
 from rsclip_core.inference.search import _check_query, score_heatmap, search
 from rsclip_core.inference.tiling import TilingConfig
-from rsclip_core.inference.writers import check_output, write_cog, write_gpkg
+from rsclip_core.inference.writers import check_outputs, staged_outputs, write_cog, write_gpkg
 
 
 @dataclass
@@ -79,6 +82,15 @@ def _cache_dir(cache_dir: str | os.PathLike | None, *outputs: Path | None) -> Pa
     return None
 
 
+def _inputs(raster: str | os.PathLike, tiling: TilingConfig | None, *files: Any) -> list[Path]:
+    """Every file a run reads that an output must never replace."""
+    found = [Path(raster)]
+    if tiling is not None and isinstance(tiling.extent, (str, os.PathLike)):
+        found.append(Path(tiling.extent))
+    found += [Path(f) for f in files if isinstance(f, (str, os.PathLike))]
+    return found
+
+
 def run_index(raster: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
               tiling: TilingConfig | None = None, cache_dir: str | os.PathLike | None = None,
               overwrite: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
@@ -111,19 +123,21 @@ def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.Pat
     query = _check_query(query)
     if int(top_k) < 1:
         raise RsclipInputError(f"must be >= 1, got {top_k}", field="top_k")
-    gpkg = check_output(out_gpkg, overwrite, "output")
-    heat = check_output(heatmap_tif, overwrite, "heatmap")
+    checked = check_outputs({"output": out_gpkg, "heatmap": heatmap_tif}, overwrite=overwrite,
+                            inputs=_inputs(raster, tiling))
+    gpkg, heat = checked["output"], checked["heatmap"]
     model = _model(model, model_dir)
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, gpkg, heat),
                         progress=progress, cancel=cancel)
     hits = search(index, model, query, top_k=int(top_k), suppress_overlap=suppress_overlap, templates=templates)
-    if gpkg is not None:
-        write_gpkg(gpkg, hits, layer="hits")
-    if heat is not None:
-        grid = score_heatmap(index, model, query, templates=templates)
-        write_cog(heat, grid, index.cell_transform, index.crs_wkt, nodata=float("nan"),
-                  tags={"query": query, "model": model.metadata.model_name, "raster": str(raster)},
-                  band_description=f"similarity to '{query}'", resampling="AVERAGE")
+    with staged_outputs() as staging:
+        if gpkg is not None:
+            write_gpkg(gpkg, hits, layer="hits", staging=staging)
+        if heat is not None:
+            grid = score_heatmap(index, model, query, templates=templates)
+            write_cog(heat, grid, index.cell_transform, index.crs_wkt, nodata=float("nan"),
+                      tags={"query": query, "model": model.metadata.model_name, "raster": str(raster)},
+                      band_description=f"similarity to '{query}'", resampling="AVERAGE", staging=staging)
     return SearchRun(hits=hits, index=index, out_gpkg=gpkg, heatmap_tif=heat)
 
 
@@ -144,13 +158,19 @@ def landcover_polygons(result: LandCoverResult) -> Any:
     from shapely import union_all
 
     rows = sorted(records)
+    clip = None
+    if result.region_bounds is not None:  # edge cells hang past the region by < 1 cell: cut them
+        from shapely.geometry import box
+
+        clip = box(*result.region_bounds)
+    geometries = [union_all(records[r]) if clip is None else union_all(records[r]).intersection(clip) for r in rows]
     frame = gpd.GeoDataFrame(
         {
             "class_id": np.array(rows, dtype=np.int32),
             "class_name": [names.get(r, str(r)) for r in rows],
             "color": ["#{:02x}{:02x}{:02x}".format(*colors.get(r, (0, 0, 0))) for r in rows],
         },
-        geometry=[union_all(records[r]) for r in rows],
+        geometry=geometries,
         crs=result.crs_wkt if result.crs_wkt else None,
     )
     with warnings.catch_warnings():  # geographic CRS: 'area' is in deg^2 on purpose, area_m2 is the real one
@@ -197,17 +217,19 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
 
     ``classes`` is a list of `LandCoverClass` or a class file path (YAML/JSON).
     """
-    if isinstance(classes, (str, os.PathLike)):
-        classes = load_classes(classes)
+    classes_file = classes if isinstance(classes, (str, os.PathLike)) else None
+    if classes_file is not None:
+        classes = load_classes(classes_file)
     classes = list(classes)
     validate_classes(classes)
+    check_class_count(classes)  # refused before any work; classify() warns about the threshold
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise RsclipInputError(f"must be a probability in [0, 1], got {threshold}", field="threshold")
     if out_tif is None:
         raise RsclipInputError("a GeoTIFF path for the class map is required", field="output")
-    tif = check_output(out_tif, overwrite, "output")
-    gpkg = check_output(polygons_gpkg, overwrite, "polygons")
-    conf_path = check_output(confidence_tif, overwrite, "confidence")
+    checked = check_outputs({"output": out_tif, "confidence": confidence_tif, "polygons": polygons_gpkg},
+                            overwrite=overwrite, inputs=_inputs(raster, tiling, classes_file))
+    tif, conf_path, gpkg = checked["output"], checked["confidence"], checked["polygons"]
     model = _model(model, model_dir)
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, tif),
                         progress=progress, cancel=cancel)
@@ -218,12 +240,13 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
                       "CLASSES": class_json})
     tags = {"model": model.metadata.model_name, "raster": str(raster),
             "threshold": "" if threshold is None else str(threshold), "index_key": index.key}
-    write_cog(tif, result.codes, result.transform, result.crs_wkt, nodata=NODATA_CODE,
-              colormap=_colormap(classes), tags=tags, band_tags=band_tags, band_description="land cover class")
-    if conf_path is not None:
-        write_cog(conf_path, result.confidence, result.transform, result.crs_wkt, nodata=float("nan"),
-                  tags=tags, band_description="class probability", resampling="AVERAGE")
-    if gpkg is not None:
-        write_gpkg(gpkg, landcover_polygons(result), layer="landcover")
+    with staged_outputs() as staging:
+        write_cog(tif, result.codes, result.transform, result.crs_wkt, nodata=NODATA_CODE, staging=staging,
+                  colormap=_colormap(classes), tags=tags, band_tags=band_tags, band_description="land cover class")
+        if conf_path is not None:
+            write_cog(conf_path, result.confidence, result.transform, result.crs_wkt, nodata=float("nan"),
+                      tags=tags, band_description="class probability", resampling="AVERAGE", staging=staging)
+        if gpkg is not None:
+            write_gpkg(gpkg, landcover_polygons(result), layer="landcover", staging=staging)
     return ClassifyRun(out_tif=tif, result=result, index=index, polygons_gpkg=gpkg,  # type: ignore[arg-type]
                        confidence_tif=conf_path, stats=result.class_stats())

@@ -7,7 +7,11 @@ the reader pads them and marks the padding invalid).
 
 Output rasters (land-cover codes, confidence, search heat-map) use a *cell* grid whose cell is one
 tile stride: each cell receives the overlap-area-weighted average of every tile covering it, so
-overlapping tiles vote instead of the last one winning.
+overlapping tiles vote instead of the last one winning. The cell grid starts at the region's
+top-left corner and has ``ceil(region / stride)`` cells per axis, so it is the region snapped
+outward by less than one cell on the right and bottom edges (`TileGrid.cell_coverage` gives the
+fraction of each edge cell inside the region); vector outputs (tile polygons, class polygons)
+are clipped to the region exactly (`TileGrid.clip_windows`).
 """
 
 from __future__ import annotations
@@ -135,6 +139,25 @@ class TileGrid:
         out[:, 2] = self.tile_w
         out[:, 3] = self.tile_h
         return out
+
+    def clip_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Windows intersected with the region ``[col0, col1) x [row0, row1)`` (edge tiles cut)."""
+        w = np.asarray(windows, dtype=np.int64).reshape(-1, 4).copy()
+        x0 = np.clip(w[:, 0], self.col0, self.col1)
+        y0 = np.clip(w[:, 1], self.row0, self.row1)
+        x1 = np.clip(w[:, 0] + w[:, 2], self.col0, self.col1)
+        y1 = np.clip(w[:, 1] + w[:, 3], self.row0, self.row1)
+        w[:, 0], w[:, 1], w[:, 2], w[:, 3] = x0, y0, x1 - x0, y1 - y0
+        return w
+
+    def cell_coverage(self) -> np.ndarray:
+        """float64 [cell rows, cell cols]: fraction of each output cell inside the region (1 but at the edges)."""
+        def axis(start: int, end: int, stride: int, n: int) -> np.ndarray:
+            left = start + np.arange(n) * stride
+            return np.clip((end - left) / stride, 0.0, 1.0)
+
+        return np.outer(axis(self.row0, self.row1, self.stride_y, self.n_cell_rows),
+                        axis(self.col0, self.col1, self.stride_x, self.n_cell_cols))
 
     def cell_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """Fraction of a cell covered by a tile, for the cells a tile spans (x then y)."""
