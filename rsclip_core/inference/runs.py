@@ -165,17 +165,29 @@ def landcover_polygons(result: LandCoverResult) -> Any:
 
 
 def _area_m2(frame: Any) -> Any:
-    """Areas in square metres: projected CRSs scaled by their unit, geographic via a local UTM."""
+    """True ground areas in square metres, on the ellipsoid of the frame's CRS (as QgsDistanceArea does).
+
+    Geometries are transformed to the CRS's geographic CRS and measured geodesically with pyproj's
+    ``Geod.geometry_area_perimeter``, so Web Mercator (EPSG:3857) or any other projection that
+    distorts areas still gives ground areas. NaN without a CRS.
+    """
     if frame.crs is None or frame.empty:
         return np.full(len(frame), np.nan)
+    from pyproj import Geod
+
     crs = frame.crs
-    if crs.is_geographic:
-        return frame.to_crs(frame.estimate_utm_crs()).geometry.area.to_numpy()
-    try:
-        factor = float(crs.axis_info[0].unit_conversion_factor)
-    except (IndexError, AttributeError, TypeError):
-        factor = 1.0
-    return frame.geometry.area.to_numpy() * factor * factor
+    geographic = crs.geodetic_crs or crs
+    ellipsoid = geographic.ellipsoid
+    if ellipsoid is not None and ellipsoid.inverse_flattening:
+        geod = Geod(a=ellipsoid.semi_major_metre, rf=ellipsoid.inverse_flattening)
+    elif ellipsoid is not None:
+        geod = Geod(a=ellipsoid.semi_major_metre, b=ellipsoid.semi_minor_metre)
+    else:
+        geod = Geod(ellps="WGS84")
+    # geopandas keeps x = longitude, y = latitude whatever the CRS's axis order (always_xy).
+    lonlat = frame.geometry.to_crs(geographic) if geographic != crs else frame.geometry
+    return np.array([abs(geod.geometry_area_perimeter(g)[0]) if g is not None and not g.is_empty else 0.0
+                     for g in lonlat], dtype=np.float64)
 
 
 def _colormap(classes: Sequence[LandCoverClass]) -> dict[int, tuple]:
