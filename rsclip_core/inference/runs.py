@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rsclip_core.inference.advice import hit_percentiles
 from rsclip_core.inference.errors import RsclipInputError
 from rsclip_core.inference.index import CancelFn, EmbeddingIndex, ProgressFn, build_index
 from rsclip_core.inference.landcover import (
@@ -117,6 +118,7 @@ def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.Pat
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, gpkg, heat),
                         progress=progress, cancel=cancel)
     hits = search(index, model, query, top_k=int(top_k), suppress_overlap=suppress_overlap, templates=templates)
+    hits["percentile"] = hit_percentiles(hits, index, model, query, templates)  # among all tiles
     if gpkg is not None:
         write_gpkg(gpkg, hits, layer="hits")
     if heat is not None:
