@@ -7,7 +7,7 @@ Heavy imports (rsclip_core.inference, shapely) stay inside functions so the plug
 from __future__ import annotations
 
 import os
-import tempfile
+import re
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -16,16 +16,37 @@ from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsDistanceArea,
     QgsGeometry,
+    QgsPointXY,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsSettings,
+    QgsUnitTypes,
 )
 
 from . import PLUGIN_DIR
 from .settings import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, DockSettings
 
 METADATA_FILE = "rsclip.json"  # rsclip_core.spec.METADATA_FILE (spec is stdlib-only, imported lazily)
+UNSAVED_OUTPUT_SETTING = "rsclip/unsaved_project_output_dir"  # QgsSettings: results of unsaved projects
+DOCK, PROCESSING = "dock", "processing"
+# rsclip_core words its errors for the CLI; each plugin front end names its own inputs instead.
+_OPTION_NAMES = {
+    "--bands": ("Bands", "BANDS"),
+    "--top-k": ("Top-k", "TOP_K"),
+    "--tile": ("Tile size", "TILE_SIZE"),
+    "--overlap": ("Overlap", "OVERLAP"),
+    "--resolution": ("Resolution", "RESOLUTION"),
+    "--extent": ("Extent", "EXTENT/MASK"),
+    "--threshold": ("Min. confidence", "THRESHOLD"),
+    "--classes": ("Classes", "CLASSES"),
+    "-o/--output": ("Output", "OUTPUT"),
+    "--heatmap": ("Heat-map", "HEATMAP"),
+    "--polygons": ("Polygons", "POLYGONS"),
+    "--confidence": ("Confidence", "CONFIDENCE"),
+}
 
 
 class PluginInputError(ValueError):
@@ -44,6 +65,63 @@ def raster_path(layer: Optional[QgsRasterLayer]) -> str:
     if not os.path.exists(path):
         raise PluginInputError(f"{layer.name()}: {path} is not a local file")
     return path
+
+
+def default_bands(band_count: int) -> List[int]:
+    """The bands used when none are chosen, for the dock and Processing alike: 1,2,3 (or 1 if grey)."""
+    return [1, 2, 3] if band_count >= 3 else [1]
+
+
+def plugin_message(message: str, front: str = DOCK) -> str:
+    """An rsclip_core error worded for the plugin: its CLI option names become the dock's labels
+    (``front="dock"``) or the Processing parameter names (``front="processing"``)."""
+    column = 1 if front == PROCESSING else 0
+
+    def name(match: "re.Match[str]") -> str:
+        names = _OPTION_NAMES.get(match.group(0))
+        return names[column] if names else match.group(0)
+
+    text = re.sub(r"-o/--output|--[a-z][a-z-]*", name, message)
+    if front == DOCK:
+        text = text.replace("pass Bands R,G,B, e.g. Bands 1,2,3", "choose the R, G, B bands under Bands")
+        text = text.replace("Bands 1,1,1 to use it as grey", "set all three Bands to 1 to use it as grey")
+    else:
+        text = text.replace("pass BANDS R,G,B, e.g. BANDS 1,2,3", "set BANDS to three bands, e.g. 1,2,3")
+        text = text.replace("BANDS 1,1,1 to use it as grey", "set BANDS to 1 to use it as grey")
+    return text
+
+
+def ground_metres_per_unit(layer: QgsRasterLayer) -> Optional[float]:
+    """Ground metres per map unit at the centre of ``layer`` (ellipsoidal, like QgsDistanceArea).
+
+    1.0 (about) for UTM-like CRSs; ~cos(latitude) for Web Mercator; None without a valid CRS.
+    """
+    crs = layer.crs()
+    if not crs.isValid():
+        return None
+    center = layer.extent().center()
+    distance = QgsDistanceArea()
+    distance.setSourceCrs(crs, QgsProject.instance().transformContext())
+    distance.setEllipsoid(crs.ellipsoidAcronym() or "WGS84")
+    step = 1.0 if not crs.isGeographic() else 1e-4
+    metres = distance.measureLine(QgsPointXY(center.x(), center.y()), QgsPointXY(center.x() + step, center.y()))
+    return metres / step if metres > 0 else None
+
+
+def units_note(layer: Optional[QgsRasterLayer]) -> str:
+    """What "m/px" means for this raster when its map units are not ground metres ("" when they are)."""
+    if layer is None or not layer.crs().isValid():
+        return ""
+    crs = layer.crs()
+    if crs.isGeographic():
+        return (f"{crs.authid()} is in degrees: the resolution in m/px is converted at the raster's centre; "
+                "areas are ground areas")
+    scale = ground_metres_per_unit(layer)
+    unit = QgsUnitTypes.toString(crs.mapUnits())
+    if scale is None or abs(scale - 1.0) < 0.02:
+        return ""
+    return (f"{crs.authid()}: 1 map {unit[:-1] if unit.endswith('s') else unit} is {scale:.2f} m on the ground here, "
+            f"so 'm/px' is in map units (1 m/px = {scale:.2f} m/px on the ground); areas are ground areas")
 
 
 def bundled_model_dir() -> Optional[Path]:
@@ -188,13 +266,28 @@ def cache_dir() -> Path:
     return base
 
 
+def unsaved_project_output_dir() -> Path:
+    """Results folder of projects not saved yet: the user's choice (QGIS setting), else the profile's."""
+    chosen = str(QgsSettings().value(UNSAVED_OUTPUT_SETTING, "") or "")
+    if chosen:
+        return Path(chosen)
+    return Path(QgsApplication.qgisSettingsDirPath()) / "rsclip" / "outputs"
+
+
+def set_unsaved_project_output_dir(folder: str) -> None:
+    """Remember ``folder`` for projects not saved yet ("" = the profile's default)."""
+    QgsSettings().setValue(UNSAVED_OUTPUT_SETTING, folder)
+
+
+def default_output_dir() -> Path:
+    """``rsclip_outputs`` next to the project file, or `unsaved_project_output_dir` before it is saved."""
+    home = QgsProject.instance().homePath()
+    return Path(home) / "rsclip_outputs" if home else unsaved_project_output_dir()
+
+
 def output_dir(settings_dir: str = "") -> Path:
-    """Folder for result files: the dock's choice, else ``rsclip_outputs`` next to the project, else temp."""
-    if settings_dir:
-        folder = Path(settings_dir)
-    else:
-        home = QgsProject.instance().homePath()
-        folder = Path(home) / "rsclip_outputs" if home else Path(tempfile.gettempdir()) / "rsclip_outputs"
+    """Folder for result files: the dock's choice, else `default_output_dir` (created)."""
+    folder = Path(settings_dir) if settings_dir else default_output_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
