@@ -812,7 +812,7 @@ class RsclipDock(QgsDockWidget):
         def error(exc: Optional[BaseException], cancelled: bool) -> None:
             if cancelled:
                 self._discard(task)
-            if generation == self._project_generation:
+            if cancelled or generation == self._project_generation:  # an old project's errors: dropped
                 on_error(exc, cancelled)
 
         task._on_done, task._on_error = done, error
