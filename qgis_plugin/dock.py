@@ -227,6 +227,7 @@ class RsclipDock(QgsDockWidget):
         for label in ("R", "G", "B"):
             combo = QgsRasterBandComboBox(input_box)
             combo.setShowNotSetOption(False)
+            combo.setMinimumWidth(48)
             bands_row.addWidget(QLabel(label, input_box))
             bands_row.addWidget(combo, 1)
             self.band_combos.append(combo)
@@ -345,26 +346,50 @@ class RsclipDock(QgsDockWidget):
         out_row = QFormLayout()
         self.output_widget = QgsFileWidget(body)
         self.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.output_widget.fileChanged.connect(self._on_output_changed)
-        out_row.addRow("Output folder", self.output_widget)
+        self.unsaved_output_button = QPushButton("Default…", body)
+        self.unsaved_output_button.setToolTip(
+            "Choose the folder results go to while a project is not saved yet (a QGIS setting, all projects)"
+        )
+        self.unsaved_output_button.clicked.connect(lambda: self.choose_unsaved_output_dir())
+        output_row = QHBoxLayout()
+        output_row.addWidget(self.output_widget, 1)
+        output_row.addWidget(self.unsaved_output_button)
+        out_row.addRow("Output folder", output_row)
         layout.addLayout(out_row)
 
+        # Progress, Cancel and the status line stay visible under the scrolling part.
+        footer = QWidget(self)
+        footer_layout = QVBoxLayout(footer)
+        footer_layout.setContentsMargins(4, 2, 4, 4)
         status_row = QHBoxLayout()
-        self.progress = QProgressBar(body)
+        self.progress = QProgressBar(footer)
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
-        self.cancel_button = QPushButton("Cancel", body)
+        self.cancel_button = QPushButton("Cancel", footer)
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel_tasks)
         status_row.addWidget(self.progress, 1)
         status_row.addWidget(self.cancel_button)
-        layout.addLayout(status_row)
-        self.status_label = QLabel(body)
+        footer_layout.addLayout(status_row)
+        self.status_label = QLabel(footer)
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        layout.addWidget(self.status_label)
+        footer_layout.addWidget(self.status_label)
         self.scroll.setWidget(body)
-        self.setWidget(self.scroll)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        for combo in body.findChildren(QComboBox):  # long layer/band names must not widen the dock
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(4)
+            combo.setMinimumWidth(48)
+        for spin in (self.resolution_spin, self.tile_spin, self.overlap_spin, self.topk_spin, self.threshold_spin):
+            spin.setMinimumWidth(60)
+        outer = QWidget(self)
+        outer_layout = QVBoxLayout(outer)
+        outer_layout.setContentsMargins(0, 0, 0, 0)
+        outer_layout.setSpacing(0)
+        outer_layout.addWidget(self.scroll, 1)
+        outer_layout.addWidget(footer)
+        self.setWidget(outer)
         self._on_extent_mode()
         self._update_output_hint()
 
@@ -468,13 +493,19 @@ class RsclipDock(QgsDockWidget):
         self.output_widget.lineEdit().setPlaceholderText(hint)
         self.output_widget.setToolTip(
             "Where result files go. Empty: rsclip_outputs next to the project file; before the project "
-            f"is saved: {bridge.unsaved_project_output_dir()} (a folder chosen here while the project is "
-            "unsaved becomes that default)."
+            f"is saved: {bridge.unsaved_project_output_dir()} (change it with 'Default…')."
         )
 
-    def _on_output_changed(self, path: str) -> None:
-        if path and not QgsProject.instance().homePath() and not self._loading:
-            bridge.set_unsaved_project_output_dir(path)
+    def choose_unsaved_output_dir(self, folder: str = "") -> str:
+        """Set the results folder of unsaved projects (asks for it when ``folder`` is empty)."""
+        if not folder:
+            folder = QFileDialog.getExistingDirectory(
+                self, "Results folder for projects not saved yet", str(bridge.unsaved_project_output_dir())
+            )
+        if folder:
+            bridge.set_unsaved_project_output_dir(folder)
+            self._update_output_hint()
+        return folder
 
     # ---- inputs ---------------------------------------------------------------------------
     def _on_raster_changed(self, layer: Optional[QgsRasterLayer]) -> None:

@@ -232,9 +232,13 @@ def test_unsaved_project_output_folder_is_said_and_chosen(dock, tmp_path, monkey
     dock._update_output_hint()
     assert str(default) in dock.output_widget.lineEdit().placeholderText()
     chosen = tmp_path / "my-results"
-    dock.output_widget.setFilePath(str(chosen))  # chosen while the project is unsaved: the new default
     try:
+        assert dock.choose_unsaved_output_dir(str(chosen)) == str(chosen)
         assert bridge.default_output_dir() == chosen
+        assert str(chosen) in dock.output_widget.lineEdit().placeholderText()
+        dock.query_edit.setText("green")
+        run_dock_task(dock, dock.start_search)
+        assert str(chosen) in dock.status_label.text() and list(chosen.glob("search_green_*.gpkg"))
     finally:
         QgsSettings().remove(bridge.UNSAVED_OUTPUT_SETTING)
 
