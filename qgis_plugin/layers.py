@@ -207,12 +207,23 @@ def style_landcover_raster(
 def style_landcover_polygons(
     layer: QgsVectorLayer, classes: Sequence[Tuple[int, str, Tuple[int, int, int]]]
 ) -> QgsVectorLayer:
-    """Categorized fill by class name with the class colours."""
+    """Categorized translucent fill by class name with the class colours; legend largest class first.
+
+    Legend labels carry each class's share of the mapped area ('water (41 %)').
+    """
     field = _first_field(layer, CLASS_FIELDS)
     if field is None:
         return layer
+    area_field = _first_field(layer, ("area_m2", "area"))
+    areas: dict = {}
+    if area_field is not None:
+        for feature in layer.getFeatures():
+            value = feature[area_field]
+            areas[feature[field]] = areas.get(feature[field], 0.0) + (float(value) if value is not None else 0.0)
+    total = sum(areas.values())
+    ordered = sorted(classes, key=lambda c: -areas.get(c[1], 0.0))
     categories = []
-    for _value, name, rgb in classes:
+    for _value, name, rgb in ordered:
         symbol = QgsFillSymbol.createSimple(
             {
                 "color": "{},{},{},160".format(*rgb),
@@ -220,7 +231,8 @@ def style_landcover_polygons(
                 "outline_width": "0.2",
             }
         )
-        categories.append(QgsRendererCategory(name, symbol, name))
+        label = f"{name} ({100.0 * areas[name] / total:.0f} %)" if total > 0 and name in areas else name
+        categories.append(QgsRendererCategory(name, symbol, label))
     layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))
     layer.setCustomProperty(KIND_PROPERTY, "landcover-polygons")
     layer.triggerRepaint()

@@ -255,3 +255,20 @@ def test_zoom_to_hits_works_after_reopening_the_project(dock, tmp_path):
     wait_until(lambda: dock.zoom_button.isEnabled(), 10)
     assert dock.last_hits_layer.name() == "rsclip: green"
     dock.zoom_to_hits()  # does not raise
+
+
+def test_land_cover_polygon_legend_is_ordered_by_area(dock):
+    run_dock_task(dock, dock.start_landcover)
+    polygons = next(x for x in QgsProject.instance().mapLayers().values()
+                    if x.name().startswith("rsclip land cover polygons:"))
+    areas: dict = {}
+    for feature in polygons.getFeatures():
+        areas[feature["class_name"]] = areas.get(feature["class_name"], 0.0) + feature["area_m2"]
+    legend = [c.value() for c in polygons.renderer().categories()]
+    present = [name for name in legend if name in areas]
+    assert present == sorted(areas, key=lambda n: -areas[n])
+    assert "%" in polygons.renderer().categories()[0].label()
+    assert "Land cover written" in dock.status_label.text()
+    shares = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in
+              dock.status_label.text().split(": ", 1)[1].split("<br>")[0].split(", ") if "%" in part]
+    assert shares == sorted(shares, reverse=True)
