@@ -335,17 +335,18 @@ def offline_advice(specs: Sequence[str]) -> str:
     apt = [APT_PACKAGES[n] for n in names if APT_PACKAGES.get(n)]
     wheels_only = [n for n in names if n in APT_PACKAGES and not APT_PACKAGES[n]]
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    lines = ["pip could not download the packages (offline, or a proxy blocks PyPI). Either:"]
+    lines = ["pip could not download the packages (offline, or a proxy blocks PyPI). What to do:"]
     if apt:
         notes = "; ".join(a for a in apt if " " in a)
         lines.append("- on Debian/Ubuntu: sudo apt install " + " ".join(a.split(" ")[0] for a in apt)
                      + (f"  (note: {notes})" if notes else ""))
     lines.append(
-        "- or install from a folder of wheels"
-        + (f" (needed for {', '.join(wheels_only)})" if wheels_only else "")
-        + f": on a connected machine run 'pip download --only-binary=:all: --python-version {version} "
-        + "-d wheels " + " ".join(shlex.quote(spec) for spec in specs) + "', copy the folder here and choose it with "
-        + f"'Install from wheels…' in the rsclip dock (or set {WHEELS_ENV})."
+        ("- or" if apt else "-") + " install from a folder of wheels"
+        + (f" (the only way for {', '.join(wheels_only)})" if wheels_only and apt else "")
+        + f": on a connected machine run  pip download --only-binary=:all: --python-version {version} "
+        + "-d wheels " + " ".join(shlex.quote(spec) for spec in specs)
+        + "  then copy the folder here and pick it with 'From wheels…' in the rsclip dock "
+        + f"(or set {WHEELS_ENV})."
     )
     return "\n".join(lines)
 

@@ -97,7 +97,8 @@ def test_offline_failure_says_what_to_do(tmp_path, monkeypatch):
     message = str(failure.value)
     assert "No matching distribution" in message  # pip's own words first
     assert "sudo apt install python3-rasterio" in message
-    assert "folder of wheels (needed for onnxruntime)" in message and "pip download" in message
+    assert "folder of wheels (the only way for onnxruntime)" in message and "pip download" in message
+    assert "From wheels…" in message
 
 
 def test_missing_wheel_folder_is_named(tmp_path, monkeypatch):
@@ -147,3 +148,36 @@ def test_overrides_are_limited_to_the_recorded_modules(tmp_path, monkeypatch):
         sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "folder", None) != str(folder)]
         for name in ("rsclip_probe_a", "rsclip_probe_b"):
             sys.modules.pop(name, None)
+
+
+def test_dock_shows_the_offline_advice_and_installs_from_a_chosen_wheel_folder(plugin, monkeypatch, tmp_path):
+    from qgis.core import QgsSettings
+    from qgis.PyQt.QtWidgets import QMessageBox
+    from qgis_helpers import run_dock_task
+
+    dock = plugin.dock
+    missing = [deps.Requirement("rasterio", "rasterio", "1.3")]
+    monkeypatch.setattr(deps, "missing_requirements", lambda *a, **k: list(missing))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Yes))
+    monkeypatch.delenv(deps.WHEELS_ENV, raising=False)
+    seen = []
+
+    def offline_ensure(*args, **kwargs):
+        seen.append(deps.wheel_folder())
+        raise deps.DependencyInstallError(
+            "pip failed (exit 1):\nERROR: No matching distribution found for rasterio>=1.3\n\n"
+            + deps.offline_advice(["rasterio>=1.3"])
+        )
+
+    monkeypatch.setattr(deps, "ensure", offline_ensure)
+    run_dock_task(dock, dock.install_dependencies)
+    assert "sudo apt install python3-rasterio" in dock.status_label.text()
+    assert "From wheels…" in dock.status_label.text()
+    assert not dock.wheels_button.isHidden()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    try:
+        run_dock_task(dock, lambda: dock.install_from_wheels(str(wheels)))
+        assert seen == [None, wheels]  # the second attempt installs from the chosen folder
+    finally:
+        QgsSettings().remove(deps.WHEELS_SETTING)
