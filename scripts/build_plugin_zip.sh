@@ -4,7 +4,8 @@
 #   rsclip/vendor/rsclip_core/   the torch-free inference package only: __init__.py, spec.py, inference/
 #   rsclip/vendor/resources/     default land-cover classes (+ the bundled model's ONNX files, when
 #                                there is one; its Core ML .mlpackage folders are left out)
-# Never included: the torch parts of rsclip_core, the plugin-local deps/ folder, caches.
+# Never included: the torch parts of rsclip_core, a deps/ folder left by older plugin versions
+# (dependencies now live in the QGIS profile, <profile>/rsclip/deps), caches.
 # Usage: bash scripts/build_plugin_zip.sh [OUT_DIR]      (default: dist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
