@@ -8,7 +8,6 @@ Heavy imports (rsclip_core.inference, shapely) stay inside functions so the plug
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -16,15 +15,20 @@ from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsDistanceArea,
     QgsGeometry,
+    QgsPointXY,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsSettings,
+    QgsUnitTypes,
 )
 
 from .settings import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, DockSettings
 
 METADATA_FILE = "rsclip.json"  # rsclip_core.spec.METADATA_FILE (spec is stdlib-only, imported lazily)
+UNSAVED_OUTPUT_SETTING = "rsclip/unsaved_project_output_dir"  # QgsSettings: results of unsaved projects
 
 
 class PluginInputError(ValueError):
@@ -43,6 +47,44 @@ def raster_path(layer: Optional[QgsRasterLayer]) -> str:
     if not os.path.exists(path):
         raise PluginInputError(f"{layer.name()}: {path} is not a local file")
     return path
+
+
+def default_bands(band_count: int) -> List[int]:
+    """The bands used when none are chosen, for the dock and Processing alike: 1,2,3 (or 1 if grey)."""
+    return [1, 2, 3] if band_count >= 3 else [1]
+
+
+def ground_metres_per_unit(layer: QgsRasterLayer) -> Optional[float]:
+    """Ground metres per map unit at the centre of ``layer`` (ellipsoidal, like QgsDistanceArea).
+
+    1.0 (about) for UTM-like CRSs; ~cos(latitude) for Web Mercator; None without a valid CRS.
+    """
+    crs = layer.crs()
+    if not crs.isValid():
+        return None
+    center = layer.extent().center()
+    distance = QgsDistanceArea()
+    distance.setSourceCrs(crs, QgsProject.instance().transformContext())
+    distance.setEllipsoid(crs.ellipsoidAcronym() or "WGS84")
+    step = 1.0 if not crs.isGeographic() else 1e-4
+    metres = distance.measureLine(QgsPointXY(center.x(), center.y()), QgsPointXY(center.x() + step, center.y()))
+    return metres / step if metres > 0 else None
+
+
+def units_note(layer: Optional[QgsRasterLayer]) -> str:
+    """What "m/px" means for this raster when its map units are not ground metres ("" when they are)."""
+    if layer is None or not layer.crs().isValid():
+        return ""
+    crs = layer.crs()
+    if crs.isGeographic():
+        return (f"{crs.authid()} is in degrees: the resolution in m/px is converted at the raster's centre; "
+                "areas are ground areas")
+    scale = ground_metres_per_unit(layer)
+    unit = QgsUnitTypes.toString(crs.mapUnits())
+    if scale is None or abs(scale - 1.0) < 0.02:
+        return ""
+    return (f"{crs.authid()}: 1 map {unit[:-1] if unit.endswith('s') else unit} is {scale:.2f} m on the ground here, "
+            f"so 'm/px' is in map units (1 m/px = {scale:.2f} m/px on the ground); areas are ground areas")
 
 
 def bundled_model_dir() -> Optional[Path]:
@@ -186,12 +228,27 @@ def cache_dir() -> Path:
     return base
 
 
+def unsaved_project_output_dir() -> Path:
+    """Results folder of projects not saved yet: the user's choice (QGIS setting), else the profile's."""
+    chosen = str(QgsSettings().value(UNSAVED_OUTPUT_SETTING, "") or "")
+    if chosen:
+        return Path(chosen)
+    return Path(QgsApplication.qgisSettingsDirPath()) / "rsclip" / "outputs"
+
+
+def set_unsaved_project_output_dir(folder: str) -> None:
+    """Remember ``folder`` for projects not saved yet ("" = the profile's default)."""
+    QgsSettings().setValue(UNSAVED_OUTPUT_SETTING, folder)
+
+
+def default_output_dir() -> Path:
+    """``rsclip_outputs`` next to the project file, or `unsaved_project_output_dir` before it is saved."""
+    home = QgsProject.instance().homePath()
+    return Path(home) / "rsclip_outputs" if home else unsaved_project_output_dir()
+
+
 def output_dir(settings_dir: str = "") -> Path:
-    """Folder for result files: the dock's choice, else ``rsclip_outputs`` next to the project, else temp."""
-    if settings_dir:
-        folder = Path(settings_dir)
-    else:
-        home = QgsProject.instance().homePath()
-        folder = Path(home) / "rsclip_outputs" if home else Path(tempfile.gettempdir()) / "rsclip_outputs"
+    """Folder for result files: the dock's choice, else `default_output_dir` (created)."""
+    folder = Path(settings_dir) if settings_dir else default_output_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return folder

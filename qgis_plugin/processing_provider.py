@@ -47,6 +47,13 @@ def _icon() -> QIcon:
 class _HitsStyler(QgsProcessingLayerPostProcessorInterface):
     def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802
         layers.style_hits(layer)
+        layers.heatmaps_below_hits(context.project())
+
+
+class _HeatmapStyler(QgsProcessingLayerPostProcessorInterface):
+    def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802
+        layers.style_heatmap(layer)
+        layers.heatmaps_below_hits(context.project())
 
 
 class _LandCoverStyler(QgsProcessingLayerPostProcessorInterface):
@@ -180,8 +187,9 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
                 rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
                 if not rect.isNull() and not rect.isEmpty():
                     extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-            bands = self.parameterAsInts(parameters, self.BANDS, context) or None
-            if bands is not None and len(bands) not in (1, 3):
+            # Empty = the dock's default: 1, 2, 3 (or 1 for a single-band raster).
+            bands = self.parameterAsInts(parameters, self.BANDS, context) or bridge.default_bands(layer.bandCount())
+            if len(bands) not in (1, 3):
                 raise bridge.PluginInputError(
                     f"BANDS: choose 3 bands (R, G, B) or 1 (grey), got {len(bands)}"
                 )
@@ -199,6 +207,9 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
             model = cached_model(model_dir)
         except (ValueError, OSError) as exc:
             raise QgsProcessingException(wording.processing_message(exc)) from exc
+        note = bridge.units_note(layer)
+        if note:
+            feedback.pushInfo(note)
         return path, tiling, model
 
     def postProcessAlgorithm(
@@ -236,6 +247,11 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("cancelled") from exc
         except (ValueError, OSError) as exc:
             raise QgsProcessingException(wording.processing_message(exc)) from exc
+
+    @staticmethod
+    def report_warnings(warnings: Any, feedback: QgsProcessingFeedback) -> None:
+        for warning in warnings:
+            feedback.pushWarning(f"Warning: {warning}")
 
 
 class TextSearchAlgorithm(_RsclipAlgorithm):
@@ -307,10 +323,16 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
             overwrite=True,
         )
         feedback.pushInfo(f"{len(run.hits)} hits among {len(run.index)} tiles")
+        from rsclip_core.inference.advice import search_advice
+
+        self.report_warnings(
+            search_advice(run.index, model, query, self.parameterAsInt(parameters, self.TOP_K, context)), feedback
+        )
         self.stylers = [(out, _keep(_HitsStyler()))]
         result = {self.OUTPUT: out}
         if heatmap:
             result[self.HEATMAP] = heatmap
+            self.stylers.append((heatmap, _keep(_HeatmapStyler())))
         return result
 
 
@@ -407,8 +429,11 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
             cache_dir=self.cache_folder(parameters, context),
             overwrite=True,
         )
-        for row in run.stats:
+        for row in sorted(run.stats, key=lambda r: -float(r["fraction"])):  # largest first, as the dock
             feedback.pushInfo(f"{row['name']}: {100.0 * row['fraction']:.1f}%")
+        from rsclip_core.inference.advice import classify_advice
+
+        self.report_warnings(classify_advice(run.index, model, [p for c in classes for p in c.prompts]), feedback)
         self.stylers = [(target, _keep(_LandCoverStyler(classes))) for target in (out, polygons) if target]
         result = {self.OUTPUT: out}
         if polygons:

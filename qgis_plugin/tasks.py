@@ -1,8 +1,10 @@
 """Background work: a `QgsTask` that runs one rsclip_core call with progress and cancel.
 
-The callable runs in QGIS's task-manager thread and must not touch the project or widgets;
-``on_done``/``on_error`` are invoked from `finished`, which QGIS calls on the main thread, so
-they are where layers get added.
+The callable runs in QGIS's task-manager thread and must not touch the project, layers or
+widgets (the dock captures paths, names and extents before it starts); ``on_done``/``on_error``
+are invoked from `finished`, which QGIS calls on the main thread, so they are where layers get
+added. A cancelled run ends as a *completed* task (so QGIS does not report "Task failed") and
+``on_error(None, True)`` is called: the dock says "cancelled".
 """
 
 from __future__ import annotations
@@ -38,18 +40,26 @@ class InferenceTask(QgsTask):
         if total:
             self.setProgress(min(100.0, 100.0 * float(done) / float(total)))
 
+    @property
+    def cancelled(self) -> bool:
+        """True when the run was cancelled (by Cancel, a project change or a removed layer)."""
+        return bool(self.isCanceled())
+
     def run(self) -> bool:  # task-manager thread
         try:
             self.result_value = self._work(self._progress, self.isCanceled)
-            return not self.isCanceled()
+            return True  # a cancelled run is reported by finished(), not as a QGIS task failure
         except Exception as exc:  # reported on the main thread in finished()
-            if not self.isCanceled():
-                self.error = exc
-                QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Warning)
+            if self.isCanceled():
+                return True
+            self.error = exc
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Warning)
             return False
 
     def finished(self, result: bool) -> None:  # main thread
-        if result:
+        if self.cancelled and self.error is None:
+            self._on_error(None, True)
+        elif result:
             self._on_done(self.result_value)
         else:
-            self._on_error(self.error, self.isCanceled() and self.error is None)
+            self._on_error(self.error, False)

@@ -5,7 +5,8 @@
 #                                preprocess.py, inference/, resources/ (its __init__.py, the default
 #                                land-cover classes, the sample raster and the bundled model's files
 #                                when there is one; Core ML .mlpackage folders are left out)
-# Never included: the torch parts of rsclip_core, the plugin-local deps/ folder, caches.
+# Never included: the torch parts of rsclip_core, a deps/ folder left by older plugin versions
+# (dependencies now live in the QGIS profile, <profile>/rsclip/deps), caches.
 # Usage: bash scripts/build_plugin_zip.sh [OUT_DIR]      (default: dist)
 set -euo pipefail
 cd "$(dirname "$0")/.."

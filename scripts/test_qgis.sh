@@ -24,6 +24,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 export QT_QPA_PLATFORM=offscreen
+# The plugin's dependencies as scripts/setup_qgis.sh installed them (not the user's QGIS profile).
+export RSCLIP_QGIS_DEPS_DIR="${RSCLIP_QGIS_DEPS_DIR:-$REPO/build/qgis-deps/$($PY -c 'import sys; print("py%d%d" % sys.version_info[:2])')}"
 export RSCLIP_QGIS_TEST_MODEL="${RSCLIP_QGIS_TEST_MODEL:-$MODEL_DIR}"  # a real model dir for the screenshot
 export PYTHONPATH="$REPO/build/qgis-testdeps:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1

@@ -110,10 +110,11 @@ def test_run_classify_outputs_reopened(model, tmp_path):
     polys = gpd.read_file(gpkg)
     assert polys.crs.to_epsg() == 32633
     assert set(polys["class_name"]) >= {"bare soil", "vegetation", "water"}
-    # areas: 1 m pixels, 32 m cells -> each polygon's area = its cells x 1024 m^2
+    # areas: 1 m pixels, 32 m cells -> each polygon's area = its cells x 1024 m^2 of map area; area_m2
+    # is the ground (ellipsoidal) area, within UTM's scale error (k = 0.9996 on the central meridian)
     cells = {s["name"]: s["cells"] for s in run.stats}
     for _, row in polys.iterrows():
-        assert row["area_m2"] == pytest.approx(cells[row["class_name"]] * 32 * 32)
+        assert row["area_m2"] == pytest.approx(cells[row["class_name"]] * 32 * 32, rel=2e-3)
         assert row["area"] == pytest.approx(row.geometry.area)
     assert polys["fraction"].sum() == pytest.approx(1.0)
 

@@ -297,6 +297,10 @@ def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output
                            overwrite=opts["overwrite"], progress=bar)
     finally:
         bar.close()
+    from rsclip_core.inference.advice import classify_advice
+
+    for warning in classify_advice(run.index, model, [p for c in classes for p in c.prompts]):
+        click.echo(f"Warning: {warning}", err=True)
     if not opts["quiet"]:
         click.echo(f"{'code':>4}  {'class':24} {'cells':>7} {'share':>6} {'conf':>5}")
         for s in run.stats:
@@ -351,12 +355,16 @@ def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: P
                              templates=model.metadata.prompt_templates if use_templates else None)
         finally:
             bar.close()
+    from rsclip_core.inference.advice import search_advice
+
+    for warning in search_advice(run.index, model, query, top_k):
+        click.echo(f"Warning: {warning}", err=True)
     if not opts["quiet"]:
         hits = run.hits
         centres = hits.geometry.centroid if len(hits) else []
-        click.echo(f"{'rank':>4} {'score':>7}  centre")
+        click.echo(f"{'rank':>4} {'score':>7} {'pctl':>6}  centre")
         for (_, row), c in zip(hits.iterrows(), centres):
-            click.echo(f"{row['rank']:>4} {row['score']:>7.4f}  {c.x:.3f}, {c.y:.3f}")
+            click.echo(f"{row['rank']:>4} {row['score']:>7.4f} {row['percentile']:>6.1f}  {c.x:.3f}, {c.y:.3f}")
         for p in (run.out_gpkg, run.heatmap_tif):
             if p is not None:
                 click.echo(f"wrote {p}")

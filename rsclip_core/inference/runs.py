@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rsclip_core.inference.advice import hit_percentiles
 from rsclip_core.inference.errors import RsclipInputError
 from rsclip_core.inference.index import CancelFn, EmbeddingIndex, ProgressFn, build_index
 from rsclip_core.inference.landcover import (
@@ -130,6 +131,7 @@ def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.Pat
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, gpkg, heat),
                         progress=progress, cancel=cancel)
     hits = search(index, model, query, top_k=int(top_k), suppress_overlap=suppress_overlap, templates=templates)
+    hits["percentile"] = hit_percentiles(hits, index, model, query, templates)  # among all tiles
     with staged_outputs() as staging:
         if gpkg is not None:
             write_gpkg(gpkg, hits, layer="hits", staging=staging)
@@ -185,17 +187,29 @@ def landcover_polygons(result: LandCoverResult) -> Any:
 
 
 def _area_m2(frame: Any) -> Any:
-    """Areas in square metres: projected CRSs scaled by their unit, geographic via a local UTM."""
+    """True ground areas in square metres, on the ellipsoid of the frame's CRS (as QgsDistanceArea does).
+
+    Geometries are transformed to the CRS's geographic CRS and measured geodesically with pyproj's
+    ``Geod.geometry_area_perimeter``, so Web Mercator (EPSG:3857) or any other projection that
+    distorts areas still gives ground areas. NaN without a CRS.
+    """
     if frame.crs is None or frame.empty:
         return np.full(len(frame), np.nan)
+    from pyproj import Geod
+
     crs = frame.crs
-    if crs.is_geographic:
-        return frame.to_crs(frame.estimate_utm_crs()).geometry.area.to_numpy()
-    try:
-        factor = float(crs.axis_info[0].unit_conversion_factor)
-    except (IndexError, AttributeError, TypeError):
-        factor = 1.0
-    return frame.geometry.area.to_numpy() * factor * factor
+    geographic = crs.geodetic_crs or crs
+    ellipsoid = geographic.ellipsoid
+    if ellipsoid is not None and ellipsoid.inverse_flattening:
+        geod = Geod(a=ellipsoid.semi_major_metre, rf=ellipsoid.inverse_flattening)
+    elif ellipsoid is not None:
+        geod = Geod(a=ellipsoid.semi_major_metre, b=ellipsoid.semi_minor_metre)
+    else:
+        geod = Geod(ellps="WGS84")
+    # geopandas keeps x = longitude, y = latitude whatever the CRS's axis order (always_xy).
+    lonlat = frame.geometry.to_crs(geographic) if geographic != crs else frame.geometry
+    return np.array([abs(geod.geometry_area_perimeter(g)[0]) if g is not None and not g.is_empty else 0.0
+                     for g in lonlat], dtype=np.float64)
 
 
 def _colormap(classes: Sequence[LandCoverClass]) -> dict[int, tuple]:
