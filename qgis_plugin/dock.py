@@ -465,7 +465,7 @@ class RsclipDock(QgsDockWidget):
         removed = set(layer_ids)
         for task in list(self.tasks):
             if getattr(task, "raster_id", None) in removed:
-                task.cancel()
+                task.request_cancel()
         if self.last_hits_layer is not None and self._layer_id(self.last_hits_layer) in removed:
             self.last_hits_layer = None
             self.zoom_button.setEnabled(False)
@@ -731,7 +731,7 @@ class RsclipDock(QgsDockWidget):
             )
             from rsclip_core.inference.advice import search_advice
 
-            warnings = search_advice(result.index, bridge.MODELS.get(model_dir), query, top_k)
+            warnings = search_advice(result.index, cached_model(model_dir), query, top_k)
             return result, time.perf_counter() - started, warnings
 
         def done(value: Any) -> None:
@@ -794,7 +794,7 @@ class RsclipDock(QgsDockWidget):
                 cancel=cancel,
                 model=cached_model(model_dir),
             )
-            return run, classify_advice(run.index, bridge.MODELS.get(model_dir), prompts)
+            return run, classify_advice(run.index, cached_model(model_dir), prompts)
 
         def done(value: Any) -> None:
             result, warnings = value
@@ -892,7 +892,7 @@ class RsclipDock(QgsDockWidget):
 
     def cancel_tasks(self) -> None:
         for task in list(self.tasks):
-            task.cancel()
+            task.request_cancel()
 
     def _on_task_error(self, error: Optional[BaseException], cancelled: bool) -> None:
         if cancelled:

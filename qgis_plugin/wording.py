@@ -59,8 +59,11 @@ PROCESSING_LABELS: Dict[str, str] = {
 
 
 def dock_message(exc: BaseException) -> str:
-    """One line for the dock's status label / message bar."""
-    return _describe(exc, DOCK_LABELS)
+    """The error for the dock's status label, worded with its labels; details (e.g. the installer's
+    offline advice) stay on the lines after the first, which alone goes to the message bar."""
+    worded = getattr(exc, "worded", None)
+    text = worded(DOCK_LABELS) if callable(worded) else str(exc).strip()
+    return text or type(exc).__name__
 
 
 def processing_message(exc: BaseException) -> str:
