@@ -165,7 +165,7 @@ class EmbeddingIndex:
             transform=tuple(meta["transform"]),
             crs_wkt=meta["crs_wkt"],
             raster_path=meta["raster_path"],
-            raster_size=tuple(meta["raster_size"]),  # type: ignore[arg-type]
+            raster_size=(int(meta["raster_size"][0]), int(meta["raster_size"][1])),
             key=meta["key"],
             fingerprints=meta["fingerprints"],
             tiling=meta["tiling"],

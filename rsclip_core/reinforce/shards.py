@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -134,7 +134,7 @@ class ReinforcedSample:
             for teacher, emb in getattr(self, kind).items():
                 arrays[f"{kind}.{teacher}"] = float_to_bf16_bits(emb)
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **cast(dict[str, Any], arrays))
         meta = {"captions": self.captions, "label": self.label, "split": self.split, "source": self.source}
         return {
             "__key__": self.key,

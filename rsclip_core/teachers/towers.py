@@ -96,7 +96,7 @@ def export_image_tower_onnx(tower: str, path: str | Path) -> Path:
     path = Path(path)
     model = load_image_tower(tower)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(tmp), input_names=["image"],
+    torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(tmp), input_names=["image"],
                       output_names=["features"], dynamic_axes={"image": {0: "n"}, "features": {0: "n"}},
                       dynamo=False)
     os.replace(tmp, path)

@@ -20,7 +20,7 @@ import dataclasses
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -128,7 +128,8 @@ def check_resumable(state: dict[str, Any], config: dict[str, Any], world_size: i
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states of this process, in types ``torch.load(weights_only=True)`` reads."""
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    legacy_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    name, keys, pos, has_gauss, cached_gaussian = legacy_state
     numpy_state = {
         "name": name,
         "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -178,7 +179,7 @@ def _with_image_size(model: Any, image_size: int | None) -> Any:
     preprocess = getattr(model, "preprocess", None)
     if preprocess is None or getattr(preprocess, "image_size", None) == image_size:
         return model
-    if dataclasses.is_dataclass(preprocess):
+    if dataclasses.is_dataclass(preprocess) and not isinstance(preprocess, type):
         model.preprocess = dataclasses.replace(preprocess, image_size=image_size)
     elif isinstance(preprocess, dict):
         model.preprocess = {**preprocess, "image_size": image_size}

@@ -180,8 +180,8 @@ def field_type(name: str) -> tuple[str, bool]:
 
 def field_default(name: str) -> Any:
     f = FIELDS[name]
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return None if f.default is dataclasses.MISSING else f.default
 
 
@@ -217,7 +217,7 @@ def _coerce(base: str, value: Any) -> Any:
 
 def check_values(values: dict[str, Any], source: str) -> dict[str, Any]:
     """``values`` with every key a TrainConfig field and every value of its type (ints accepted as floats)."""
-    checked = {}
+    checked: dict[str, Any] = {}
     for key, value in values.items():
         if key not in FIELDS:
             raise TrainConfigError(f"{source}: unknown key {key!r} (TrainConfig fields: {', '.join(FIELDS)})")
