@@ -65,6 +65,17 @@ RESUME_KEYS = ("model", "mode", "batch_size", "accum_steps", "seed", "lam", "syn
 """Config fields a resumed run must share with its checkpoint (they change the data order or the state's shapes)."""
 
 
+def _header(config: dict[str, Any], image_size: int, step: int) -> dict[str, Any]:
+    """The fields ``last.pt`` and ``model.pt`` share: format, version, model name, resolution, step."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_name": config["model"],
+        "image_size": image_size,
+        "step": step,
+    }
+
+
 def resumable_checkpoint(
     *,
     config: dict[str, Any],
@@ -82,11 +93,7 @@ def resumable_checkpoint(
 ) -> dict[str, Any]:
     """The full training state of ``last.pt`` (``config`` is the resolved ``TrainConfig.to_dict()``)."""
     return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_name": config["model"],
-        "image_size": image_size,
-        "step": step,
+        **_header(config, image_size, step),
         "data_position": list(data_position),
         "model": model,
         "ema": ema,
@@ -103,11 +110,7 @@ def resumable_checkpoint(
 def weights_checkpoint(*, config: dict[str, Any], image_size: int, step: int, model: dict[str, Any]) -> dict[str, Any]:
     """The final weights of ``model.pt`` (the EMA's where the run kept one): what evaluation and export read."""
     return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_name": config["model"],
-        "image_size": image_size,
-        "step": step,
+        **_header(config, image_size, step),
         "model": model,
         "ema": None,
         "config": config,
