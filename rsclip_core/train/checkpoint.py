@@ -17,13 +17,14 @@ EMA weights when the run kept them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
+
+from rsclip_core.workdir import atomic_target
 
 CHECKPOINT_FORMAT = "rsclip-train"
 CHECKPOINT_VERSION = 1
@@ -36,14 +37,8 @@ class CheckpointError(ValueError):
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` through a temp file + ``os.replace``: a crash never leaves a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -53,6 +53,7 @@ from rsclip_core.train.data import (
     make_collate,
 )
 from rsclip_core.train.loss import NegativeQueue, reinforced_loss
+from rsclip_core.workdir import atomic_write_text
 
 if TYPE_CHECKING:
     from rsclip_core.models.model import RSClipModel
@@ -212,9 +213,7 @@ def _truncate_log(path: Path, keep_through_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= keep_through_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
