@@ -49,7 +49,8 @@ def _parse_color(value: Any, name: str) -> tuple[int, int, int]:
         if len(text) != 6:
             raise RsclipInputError(f"class {name!r}: colour {value!r} is not #rrggbb")
         try:
-            return tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+            red, green, blue = (int(text[i:i + 2], 16) for i in (0, 2, 4))
+            return red, green, blue
         except ValueError as exc:
             raise RsclipInputError(f"class {name!r}: colour {value!r} is not #rrggbb") from exc
     try:

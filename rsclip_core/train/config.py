@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 MODES = ("clip", "reinforced", "online")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -128,7 +128,7 @@ class TrainConfig:
             cfg.grad_clip = None
         if cfg.image_size is not None and cfg.image_size < 16:
             raise TrainConfigError(f"--image-size: must be >= 16, got {cfg.image_size}")
-        cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
+        cfg.betas = cast("tuple[float, float]", tuple(cfg.betas))  # a list when read from JSON/YAML
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
