@@ -8,7 +8,9 @@ blocks are not imports at run time).
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,3 +227,29 @@ def test_parse_rules_reads_a_table_from_text():
             "| `rsclip_core.spec` **torch-free** | x | `preprocess`, `numpy` | `PIL` |\n\n## Next\n")
     (rule,) = parse_rules(text)
     assert rule == Rule("rsclip_core.spec", True, ("preprocess",), (), ("numpy",), ("PIL",))
+
+
+def _light_at_import(module: str) -> bool:
+    """Whether ``module``'s row, and the rows of the modules it imports at module level, list no heavy package there."""
+    rule = rule_for(module, RULES)
+    if rule is None or HEAVY & set(rule.external_top):
+        return False
+    for dep in rule.internal_top:
+        dep_rule = None if dep == "*" else rule_for(f"rsclip_core.{dep}", RULES)
+        if dep_rule is None or HEAVY & set(dep_rule.external_top):
+            return False
+    return True
+
+
+def test_modules_light_at_import_by_the_table_load_no_heavy_package():
+    """The *at module level* column, run: importing those modules (and so their packages' ``__init__``)
+    in a fresh interpreter loads none of the heavy packages."""
+    light = [m for m, _, _ in _modules() if m.startswith("rsclip_core") and _light_at_import(m)]
+    assert {"rsclip_core.teachers.base", "rsclip_core.inference.model", "rsclip_core.cli.main"} <= set(light)
+    code = ("import importlib, sys\n"
+            f"for name in {light!r}:\n    importlib.import_module(name)\n"
+            f"print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"importing {light} loaded {out.stdout.strip()}"
