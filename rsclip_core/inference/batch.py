@@ -167,7 +167,7 @@ def run_job(kind: str, job: BatchJob, *, model: Any = None, progress: ProgressFn
                 detail = str(run.out_tif) + (f" (mostly {top['name']}, {top['fraction']:.0%})" if top else "")
             else:
                 indexed = run_index(raster, model=model, tiling=params["tiling"], cache_dir=params["cache_dir"],
-                                overwrite=params["overwrite"], progress=progress, cancel=cancel)
+                                    overwrite=params["overwrite"], progress=progress, cancel=cancel)
                 if indexed.reused:
                     return JobResult(raster, "skipped", f"index exists: {indexed.index_path}",
                                      time.perf_counter() - start)

@@ -358,7 +358,9 @@ def storage_report(out_dir: str | Path) -> dict[str, Any]:
                     parts[ext] = parts.get(ext, 0) + m.size
                     if ext == "npz":
                         member = tar.extractfile(m)
-                        data = member.read() if member is not None else b""
+                        if member is None:  # not a regular file (skipped above): nothing to read
+                            continue
+                        data = member.read()
                         with zipfile.ZipFile(io.BytesIO(data)) as z:
                             for info in z.infolist():
                                 npz_parts[info.filename[:-4]] = npz_parts.get(info.filename[:-4], 0) + info.compress_size
