@@ -64,4 +64,4 @@ lint: setup-dev
 	$(VENV)/bin/mypy rsclip_core
 
 clean:
-	rm -rf $(OUT) build dist *.egg-info .pytest_cache
+	rm -rf $(OUT) build dist *.egg-info .pytest_cache .mypy_cache
