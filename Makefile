@@ -21,7 +21,7 @@ $(VENV)/.done: pyproject.toml
 	$(VENV)/bin/pip install $(PIP_FLAGS) -U pip
 	# torch first, pinned, so no other resolver step can pull a different build
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train,export,eval,test]' ruff
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train,export,eval,test]' ruff mypy==2.4.1
 	touch $@
 
 setup: $(DEMO_VENV)/.done
@@ -61,6 +61,7 @@ check-wheel:
 
 lint: setup-dev
 	$(VENV)/bin/ruff check rsclip_core qgis_plugin tests training benchmarks
+	$(VENV)/bin/mypy rsclip_core
 
 clean:
-	rm -rf $(OUT) build dist *.egg-info .pytest_cache
+	rm -rf $(OUT) build dist *.egg-info .pytest_cache .mypy_cache

@@ -73,7 +73,7 @@ def _triple(name: str, value: Any, origin: str) -> tuple[float, float, float]:
         raise PreprocessConfigError(f"{origin}: {name} must be 3 numbers (RGB), got {value!r}") from None
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise PreprocessConfigError(f"{origin}: {name} must be 3 finite numbers (RGB), got {value!r}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 @dataclass(frozen=True)

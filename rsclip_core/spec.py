@@ -24,10 +24,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rsclip_core.preprocess import PreprocessConfig, PreprocessConfigError
 from rsclip_core.prompts import ZERO_SHOT_TEMPLATES
+
+RGB = tuple[float, float, float]
 
 FORMAT_VERSION = 1
 
@@ -99,7 +101,8 @@ class ModelMetadata:
     @property
     def preprocess(self) -> PreprocessConfig:
         """The preprocessing these fields describe (validated)."""
-        return PreprocessConfig(image_size=self.image_size, mean=tuple(self.mean), std=tuple(self.std),
+        return PreprocessConfig(image_size=self.image_size, mean=cast(RGB, tuple(self.mean)),
+                                std=cast(RGB, tuple(self.std)),
                                 interpolation=self.interpolation, resize_mode=self.resize_mode)
 
     @staticmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,12 +18,7 @@ from rsclip_core.inference.advice import (
     search_advice,
     top_k_warning,
 )
-from rsclip_core.inference.toy_model import write_color_raster, write_toy_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return write_toy_model(tmp_path_factory.mktemp("toy") / "model")
+from rsclip_core.inference.toy_model import write_color_raster
 
 
 def test_resolution_warning_only_far_from_the_training_resolution():

@@ -24,16 +24,11 @@ from rsclip_core.inference import (
     plan_classify_batch,
     run_batch,
 )
-from rsclip_core.inference.toy_model import write_color_raster, write_toy_model
+from rsclip_core.inference.toy_model import write_color_raster
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES_YAML = ("classes:\n  - {name: bare, prompts: [red soil], color: '#c83232'}\n"
                 "  - {name: vegetation, prompts: [green forest], color: '#1ea01e'}\n")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return write_toy_model(tmp_path_factory.mktemp("toy") / "model")
 
 
 @pytest.fixture()

@@ -33,11 +33,6 @@ TILING = TilingConfig(tile_size=32)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return write_toy_model(tmp_path_factory.mktemp("toy") / "model")
-
-
-@pytest.fixture(scope="module")
 def model(model_dir):
     return load_model(model_dir)
 

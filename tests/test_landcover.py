@@ -34,8 +34,8 @@ CLASSES = [
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return load_model(write_toy_model(tmp_path_factory.mktemp("toy") / "model"))
+def model(model_dir):
+    return load_model(model_dir)
 
 
 def test_default_class_list_ships_and_round_trips(tmp_path):

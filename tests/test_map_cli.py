@@ -10,12 +10,7 @@ import rasterio
 from click.testing import CliRunner
 
 from rsclip_core.cli.map import cli
-from rsclip_core.inference.toy_model import write_color_raster, write_toy_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return write_toy_model(tmp_path_factory.mktemp("toy") / "model")
+from rsclip_core.inference.toy_model import write_color_raster
 
 
 @pytest.fixture()

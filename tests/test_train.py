@@ -94,13 +94,7 @@ def make_reinforced_dataset(root: Path, n: int = 24, per_shard: int = 10, k: int
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU: one intra-op thread is ~10x faster than fighting over cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only add noise
 
 
 @pytest.fixture(scope="module")

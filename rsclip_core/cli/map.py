@@ -129,12 +129,11 @@ class _Fail:
     def __enter__(self) -> _Fail:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         from rsclip_core.inference.errors import USER_ERRORS
 
         if exc is not None and isinstance(exc, USER_ERRORS) and not isinstance(exc, click.ClickException):
             raise click.ClickException(cli_message(exc)) from exc
-        return False
 
 
 def _install_warning_format(quiet: bool) -> None:
@@ -146,7 +145,7 @@ def _install_warning_format(quiet: bool) -> None:
         text = cli_message(message) if isinstance(message, Warning) else message
         tqdm.write(f"Warning: {text}", file=sys.stderr)  # clears the bar, prints, redraws it
 
-    warnings.showwarning = show  # type: ignore[assignment]
+    warnings.showwarning = show
     warnings.filterwarnings("ignore", category=Warning, module="rasterio")  # NotGeoreferenced etc.
     warnings.filterwarnings("default", category=UserWarning, module="rsclip_core")
 
@@ -155,7 +154,8 @@ class _Bar:
     """A tqdm bar driven by the engine's ``progress(done, total)`` callback."""
 
     def __init__(self, desc: str, quiet: bool) -> None:
-        self.desc, self.quiet, self.bar = desc, quiet, None
+        self.desc, self.quiet = desc, quiet
+        self.bar: Any = None  # a tqdm bar (tqdm ships no type information)
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:  # created on first progress, so early errors print no empty bar

@@ -66,7 +66,7 @@ def _run(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[st
         report_markdown,
         storage_report,
     )
-    from rsclip_core.reinforce.captioners import CocaCaptioner
+    from rsclip_core.reinforce.captioners import Captioner, CocaCaptioner
     from rsclip_core.teachers.base import TeacherEnsemble, load_teacher
 
     if threads:
@@ -88,7 +88,7 @@ def _run(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[st
         if not coca or ":" not in coca:
             raise ValueError("--captioner coca needs --coca ARCH:/path/to/weights")
         arch, path = coca.split(":", 1)
-        cap = CocaCaptioner(arch, path)
+        cap: Captioner = CocaCaptioner(arch, path)
     else:
         bank = [r for r in all_records if not bank_split or r.split == bank_split]
         if not bank:

@@ -138,7 +138,7 @@ class AugmentationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentationConfig:
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kwargs)
 
 

@@ -356,7 +356,7 @@ def load_rgb_image(path: str | Path, allow_convert: bool = False) -> tuple[Image
     if img.mode != "RGB":
         if not allow_convert or img.mode not in ("L", "LA", "P", "RGBA", "CMYK"):
             raise ImageLoadError(f"{path}: non-RGB image (mode {img.mode})")
-        img = img.convert("RGB")
+        return img.convert("RGB"), data
     return img, data
 
 

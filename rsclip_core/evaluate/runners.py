@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from rsclip_core.evaluate.metrics import (
 )
 from rsclip_core.preprocess import load_images
 from rsclip_core.prompts import ZERO_SHOT_TEMPLATES, fill_prompts
+from rsclip_core.workdir import atomic_write_text
 
 @dataclass
 class RetrievalSet:
@@ -139,20 +139,6 @@ def evaluate_zero_shot(
 
 
 # ---------------------------------------------------------------- reports
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_confusion_matrix(result: dict[str, Any], path: str | Path, title: str | None = None) -> Path:

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from torch import nn
 
@@ -34,6 +34,9 @@ from rsclip_core.export.errors import (
 from rsclip_core.export.onnx_export import DEFAULT_OPSET, Exporter, export_onnx_image, export_onnx_text
 from rsclip_core.export.parity import DEFAULT_ATOL, DEFAULT_MIN_COSINE, check_parity, check_reparam_parity
 
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
+
 ClassesArg = Union[str, Path, Sequence[Any], None]
 Log = Callable[[str], None]
 
@@ -48,7 +51,7 @@ def _silent(_: str) -> None:
     pass
 
 
-def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
+def load_model(name: str, checkpoint: str | Path | None = None) -> RSClipModel:
     """``create_model(name, checkpoint)`` with one-line errors for the usual mistakes."""
     from rsclip_core.models import CheckpointError, create_model, list_models
 
@@ -119,7 +122,7 @@ def _sha256(path: Path) -> str:
 
 
 def build_metadata(
-    model: nn.Module,
+    model: RSClipModel,
     *,
     tokenizer_fields: dict[str, Any],
     resolution_m: float | None = None,
@@ -142,7 +145,7 @@ def build_metadata(
     )
 
 
-def write_tokenizer(model: nn.Module, path: Path) -> dict[str, Any]:
+def write_tokenizer(model: RSClipModel, path: Path) -> dict[str, Any]:
     """Write the inference ``tokenizer.json`` of ``model``; returns its ``ModelMetadata`` fields."""
     from rsclip_core.inference.tokenizer import TextTokenizer
     from rsclip_core.models.tokenizer import save_inference_tokenizer
@@ -218,7 +221,7 @@ def export_model(
     elif isinstance(model_or_name, nn.Module):
         if checkpoint is not None:
             raise ExportError("checkpoint= is only used with a model name, not a model instance")
-        train_model = copy.deepcopy(model_or_name)
+        train_model = cast("RSClipModel", copy.deepcopy(model_or_name))  # exported through its RSClipModel API
     else:
         raise ExportError(f"model_or_name must be a model name or an RSClipModel, got {type(model_or_name).__name__}")
     train_model.eval()
@@ -316,7 +319,7 @@ def _synthetic_images(folder: Path) -> list[Path]:
     for i in range(8):
         small = rng.uniform(0, 255, size=(8, 8, 3)).astype("uint8")
         path = folder / f"{i}.png"
-        Image.fromarray(small).resize((96, 96), Image.BICUBIC).save(path)
+        Image.fromarray(small).resize((96, 96), Image.Resampling.BICUBIC).save(path)
         paths.append(path)
     return paths
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -31,6 +31,9 @@ from rsclip_core.export.errors import ExportError
 from rsclip_core.export.wrappers import ImageEncoder, TextEncoder
 from rsclip_core.preprocess import standardise
 
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
+
 DEFAULT_OPSET = 17
 _TMP_OUTPUT = "rsclip_export_output"
 DYNAMO_OPSET = 18
@@ -40,11 +43,11 @@ Exporter = Literal["auto", "legacy", "dynamo"]
 _FP16_MIN_ELEMENTS = 1024
 
 
-def _image_size(model: nn.Module) -> int:
+def _image_size(model: RSClipModel) -> int:
     return int(model.preprocess.image_size)
 
 
-def example_images(model: nn.Module, batch: int = 2, seed: int = 0) -> torch.Tensor:
+def example_images(model: RSClipModel, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Standardised random RGB images [batch, 3, S, S] for tracing and parity checks."""
     gen = torch.Generator().manual_seed(seed)
     size = _image_size(model)
@@ -52,7 +55,7 @@ def example_images(model: nn.Module, batch: int = 2, seed: int = 0) -> torch.Ten
     return torch.from_numpy(standardise(pixels.numpy(), model.preprocess))
 
 
-def example_tokens(model: nn.Module, batch: int = 2) -> torch.Tensor:
+def example_tokens(model: RSClipModel, batch: int = 2) -> torch.Tensor:
     """Token ids [batch, context_length] from the model's own tokenizer (realistic SOT/EOT/padding)."""
     from rsclip_core.models import get_tokenizer
 
@@ -70,7 +73,7 @@ def example_tokens(model: nn.Module, batch: int = 2) -> torch.Tensor:
     return torch.as_tensor(tokenizer(texts), dtype=torch.long)
 
 
-def _synthetic_tokens(model: nn.Module, batch: int) -> torch.Tensor:
+def _synthetic_tokens(model: RSClipModel, batch: int) -> torch.Tensor:
     """SOT, random ids, EOT (the largest id, as in CLIP's vocabulary), then zero padding."""
     vocab = int(model.config.get("text_cfg", {}).get("vocab_size", 49408))
     ctx = int(model.context_length)
@@ -131,6 +134,8 @@ def export_graph(
                         opset_version=max(opset, DYNAMO_OPSET),
                         verbose=False,
                     )
+                    if program is None:
+                        raise ExportError(f"{path}: torch.onnx.export (dynamo) returned no program")
                     program.save(str(path))
                     graph = onnx.load(str(path))
                     rename_value(graph, spec.EMBEDDING_OUTPUT, f"{spec.EMBEDDING_OUTPUT}__internal")
@@ -243,7 +248,7 @@ def _finalize(path: Path, props: dict[str, str], doc: str, fp16: bool, embed_dim
 
 
 def export_onnx_image(
-    model: nn.Module,
+    model: RSClipModel,
     path: str | Path,
     *,
     metadata_props: dict[str, str] | None = None,
@@ -265,7 +270,7 @@ def export_onnx_image(
 
 
 def export_onnx_text(
-    model: nn.Module,
+    model: RSClipModel,
     path: str | Path,
     *,
     metadata_props: dict[str, str] | None = None,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from rsclip_core import spec
 from rsclip_core.export.errors import ParityError
 from rsclip_core.export.onnx_export import example_images, example_tokens
+
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_COSINE = 0.9999
@@ -84,7 +87,7 @@ def compare_embeddings(
     return ParityResult(name, diff, float(cosine.min()), atol, min_cosine)
 
 
-def _torch_embeddings(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _torch_embeddings(model: RSClipModel, images: torch.Tensor, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         image = model.encode_image(images, normalize=True).float().numpy()
         text = model.encode_text(tokens, normalize=True).float().numpy()
@@ -92,7 +95,7 @@ def _torch_embeddings(model: nn.Module, images: torch.Tensor, tokens: torch.Tens
 
 
 def check_parity(
-    model: nn.Module,
+    model: RSClipModel,
     model_dir: str | Path,
     *,
     batch: int = 3,
@@ -130,8 +133,8 @@ def check_parity(
 
 
 def check_reparam_parity(
-    train_model: nn.Module,
-    reparam_model: nn.Module,
+    train_model: RSClipModel,
+    reparam_model: RSClipModel,
     *,
     batch: int = 3,
     seed: int = 0,

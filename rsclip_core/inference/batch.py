@@ -166,12 +166,12 @@ def run_job(kind: str, job: BatchJob, *, model: Any = None, progress: ProgressFn
                 top = max(run.stats, key=lambda s: s["cells"]) if run.stats else None
                 detail = str(run.out_tif) + (f" (mostly {top['name']}, {top['fraction']:.0%})" if top else "")
             else:
-                run = run_index(raster, model=model, tiling=params["tiling"], cache_dir=params["cache_dir"],
-                                overwrite=params["overwrite"], progress=progress, cancel=cancel)
-                if run.reused:
-                    return JobResult(raster, "skipped", f"index exists: {run.index_path}",
+                indexed = run_index(raster, model=model, tiling=params["tiling"], cache_dir=params["cache_dir"],
+                                    overwrite=params["overwrite"], progress=progress, cancel=cancel)
+                if indexed.reused:
+                    return JobResult(raster, "skipped", f"index exists: {indexed.index_path}",
                                      time.perf_counter() - start)
-                detail = f"{run.index_path} ({len(run.index)} tiles)"
+                detail = f"{indexed.index_path} ({len(indexed.index)} tiles)"
         return JobResult(raster, "done", detail, time.perf_counter() - start)
     except RsclipCancelled:
         _remove_new(outputs, present)

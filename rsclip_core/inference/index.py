@@ -165,7 +165,7 @@ class EmbeddingIndex:
             transform=tuple(meta["transform"]),
             crs_wkt=meta["crs_wkt"],
             raster_path=meta["raster_path"],
-            raster_size=tuple(meta["raster_size"]),  # type: ignore[arg-type]
+            raster_size=(int(meta["raster_size"][0]), int(meta["raster_size"][1])),
             key=meta["key"],
             fingerprints=meta["fingerprints"],
             tiling=meta["tiling"],
@@ -263,11 +263,12 @@ def build_index(
                     return cached
             except RsclipInputError:
                 pass
-        checkpoint = path.with_name(f".{path.name[:-4]}.resume.npz") if path is not None else None
+        checkpoint: Path | None = None
         if path is not None:  # before the work: a cache that cannot be written fails now, not after
+            checkpoint = path.with_name(f".{path.name[:-4]}.resume.npz")
             ensure_writable_dir(path.parent, "cache_dir")
             remove_stale_partials(path)
-            remove_stale_partials(checkpoint)  # type: ignore[arg-type]
+            remove_stale_partials(checkpoint)
         check_tile_count(source)
         index = _embed(source, model, key, progress, cancel, checkpoint, raster_fp)
     if len(index) == 0:
@@ -347,7 +348,8 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Prog
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsclip-read") as pool:
         pending = pool.submit(read_batch, starts[0]) if starts else None
         for n, start in enumerate(starts):
-            idx, tiles = pending.result()  # type: ignore[union-attr]
+            assert pending is not None  # submitted before the loop and at the end of each turn
+            idx, tiles = pending.result()
             if cancel is not None and cancel():
                 if checkpoint is not None and start > first:
                     _save_checkpoint(checkpoint, key, start, embeddings, fractions, kept)

@@ -49,7 +49,8 @@ def _parse_color(value: Any, name: str) -> tuple[int, int, int]:
         if len(text) != 6:
             raise RsclipInputError(f"class {name!r}: colour {value!r} is not #rrggbb")
         try:
-            return tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+            red, green, blue = (int(text[i:i + 2], 16) for i in (0, 2, 4))
+            return red, green, blue
         except ValueError as exc:
             raise RsclipInputError(f"class {name!r}: colour {value!r} is not #rrggbb") from exc
     try:
@@ -58,7 +59,7 @@ def _parse_color(value: Any, name: str) -> tuple[int, int, int]:
         raise RsclipInputError(f"class {name!r}: colour {value!r} is not [r, g, b] or #rrggbb") from exc
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
         raise RsclipInputError(f"class {name!r}: colour {value!r} needs 3 values in 0..255")
-    return rgb  # type: ignore[return-value]
+    return rgb[0], rgb[1], rgb[2]
 
 
 def default_classes_path(model: EmbeddingModel | None = None) -> Path:
@@ -84,6 +85,7 @@ def parse_classes(data: Any, origin: str | None = None) -> list[LandCoverClass]:
     if not isinstance(data, list):
         raise RsclipInputError(f"{_at(origin)}expected a list of classes (name, prompts, color)", field="classes")
     classes = []
+    item: Any
     for i, item in enumerate(data):
         if isinstance(item, str):
             item = {"name": item}
@@ -92,7 +94,8 @@ def parse_classes(data: Any, origin: str | None = None) -> list[LandCoverClass]:
         prompts = item.get("prompts", [])
         if isinstance(prompts, str):
             prompts = [prompts]
-        classes.append(LandCoverClass(item["name"], list(prompts), item.get("color", item.get("colour", _auto_color(i)))))
+        color: Any = item.get("color", item.get("colour", _auto_color(i)))  # validated by LandCoverClass
+        classes.append(LandCoverClass(item["name"], list(prompts), color))
     validate_classes(classes, origin)
     return classes
 

@@ -158,10 +158,11 @@ class RasterSource:
             if bad:
                 raise RsclipInputError(f"asked for {','.join(map(str, bands))} but {self.path} has only {ds.count} band(s)",
                                        field="bands")
-            return (bands[0],) * 3 if len(bands) == 1 else tuple(bands)  # type: ignore[return-value]
+            return (bands[0],) * 3 if len(bands) == 1 else (bands[0], bands[1], bands[2])  # 1 or 3 (TilingConfig)
         interp = list(ds.colorinterp)
         if all(c in interp for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
-            return tuple(interp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue))  # type: ignore[return-value]
+            red, green, blue = (interp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue))
+            return red, green, blue
         if ds.count == 3:
             return (1, 2, 3)
         if ds.count == 4 and interp[3] == ColorInterp.alpha:

@@ -212,8 +212,8 @@ def _area_m2(frame: Any) -> Any:
                      for g in lonlat], dtype=np.float64)
 
 
-def _colormap(classes: Sequence[LandCoverClass]) -> dict[int, tuple]:
-    cmap = {i: (0, 0, 0, 0) for i in range(256)}
+def _colormap(classes: Sequence[LandCoverClass]) -> dict[int, Sequence[int]]:
+    cmap: dict[int, Sequence[int]] = {i: (0, 0, 0, 0) for i in range(256)}
     for i, c in enumerate(classes):
         cmap[i + 1] = tuple(c.color) + (255,)
     cmap[UNCLASSIFIED_CODE] = UNCLASSIFIED_COLOR + (255,)
@@ -244,6 +244,7 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
     checked = check_outputs({"output": out_tif, "confidence": confidence_tif, "polygons": polygons_gpkg},
                             overwrite=overwrite, inputs=_inputs(raster, tiling, classes_file))
     tif, conf_path, gpkg = checked["output"], checked["confidence"], checked["polygons"]
+    assert tif is not None  # out_tif is required (checked above)
     model = _model(model, model_dir)
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, tif),
                         progress=progress, cancel=cancel)
@@ -262,5 +263,5 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
                       tags=tags, band_description="class probability", resampling="AVERAGE", staging=staging)
         if gpkg is not None:
             write_gpkg(gpkg, landcover_polygons(result), layer="landcover", staging=staging)
-    return ClassifyRun(out_tif=tif, result=result, index=index, polygons_gpkg=gpkg,  # type: ignore[arg-type]
+    return ClassifyRun(out_tif=tif, result=result, index=index, polygons_gpkg=gpkg,
                        confidence_tif=conf_path, stats=result.class_stats())

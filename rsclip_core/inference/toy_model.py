@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rsclip_core import spec
+
+if TYPE_CHECKING:
+    import onnx
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 # word -> RGB direction of the embedding space (other words embed to zero and only dilute)
@@ -28,7 +32,7 @@ EXTRA_WORDS = ["a", "an", "of", "image", "satellite", "aerial", "remote", "sensi
                "top-down", "view", "the", "and", "."]
 
 
-def _save(model: object, path: Path) -> None:
+def _save(model: onnx.ModelProto, path: Path) -> None:
     import onnx
 
     onnx.checker.check_model(model)
@@ -45,7 +49,7 @@ def _normalize_nodes(src: str, dst: str) -> list:
     ]
 
 
-def image_graph(image_size: int, embed_dim: int) -> object:
+def image_graph(image_size: int, embed_dim: int) -> onnx.ModelProto:
     """``image`` [N, 3, S, S] -> mean colour -> [N, D] (first three dims = RGB, plus a bias)."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -70,7 +74,7 @@ def image_graph(image_size: int, embed_dim: int) -> object:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def text_graph(vocab: dict[str, int], context_length: int, embed_dim: int) -> object:
+def text_graph(vocab: dict[str, int], context_length: int, embed_dim: int) -> onnx.ModelProto:
     """``tokens`` [N, ctx] -> mean of word vectors -> [N, D]."""
     from onnx import TensorProto, helper, numpy_helper
 

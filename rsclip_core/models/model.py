@@ -128,7 +128,7 @@ def _layer_groups(module: nn.Module) -> list[tuple[str, nn.Module]]:
                 else:
                     groups.append((f"{name}.{sub_name}", sub))
         elif name == "encoder" and hasattr(child, "layer"):  # Hugging Face BERT-like
-            groups += [(f"encoder.layer.{n}", m) for n, m in child.layer.named_children()]
+            groups += [(f"encoder.layer.{n}", m) for n, m in child.get_submodule("layer").named_children()]
         else:
             groups.append((name, child))
     merged: list[tuple[str, nn.Module]] = []

@@ -48,12 +48,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from rsclip_core.teachers.base import TeacherInfo
-from rsclip_core.workdir import atomic_write_bytes
+from rsclip_core.workdir import atomic_target, atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -134,7 +134,7 @@ class ReinforcedSample:
             for teacher, emb in getattr(self, kind).items():
                 arrays[f"{kind}.{teacher}"] = float_to_bf16_bits(emb)
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **cast(dict[str, Any], arrays))
         meta = {"captions": self.captions, "label": self.label, "split": self.split, "source": self.source}
         return {
             "__key__": self.key,
@@ -261,27 +261,20 @@ def write_shard(path: str | Path, samples: Iterable[ReinforcedSample]) -> int:
 
     Members get a fixed mtime/uid so the same samples give byte-identical shards.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in samples:
-                    for name, data in _members(sample.to_wds()):
-                        info = tarfile.TarInfo(name)
-                        info.size = len(data)
-                        info.mtime = 0
-                        info.mode = 0o644
-                        info.uname = info.gname = "rsclip"
-                        tar.addfile(info, io.BytesIO(data))
-                    count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                for name, data in _members(sample.to_wds()):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    info.mtime = 0
+                    info.mode = 0o644
+                    info.uname = info.gname = "rsclip"
+                    tar.addfile(info, io.BytesIO(data))
+                count += 1
+        f.flush()
+        os.fsync(f.fileno())
     return count
 
 

@@ -103,7 +103,8 @@ def cached_image_features(
             model = OnnxImageTower(tower_name, cache_dir=Path(cache_dir).parent)
         feats = []
         for b in range(0, len(chunk), batch_size):
-            views, ok = [], []
+            views: list[Any] = []
+            ok: list[bool] = []
             for r in chunk[b:b + batch_size]:
                 try:
                     img, _ = load_rgb_image(r.image_path, allow_convert=True)
@@ -114,7 +115,7 @@ def cached_image_features(
                     views.append(None)
                     ok.append(False)
             good = [v for v in views if v is not None]
-            f = np.zeros((0, 1), np.float32)
+            f: np.ndarray = np.zeros((0, 1), np.float32)
             if good:
                 with torch.inference_mode():
                     f = np.asarray(model(images_to_tensor(good, preprocess)), dtype=np.float32)

@@ -154,7 +154,7 @@ class OfflineTeacher:
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
                 feats = self.image_trunk(images_to_tensor(images[i:i + self.batch_size], self.preprocess))
-                out.append(self.model.visual.proj(feats).float().numpy())
+                out.append(self.model.visual.get_submodule("proj")(feats).float().numpy())
         return normalize_rows(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -164,7 +164,7 @@ class OfflineTeacher:
             return np.zeros((0, self.dim), np.float32)
         feats = encode_texts_with_tower(self.text_tower, texts)
         with torch.inference_mode():
-            return normalize_rows(self.model.text.proj(torch.from_numpy(feats)).float().numpy())
+            return normalize_rows(self.model.text.get_submodule("proj")(torch.from_numpy(feats)).float().numpy())
 
     def info(self) -> TeacherInfo:
         return TeacherInfo(name=self.name, dim=self.dim, kind="offline", checkpoint=self.checkpoint,

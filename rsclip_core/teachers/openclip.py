@@ -34,7 +34,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rsclip_core.teachers.base import TeacherError, TeacherInfo, normalize_rows
 
@@ -45,7 +44,7 @@ class LocalOpenClip:
 
     arch: str
     checkpoint: Path
-    model: nn.Module
+    model: Any  # an open_clip CLIP (open_clip ships no type information)
     preprocess: Callable[[Any], torch.Tensor]  # PIL image -> standardised tensor (eval transform)
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
     preprocess_cfg: dict[str, Any]

@@ -23,7 +23,7 @@ import numpy as np
 
 from rsclip_core.preprocess import PreprocessConfig, image_to_input
 from rsclip_core.teachers.base import TeacherError
-from rsclip_core.workdir import stage_dir
+from rsclip_core.workdir import atomic_target, stage_dir
 
 IMAGE_TOWERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 TEXT_TOWERS = ("all-MiniLM-L6-v2",)
@@ -95,11 +95,10 @@ def export_image_tower_onnx(tower: str, path: str | Path) -> Path:
 
     path = Path(path)
     model = load_image_tower(tower)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(tmp), input_names=["image"],
-                      output_names=["features"], dynamic_axes={"image": {0: "n"}, "features": {0: "n"}},
-                      dynamo=False)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(tmp), input_names=["image"],
+                          output_names=["features"], dynamic_axes={"image": {0: "n"}, "features": {0: "n"}},
+                          dynamo=False)
     return path
 
 

@@ -25,7 +25,7 @@ from rsclip_core.inference import (
 )
 from rsclip_core.inference.landcover import LandCoverClass
 from rsclip_core.inference.raster import raster_fingerprint
-from rsclip_core.inference.toy_model import write_color_raster, write_toy_model
+from rsclip_core.inference.toy_model import write_color_raster
 
 TILING = TilingConfig(tile_size=32)
 RGB = [LandCoverClass("red", ["red soil"], (200, 0, 0)), LandCoverClass("green", ["green forest"], (0, 200, 0)),
@@ -33,8 +33,8 @@ RGB = [LandCoverClass("red", ["red soil"], (200, 0, 0)), LandCoverClass("green",
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return load_model(write_toy_model(tmp_path_factory.mktemp("toy") / "model"))
+def model(model_dir):
+    return load_model(model_dir)
 
 
 def test_index_key_follows_pixels_not_mtime(model, tmp_path):

@@ -116,7 +116,7 @@ def evaluate_variant(args: argparse.Namespace, name: str, cfg: TrainConfig, weig
         read_classification_folder,
         read_karpathy_split,
     )
-    from rsclip_core.evaluate.runners import atomic_write_text
+    from rsclip_core.workdir import atomic_write_text
     from rsclip_core.models import get_tokenizer
     from rsclip_core.train.checkpoint import load_trained_model
 
@@ -148,7 +148,7 @@ def _scales_text(args: argparse.Namespace) -> str:
 
 def write_table(args: argparse.Namespace, rows: dict[str, dict[str, Any]], timing: dict[str, Any]) -> str:
     """The markdown table of the evaluated variants (settings quoted from the first variant's resolved recipe)."""
-    from rsclip_core.evaluate.runners import atomic_write_text
+    from rsclip_core.workdir import atomic_write_text
     from rsclip_core.reinforce.shards import load_manifest
     from rsclip_core.train.data import ShardStore
 

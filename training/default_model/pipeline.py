@@ -125,7 +125,7 @@ def read_json(path: Path) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    from rsclip_core.evaluate.runners import atomic_write_text
+    from rsclip_core.workdir import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
@@ -392,7 +392,7 @@ def count_params(model_name: str) -> dict[str, float]:
 
 def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any], baseline: dict[str, Any],
                shipped: dict[str, Any]) -> None:
-    from rsclip_core.evaluate.runners import atomic_write_text
+    from rsclip_core.workdir import atomic_write_text
     from rsclip_core.reinforce.shards import load_manifest
 
     teachers = read_json(REPO / "training" / "results" / "teachers.json")
