@@ -32,7 +32,7 @@ UNSAVED_OUTPUT_SETTING = "rsclip/unsaved_project_output_dir"  # QgsSettings: res
 
 
 MAP_DETAILS: List[Tuple[str, str]] = [
-    ("", "Auto (dense if the model has it, else windows)"),
+    ("", "Auto (dense if the model has it, else the tiles' own overlap blended)"),
     ("dense", "Dense: per-location embeddings in each tile"),
     ("windows", "Overlapping windows (50 % overlap), soft-voted"),
     ("dense+windows", "Dense + overlapping windows (finest, ~3x slower)"),

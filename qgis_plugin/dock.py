@@ -758,10 +758,11 @@ class RsclipDock(QgsDockWidget):
             result, seconds, warnings = value
             name = layers.numbered_name(f"rsclip: {query}")
             layer = layers.style_hits(layers.open_vector(str(result.out_gpkg), name, "hits"))
-            points = layers.style_hit_points(
-                layers.open_vector(str(result.out_gpkg), layers.numbered_name(f"rsclip points: {query}"), "hit_points")
-            )
-            layers.add_to_project([points, layer], subgroup=raster_name)
+            added = [layer]
+            if result.index.dense is not None:  # hits localised inside their tiles: show the best matches
+                added.insert(0, layers.style_hit_points(layers.open_vector(
+                    str(result.out_gpkg), layers.numbered_name(f"rsclip points: {query}"), "hit_points")))
+            layers.add_to_project(added, subgroup=raster_name)
             self.last_hits_layer = layer
             self.zoom_button.setEnabled(True)
             self.zoom_to_hits()
@@ -773,7 +774,7 @@ class RsclipDock(QgsDockWidget):
                 f"{best} → {result.out_gpkg.parent}",
                 warnings,
             )
-            self.layersAdded.emit([layer, points])
+            self.layersAdded.emit(added)
 
         return self._start(
             InferenceTask(f"rsclip search: {query}", work, done, self._on_task_error), raster_id, [out]

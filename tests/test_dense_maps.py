@@ -142,8 +142,11 @@ def test_bad_map_options_name_their_field(dense_model, plain_model, tmp_path):
         run_classify(raster, CLASSES, model=plain_model, out_tif=tmp_path / "x.tif", detail="dense")
     assert no_dense.value.field == "detail" and "no dense" in str(no_dense.value)
     run = run_classify(raster, CLASSES, model=plain_model, tiling=TilingConfig(tile_size=32),
-                       out_tif=tmp_path / "w.tif")  # without dense: windows, overlap 0.5
-    assert run.index.grid.stride_x == 16 and run.index.dense is None
+                       out_tif=tmp_path / "w.tif")  # without dense, automatic: windows on the tiling as given
+    assert run.index.grid.stride_x == 32 and run.index.dense is None and run.result.codes.shape == (16, 16)
+    run = run_classify(raster, CLASSES, model=plain_model, tiling=TilingConfig(tile_size=32),
+                       out_tif=tmp_path / "w2.tif", detail="windows")  # asked for: overlap 0.5
+    assert run.index.grid.stride_x == 16
 
 
 def _square_raster(path: Path, size: int = 128, square: tuple[int, int, int] = (80, 20, 12)) -> Path:

@@ -117,8 +117,8 @@ def map_options(func: Callable) -> Callable:
         click.option("--detail", type=click.Choice(DETAILS),
                      help="tile: one class per tile; dense: per-location embeddings inside each tile; windows: "
                           "overlapping tiles (overlap 0.5 unless --overlap) soft-voted with tent weights; "
-                          "dense+windows: both [dense if the model has dense embeddings, else windows; "
-                          "search heat-map: dense, else tile]."),
+                          "dense+windows: both [dense if the model has dense embeddings, else the tiles of "
+                          "--overlap blended (tiling unchanged); search heat-map: dense, else tile]."),
         click.option("--cells-per-tile", type=int,
                      help="Output cells across one tile [8 unless --detail tile; tile alone: one per tile stride]."),
         click.option("--map-resolution", type=float,

@@ -265,9 +265,11 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
     """Zero-shot land cover of ``raster``: class COG (+ confidence COG, + dissolved polygons GPKG).
 
     ``classes`` is a list of `LandCoverClass` or a class file path (YAML/JSON). ``detail``
-    (`rsclip_core.inference.maps.DETAILS`; default `DEFAULT_DETAIL` when the model has dense
-    embeddings, else ``windows``) and ``cells_per_tile`` (default 8) / ``map_resolution`` (map
-    units per cell) choose how fine the map is; ``tile`` without a resolution is one cell per tile.
+    (`rsclip_core.inference.maps.DETAILS`) and ``cells_per_tile`` (default 8) / ``map_resolution``
+    (map units per cell) choose how fine the map is; ``tile`` without a resolution is one cell per
+    tile, ``windows`` details overlap tiles by 0.5 unless ``tiling`` overlaps them already. Default
+    (``None``): `DEFAULT_DETAIL` when the model has dense embeddings, else ``windows`` blending of
+    the tiling's own overlap (the tiling is left as given).
     """
     from rsclip_core.inference.maps import DEFAULT_DETAIL, check_detail
     classes_file = classes if isinstance(classes, (str, os.PathLike)) else None
@@ -284,13 +286,14 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
                             overwrite=overwrite, inputs=_inputs(raster, tiling, classes_file))
     tif, conf_path, gpkg = checked["output"], checked["confidence"], checked["polygons"]
     model = _model(model, model_dir)
-    if detail is None:
+    if detail is None:  # automatic: never changes the tiling asked for (a prebuilt index is reused)
         detail = DEFAULT_DETAIL if model.has_dense else "windows"
-    check_detail(detail)
+    else:
+        check_detail(detail)
+        tiling = _tiling_for(detail, tiling)
     if detail.startswith("dense") and not model.has_dense:
         raise RsclipInputError(f"{model.model_dir}: the model has no dense embeddings (its image graph has no "
                                "'dense' output); use detail 'windows' or 'tile'", field="detail")
-    tiling = _tiling_for(detail, tiling)
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, tif),
                         progress=progress, cancel=cancel)
     result = classify(index, model, classes, threshold=threshold, detail=detail, cells_per_tile=cells_per_tile,
