@@ -205,3 +205,31 @@ def test_heatmap_at_sub_tile_resolution_peaks_on_the_object(dense_model, tmp_pat
     assert points.geometry.iloc[0].within(run.hits.geometry.iloc[0].buffer(1e-6))
     with rasterio.open(tmp_path / "heat.tif") as ds:
         assert ds.res == (8.0, 8.0) and ds.bounds == pytest.approx((500000.0, 5999872.0, 500128.0, 6000000.0))
+
+
+def test_cli_map_options(dense_model, tmp_path):
+    from click.testing import CliRunner
+
+    from rsclip_core.cli.map import cli
+
+    raster = write_color_raster(tmp_path / "q.tif", 128, 96)
+    model_dir = str(dense_model.model_dir)
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    out = tmp_path / "lc.tif"
+    ok = invoke("classify", raster, "-m", model_dir, "--tile", 32, "--detail", "dense+windows",
+                "--cells-per-tile", 4, "-o", out, "-q")
+    assert ok.exit_code == 0, ok.output
+    with rasterio.open(out) as ds:
+        assert ds.res == (8.0, 8.0) and ds.tags()["detail"] == "dense+windows" and ds.shape == (12, 16)
+    bad = invoke("classify", raster, "-m", model_dir, "--cells-per-tile", 0, "-o", tmp_path / "x.tif")
+    assert bad.exit_code != 0 and "--cells-per-tile" in bad.output
+    bad = invoke("search", raster, "blue", "-m", model_dir, "--map-resolution", -1, "-o", tmp_path / "h.gpkg")
+    assert bad.exit_code != 0 and "--map-resolution" in bad.output
+    hits = invoke("search", raster, "blue", "-m", model_dir, "--tile", 32, "--top-k", 2,
+                  "-o", tmp_path / "h.gpkg", "--heatmap", tmp_path / "heat.tif", "--map-resolution", 2)
+    assert hits.exit_code == 0, hits.output
+    with rasterio.open(tmp_path / "heat.tif") as ds:
+        assert ds.res == (2.0, 2.0) and ds.shape == (48, 64)
