@@ -155,9 +155,12 @@ def dense_support(model: nn.Module) -> str | None:
     tower whose head is not a global average pool + linear map (attention pooling, MLP heads) is
     refused even if it has a ``forward_dense``.
     """
-    forward_dense = getattr(model.visual, "forward_dense", None)
+    visual = getattr(model, "visual", None)
+    if visual is None:
+        return f"{type(model).__name__} has no image tower (visual)"
+    forward_dense = getattr(visual, "forward_dense", None)
     if not callable(forward_dense):
-        return f"image tower {type(model.visual).__name__} has no per-location projection (forward_dense)"
+        return f"image tower {type(visual).__name__} has no per-location projection (forward_dense)"
     images = example_images(model, batch=1)
     with torch.no_grad():
         embedding = model.visual(images)
