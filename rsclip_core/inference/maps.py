@@ -112,9 +112,9 @@ def map_grid(index: EmbeddingIndex, *, cells_per_tile: int | None = None,
             res_x = res_x / (111_320.0 * max(0.01, math.cos(math.radians(lat))))
         cell_x, cell_y = res_x / px_x, res_y / px_y
     else:
-        n = DEFAULT_CELLS_PER_TILE if cells_per_tile is None else int(cells_per_tile)
-        if n < 1 or n != cells_per_tile and cells_per_tile is not None:
+        if cells_per_tile is not None and (int(cells_per_tile) != cells_per_tile or cells_per_tile < 1):
             raise RsclipInputError(f"must be an integer >= 1, got {cells_per_tile}", field="cells_per_tile")
+        n = DEFAULT_CELLS_PER_TILE if cells_per_tile is None else int(cells_per_tile)
         cell_x, cell_y = g.tile_w / n, g.tile_h / n
     width, height = g.col1 - g.col0, g.row1 - g.row0
     n_cols, n_rows = max(1, math.ceil(width / cell_x - 1e-9)), max(1, math.ceil(height / cell_y - 1e-9))
