@@ -31,6 +31,26 @@ METADATA_FILE = "rsclip.json"  # rsclip_core.spec.METADATA_FILE (spec is stdlib-
 UNSAVED_OUTPUT_SETTING = "rsclip/unsaved_project_output_dir"  # QgsSettings: results of unsaved projects
 
 
+MAP_DETAILS: List[Tuple[str, str]] = [
+    ("", "Auto (dense if the model has it, else the tiles' own overlap blended)"),
+    ("dense", "Dense: per-location embeddings in each tile"),
+    ("windows", "Overlapping windows (50 % overlap), soft-voted"),
+    ("dense+windows", "Dense + overlapping windows (finest, ~3x slower)"),
+    ("tile", "One class per tile"),
+]
+"""The map detail choices of the dock and Processing: (``rsclip_core.inference.maps`` detail, label);
+"" = automatic (``run_classify``/``run_search`` with ``detail=None``)."""
+DEFAULT_CELLS_PER_TILE = 8  # rsclip_core.inference.maps.DEFAULT_CELLS_PER_TILE
+
+
+def map_kwargs(detail: str, cells_per_tile: int) -> dict:
+    """``run_classify``/``run_search`` keywords of a detail choice (see `MAP_DETAILS`)."""
+    if detail not in {d for d, _ in MAP_DETAILS}:
+        raise PluginInputError(f"unknown map detail {detail!r}")
+    fine = detail != "tile" or int(cells_per_tile) != 1
+    return {"detail": detail or None, "cells_per_tile": int(cells_per_tile) if fine else None}
+
+
 class PluginInputError(ValueError):
     """Bad input chosen in the dock or a Processing dialog; the message names it."""
 

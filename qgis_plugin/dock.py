@@ -255,6 +255,19 @@ class RsclipDock(QgsDockWidget):
         self.overlap_spin.setSuffix(" %")
         self.overlap_spin.setToolTip(OVERLAP_TIP)
         form.addRow("Overlap", self.overlap_spin)
+        self.detail_combo = QComboBox(input_box)
+        for value, label in bridge.MAP_DETAILS:
+            self.detail_combo.addItem(label, value)
+        self.detail_combo.setToolTip(
+            "How fine land-cover maps and heat-maps are: dense uses the model's per-location embeddings "
+            "inside each tile; windows blends overlapping tiles; search hits are boxed inside their tile "
+            "whenever the model has dense embeddings")
+        form.addRow("Map detail", self.detail_combo)
+        self.cells_spin = QSpinBox(input_box)
+        self.cells_spin.setRange(1, 128)
+        self.cells_spin.setValue(bridge.DEFAULT_CELLS_PER_TILE)
+        self.cells_spin.setToolTip("Output map cells across one tile (1 with 'One class per tile' = one cell per tile)")
+        form.addRow("Cells per tile", self.cells_spin)
         self.extent_combo = QComboBox(input_box)
         self.extent_combo.addItem("Whole layer", EXTENT_LAYER)
         self.extent_combo.addItem("Visible map canvas", EXTENT_CANVAS)
@@ -411,6 +424,8 @@ class RsclipDock(QgsDockWidget):
             top_k=self.topk_spin.value(),
             threshold=self.threshold_spin.value(),
             classes=self.class_table.classes(),
+            detail=self.detail_combo.currentData() or "",
+            cells_per_tile=self.cells_spin.value(),
         )
 
     def apply_settings(self, s: DockSettings) -> None:
@@ -434,6 +449,8 @@ class RsclipDock(QgsDockWidget):
             self.query_edit.setText(s.query)
             self.topk_spin.setValue(s.top_k)
             self.threshold_spin.setValue(s.threshold)
+            self.detail_combo.setCurrentIndex(max(0, self.detail_combo.findData(s.detail)))
+            self.cells_spin.setValue(max(1, int(s.cells_per_tile)))
             if s.classes is not None:
                 self.class_table.set_classes(s.classes)
             else:
@@ -711,12 +728,14 @@ class RsclipDock(QgsDockWidget):
         self.save_settings()
         cache = bridge.cache_dir()
         top_k = settings.top_k
+        detail = bridge.map_kwargs(settings.detail, settings.cells_per_tile)
         raster_name, raster_id = raster.name(), raster.id()  # the task never touches the layer
 
         def work(progress: Any, cancel: Any) -> Any:
             from rsclip_core.inference import cached_model, run_search
 
             started = time.perf_counter()
+            model = cached_model(model_dir)
             result = run_search(
                 path,
                 query,
@@ -727,18 +746,23 @@ class RsclipDock(QgsDockWidget):
                 overwrite=True,
                 progress=progress,
                 cancel=cancel,
-                model=cached_model(model_dir),
+                model=model,
+                **detail,
             )
             from rsclip_core.inference.advice import search_advice
 
-            warnings = search_advice(result.index, cached_model(model_dir), query, top_k)
+            warnings = search_advice(result.index, model, query, top_k)
             return result, time.perf_counter() - started, warnings
 
         def done(value: Any) -> None:
             result, seconds, warnings = value
             name = layers.numbered_name(f"rsclip: {query}")
             layer = layers.style_hits(layers.open_vector(str(result.out_gpkg), name, "hits"))
-            layers.add_to_project([layer], subgroup=raster_name)
+            added = [layer]
+            if result.index.dense is not None:  # hits localised inside their tiles: show the best matches
+                added.insert(0, layers.style_hit_points(layers.open_vector(
+                    str(result.out_gpkg), layers.numbered_name(f"rsclip points: {query}"), "hit_points")))
+            layers.add_to_project(added, subgroup=raster_name)
             self.last_hits_layer = layer
             self.zoom_button.setEnabled(True)
             self.zoom_to_hits()
@@ -750,7 +774,7 @@ class RsclipDock(QgsDockWidget):
                 f"{best} → {result.out_gpkg.parent}",
                 warnings,
             )
-            self.layersAdded.emit([layer])
+            self.layersAdded.emit(added)
 
         return self._start(
             InferenceTask(f"rsclip search: {query}", work, done, self._on_task_error), raster_id, [out]
@@ -774,6 +798,7 @@ class RsclipDock(QgsDockWidget):
         self.save_settings()
         cache = bridge.cache_dir()
         threshold = settings.threshold or None
+        detail = bridge.map_kwargs(settings.detail, settings.cells_per_tile)
         raster_name, raster_id = raster.name(), raster.id()  # the task never touches the layer
         prompts = [p for c in classes for p in c.prompts]
 
@@ -781,6 +806,7 @@ class RsclipDock(QgsDockWidget):
             from rsclip_core.inference import cached_model, run_classify
             from rsclip_core.inference.advice import classify_advice
 
+            model = cached_model(model_dir)
             run = run_classify(
                 path,
                 classes,
@@ -792,9 +818,10 @@ class RsclipDock(QgsDockWidget):
                 overwrite=True,
                 progress=progress,
                 cancel=cancel,
-                model=cached_model(model_dir),
+                model=model,
+                **detail,
             )
-            return run, classify_advice(run.index, cached_model(model_dir), prompts)
+            return run, classify_advice(run.index, model, prompts)
 
         def done(value: Any) -> None:
             result, warnings = value

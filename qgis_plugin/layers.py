@@ -126,6 +126,18 @@ def style_hits(layer: QgsVectorLayer) -> QgsVectorLayer:
     return layer
 
 
+def style_hit_points(layer: QgsVectorLayer) -> QgsVectorLayer:
+    """Best-match points of search hits: a cross marker, labelled with the rank."""
+    from qgis.core import QgsMarkerSymbol
+
+    layer.renderer().setSymbol(QgsMarkerSymbol.createSimple(
+        {"name": "cross2", "color": "215,25,28,255", "outline_color": "215,25,28,255", "size": "4",
+         "outline_width": "0.6"}))
+    layer.setCustomProperty(KIND_PROPERTY, "hit-points")
+    layer.triggerRepaint()
+    return layer
+
+
 def style_heatmap(layer: QgsRasterLayer) -> QgsRasterLayer:
     """Similarity heat-map: a translucent yellow-to-red ramp over the band's range (NaN = clear)."""
     provider = layer.dataProvider()

@@ -19,8 +19,10 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
@@ -91,6 +93,8 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
     MASK = "MASK"
     MODEL = "MODEL"
     CACHE_FOLDER = "CACHE_FOLDER"
+    DETAIL = "DETAIL"
+    CELLS_PER_TILE = "CELLS_PER_TILE"
 
     def group(self) -> str:
         return "Raster"
@@ -166,6 +170,28 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
             )
             cache.setFlags(cache.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(cache)
+
+    def add_map_parameters(self) -> None:
+        """Map detail (see ``bridge.MAP_DETAILS``) and output cells per tile, for maps and heat-maps."""
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.DETAIL, "Map detail", options=[label for _, label in bridge.MAP_DETAILS], defaultValue=0
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.CELLS_PER_TILE,
+                "Output cells per tile (1 with 'One class per tile' = one cell per tile)",
+                QgsProcessingParameterNumber.Integer,
+                defaultValue=bridge.DEFAULT_CELLS_PER_TILE,
+                minValue=1,
+            )
+        )
+
+    def map_inputs(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, Any]:
+        choice = self.parameterAsEnum(parameters, self.DETAIL, context)
+        detail = bridge.MAP_DETAILS[choice][0] if 0 <= choice < len(bridge.MAP_DETAILS) else ""
+        return bridge.map_kwargs(detail, self.parameterAsInt(parameters, self.CELLS_PER_TILE, context))
 
     def common_inputs(
         self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -259,6 +285,7 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
     TOP_K = "TOP_K"
     OUTPUT = "OUTPUT"
     HEATMAP = "HEATMAP"
+    HIT_POINTS = "HIT_POINTS"
 
     def name(self) -> str:
         return "textsearch"
@@ -269,7 +296,9 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802
         return (
             "Ranks the tiles of a raster by similarity to a text query (e.g. 'tennis courts') and writes "
-            "the best non-overlapping tiles as polygons with rank and score, plus an optional heat-map."
+            "the best non-overlapping hits as polygons with rank and score, plus an optional heat-map. With "
+            "a model that has dense embeddings each hit is a tight box where the query matches inside its "
+            "tile (the tile's bounds are attributes) and HIT_POINTS gives the best-match points."
         )
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
@@ -294,6 +323,8 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
                 self.HEATMAP, "Similarity heat-map", optional=True, createByDefault=False
             )
         )
+        self.add_map_parameters()
+        self.addOutput(QgsProcessingOutputVectorLayer(self.HIT_POINTS, "Best-match points", QgsProcessing.TypeVectorPoint))
 
     def processAlgorithm(
         self,
@@ -321,6 +352,7 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
             heatmap_tif=heatmap,
             cache_dir=self.cache_folder(parameters, context),
             overwrite=True,
+            **self.map_inputs(parameters, context),
         )
         feedback.pushInfo(f"{len(run.hits)} hits among {len(run.index)} tiles")
         from rsclip_core.inference.advice import search_advice
@@ -329,7 +361,7 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
             search_advice(run.index, model, query, self.parameterAsInt(parameters, self.TOP_K, context)), feedback
         )
         self.stylers = [(out, _keep(_HitsStyler()))]
-        result = {self.OUTPUT: out}
+        result = {self.OUTPUT: out, self.HIT_POINTS: f"{out}|layername=hit_points"}
         if heatmap:
             result[self.HEATMAP] = heatmap
             self.stylers.append((heatmap, _keep(_HeatmapStyler())))
@@ -353,7 +385,10 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
         return (
             "Classifies every tile against a list of land-cover classes described by text prompts "
             "(YAML/JSON class file; empty = the default list) and writes a colour-mapped class raster, "
-            "optionally dissolved class polygons with areas and a confidence raster."
+            "optionally dissolved class polygons with areas and a confidence raster. Map detail: dense "
+            "(per-location embeddings inside each tile, the default with models that have them), "
+            "overlapping windows soft-voted per pixel, both, or one class per tile; maps cover the "
+            "raster or extent exactly at CELLS_PER_TILE cells across a tile."
         )
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
@@ -392,6 +427,7 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
                 self.CONFIDENCE, "Confidence", optional=True, createByDefault=False
             )
         )
+        self.add_map_parameters()
 
     def processAlgorithm(
         self,
@@ -428,6 +464,7 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
             threshold=threshold,
             cache_dir=self.cache_folder(parameters, context),
             overwrite=True,
+            **self.map_inputs(parameters, context),
         )
         for row in sorted(run.stats, key=lambda r: -float(r["fraction"])):  # largest first, as the dock
             feedback.pushInfo(f"{row['name']}: {100.0 * row['fraction']:.1f}%")

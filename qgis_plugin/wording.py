@@ -30,6 +30,9 @@ DOCK_LABELS: Dict[str, str] = {
     "top_k": "Number of hits",
     "threshold": "Minimum confidence",
     "workers": "Workers",
+    "detail": "Map detail",
+    "cells_per_tile": "Cells per tile",
+    "map_resolution": "Map resolution",
 }
 """Field -> label in the rsclip dock."""
 
@@ -54,6 +57,9 @@ PROCESSING_LABELS: Dict[str, str] = {
     "top_k": "TOP_K",
     "threshold": "THRESHOLD",
     "workers": "workers",
+    "detail": "DETAIL",
+    "cells_per_tile": "CELLS_PER_TILE",
+    "map_resolution": "MAP_RESOLUTION",
 }
 """Field -> Processing parameter name (what ``processing.run(..., {NAME: ...})`` takes)."""
 

@@ -12,6 +12,11 @@ Layout::
       image.onnx        image encoder: float32 NCHW RGB; the graph does *no* standardisation:
                         callers scale pixels to [0, 1] and apply the metadata's mean/std first
                         ((x - mean) / std, as QGIS ONNX tools such as Deepness do) -> L2-normalised embeddings
+                        (output ``embedding`` [N, D]); optionally a second output ``dense``
+                        [N, D, h, w]: the projection applied to every location of the pooled
+                        feature map, NOT normalised (so L2-normalising its spatial mean gives
+                        ``embedding``); metadata ``dense_output`` / ``dense_stride`` / ``dense_grid``
+                        say it is there, how many input pixels one cell spans and the grid [h, w]
       text.onnx         text encoder: int64 [N, context_length] token ids -> L2-normalised embeddings
       tokenizer.json    Hugging Face `tokenizers` file that reproduces the training tokenizer
       classes.json      optional default land-cover classes (name, prompts, colour)
@@ -44,6 +49,7 @@ TEXT_MLPACKAGE = "text.mlpackage"
 IMAGE_INPUT = "image"
 TEXT_INPUT = "tokens"
 EMBEDDING_OUTPUT = "embedding"
+DENSE_OUTPUT = "dense"
 
 
 
@@ -95,6 +101,11 @@ class ModelMetadata:
     # Hints for tiling rasters (ground resolution the model was trained at, in m/px).
     resolution_m: float | None = None
     tiles_overlap: int = 0  # percent
+    # Dense per-location embeddings (MaskCLIP-style), an extra output of image.onnx: its name
+    # (None: the graph has none), the input pixels one cell spans and the grid [h, w] at image_size.
+    dense_output: str | None = None
+    dense_stride: int | None = None
+    dense_grid: list[int] | None = None
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint, training run, licence...
     format_version: int = FORMAT_VERSION
 
@@ -131,6 +142,15 @@ class ModelMetadata:
             PreprocessConfig.from_dict(pre_fields, origin)
         except PreprocessConfigError as exc:
             raise ModelDirError(str(exc)) from exc
+        if meta.dense_output is not None:
+            grid = meta.dense_grid
+            if (not isinstance(grid, (list, tuple)) or len(grid) != 2 or not all(isinstance(v, int) and v > 0 for v in grid)
+                    or not isinstance(meta.dense_stride, int) or meta.dense_stride <= 0):
+                raise ModelDirError(
+                    f"{origin}: dense_output {meta.dense_output!r} needs dense_stride (int > 0) and "
+                    f"dense_grid [h, w] (ints > 0), got {meta.dense_stride!r} and {grid!r}"
+                )
+            meta.dense_grid = [int(v) for v in grid]
         return meta
 
     @classmethod

@@ -51,3 +51,15 @@ def test_package_data_ships_the_resources():
         if rel.endswith(".py"):
             continue
         assert any(fnmatch.fnmatch(rel, pattern) for pattern in patterns), f"{rel} not in package-data"
+
+
+def test_bundled_model_has_dense_output_whose_mean_is_the_embedding():
+    """The bundled model's graph-edited ``dense`` output reproduces ``embedding`` (<= 1e-4)."""
+    pytest.importorskip("onnxruntime")
+    from rsclip_core.export.parity import check_dense_graph
+
+    model_dir = resources.bundled_model_dir()
+    meta = spec.ModelMetadata.read(model_dir)
+    assert meta.dense_output == spec.DENSE_OUTPUT and meta.dense_stride * meta.dense_grid[0] == meta.image_size
+    assert check_dense_graph(model_dir, batch=2).ok
+    assert sum(p.stat().st_size for p in model_dir.iterdir()) < 30 * 2**20

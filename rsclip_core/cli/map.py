@@ -36,6 +36,9 @@ CLI_FLAGS: dict[str, str] = {
     "top_k": "--top-k",
     "threshold": "--threshold",
     "workers": "--workers",
+    "detail": "--detail",
+    "cells_per_tile": "--cells-per-tile",
+    "map_resolution": "--map-resolution",
 }
 """How ``rsclip-map`` names each field of an inference error (`rsclip_core.inference.errors.FIELDS`)."""
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -104,6 +107,35 @@ def tiling_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def map_options(func: Callable) -> Callable:
+    """Options choosing how fine a map (land cover, heat-map) is."""
+    from rsclip_core.inference.maps import DETAILS
+
+    options = [
+        click.option("--detail", type=click.Choice(DETAILS),
+                     help="tile: one class per tile; dense: per-location embeddings inside each tile; windows: "
+                          "overlapping tiles (overlap 0.5 unless --overlap) soft-voted with tent weights; "
+                          "dense+windows: both [dense if the model has dense embeddings, else the tiles of "
+                          "--overlap blended (tiling unchanged); search heat-map: dense, else tile]."),
+        click.option("--cells-per-tile", type=int,
+                     help="Output cells across one tile [8 unless --detail tile; tile alone: one per tile stride]."),
+        click.option("--map-resolution", type=float,
+                     help="Output cell size in map units of the raster CRS (metres; overrides --cells-per-tile)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _map_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    if opts["cells_per_tile"] is not None and opts["cells_per_tile"] < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--cells-per-tile")
+    if opts["map_resolution"] is not None and not opts["map_resolution"] > 0:
+        raise click.BadParameter("must be > 0", param_hint="--map-resolution")
+    return {"detail": opts["detail"], "cells_per_tile": opts["cells_per_tile"],
+            "map_resolution": opts["map_resolution"]}
 
 
 def _tiling(opts: dict[str, Any]) -> Any:
@@ -239,6 +271,7 @@ def cli() -> None:
               help="Cells whose best-class probability is below this become 'unclassified' (255). The "
                    "probability is a softmax among the K classes, so it is always >= 1/K (chance level).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Rasters processed in parallel.")
+@map_options
 def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path | None,
              polygons: Path | None, confidence: Path | None, out_dir: Path | None,
              threshold: float | None, workers: int, **opts: Any) -> None:
@@ -268,16 +301,19 @@ def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path |
         if output is not None and (len(paths) > 1 or out_dir is not None):
             raise click.UsageError("-o/--output takes one raster; use --out-dir for several")
         tiling = _tiling(opts)
+        map_kwargs = _map_kwargs(opts)
         model = load_model(opts["model_dir"])
         classes = load_classes(classes_file if classes_file is not None else default_classes_path(model))
         if output is not None:
-            _classify_single(paths[0], model, classes, tiling, output, polygons, confidence, threshold, opts)
+            _classify_single(paths[0], model, classes, tiling, output, polygons, confidence, threshold, opts,
+                             map_kwargs)
             return
         if polygons is not None or confidence is not None:
             raise click.UsageError("--polygons/--confidence name single-raster outputs; --out-dir writes all three")
         assert out_dir is not None
         params = {"model_dir": str(model.model_dir), "classes": classes, "tiling": tiling,
-                  "threshold": threshold, "cache_dir": opts["cache_dir"], "overwrite": opts["overwrite"]}
+                  "threshold": threshold, "cache_dir": opts["cache_dir"], "overwrite": opts["overwrite"],
+                  **map_kwargs}
         jobs = plan_classify_batch(paths, out_dir, params)  # keeps sub-folders, refuses clashes
         out_dir.mkdir(parents=True, exist_ok=True)
     results = _run_batch("classify", jobs, model, workers, opts["quiet"])
@@ -287,14 +323,15 @@ def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path |
 
 
 def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output: Path, polygons: Path | None,
-                     confidence: Path | None, threshold: float | None, opts: dict[str, Any]) -> None:
+                     confidence: Path | None, threshold: float | None, opts: dict[str, Any],
+                     map_kwargs: dict[str, Any]) -> None:
     from rsclip_core.inference import run_classify
 
     bar = _Bar(raster.name, opts["quiet"])
     try:
         run = run_classify(raster, classes, model=model, tiling=tiling, out_tif=output, polygons_gpkg=polygons,
                            confidence_tif=confidence, threshold=threshold, cache_dir=opts["cache_dir"],
-                           overwrite=opts["overwrite"], progress=bar)
+                           overwrite=opts["overwrite"], progress=bar, **map_kwargs)
     finally:
         bar.close()
     from rsclip_core.inference.advice import classify_advice
@@ -319,12 +356,14 @@ def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output
 @tiling_options
 @click.option("--top-k", type=int, default=50, show_default=True, help="Number of hits.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Hits as a GeoPackage (rank, score, query, tile polygon).")
+              help="Hits as a GeoPackage: layer 'hits' (tight box where the query matches inside the tile, "
+                   "rank, score, the tile's bounds) and 'hit_points' (best-match points).")
 @click.option("--heatmap", type=click.Path(dir_okay=False, path_type=Path),
-              help="Score heat-map GeoTIFF (COG, one cell per tile stride).")
+              help="Score heat-map GeoTIFF (COG; sub-tile with dense embeddings, see --detail).")
 @click.option("--keep-overlapping", is_flag=True, help="Do not suppress hits overlapping a better one.")
 @click.option("--templates", "use_templates", is_flag=True,
               help="Embed the query through the model's prompt templates ('an aerial image of {}.') and average.")
+@map_options
 def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: Path | None,
            keep_overlapping: bool, use_templates: bool, **opts: Any) -> None:
     """Find the tiles of RASTER that best match the text QUERY.
@@ -343,6 +382,7 @@ def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: P
         if top_k < 1:
             raise click.BadParameter("must be >= 1", param_hint="--top-k")
         tiling = _tiling(opts)
+        map_kwargs = _map_kwargs(opts)
         model = load_model(opts["model_dir"])
         cache_dir = opts["cache_dir"]
         if cache_dir is None and output is None and heatmap is None:
@@ -352,7 +392,7 @@ def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: P
             run = run_search(raster, query, model=model, tiling=tiling, top_k=top_k, out_gpkg=output,
                              heatmap_tif=heatmap, cache_dir=cache_dir, overwrite=opts["overwrite"],
                              progress=bar, suppress_overlap=not keep_overlapping,
-                             templates=model.metadata.prompt_templates if use_templates else None)
+                             templates=model.metadata.prompt_templates if use_templates else None, **map_kwargs)
         finally:
             bar.close()
     from rsclip_core.inference.advice import search_advice
@@ -361,10 +401,10 @@ def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: P
         click.echo(f"Warning: {warning}", err=True)
     if not opts["quiet"]:
         hits = run.hits
-        centres = hits.geometry.centroid if len(hits) else []
-        click.echo(f"{'rank':>4} {'score':>7} {'pctl':>6}  centre")
-        for (_, row), c in zip(hits.iterrows(), centres):
-            click.echo(f"{row['rank']:>4} {row['score']:>7.4f} {row['percentile']:>6.1f}  {c.x:.3f}, {c.y:.3f}")
+        click.echo(f"{'rank':>4} {'score':>7} {'pctl':>6}  best match")
+        for _, row in hits.iterrows():
+            click.echo(f"{row['rank']:>4} {row['score']:>7.4f} {row['percentile']:>6.1f}  "
+                       f"{row['point_x']:.3f}, {row['point_y']:.3f}")
         for p in (run.out_gpkg, run.heatmap_tif):
             if p is not None:
                 click.echo(f"wrote {p}")

@@ -31,7 +31,13 @@ from rsclip_core.export.errors import (
     ParityError,
     UnknownModelError,
 )
-from rsclip_core.export.onnx_export import DEFAULT_OPSET, Exporter, export_onnx_image, export_onnx_text
+from rsclip_core.export.onnx_export import (
+    DEFAULT_OPSET,
+    Exporter,
+    dense_metadata_fields,
+    export_onnx_image,
+    export_onnx_text,
+)
 from rsclip_core.export.parity import DEFAULT_ATOL, DEFAULT_MIN_COSINE, check_parity, check_reparam_parity
 
 if TYPE_CHECKING:
@@ -141,6 +147,7 @@ def build_metadata(
         default_classes=spec.CLASSES_FILE if has_classes else None,
         resolution_m=None if resolution_m is None else float(resolution_m),
         source=dict(source or {}),
+        **dense_metadata_fields(model),
         **fields,
     )
 

@@ -87,6 +87,49 @@ def compare_embeddings(
     return ParityResult(name, diff, float(cosine.min()), atol, min_cosine)
 
 
+def _locations(dense: np.ndarray) -> np.ndarray:
+    """[N, D, h, w] -> L2-normalised rows [N*h*w, D]."""
+    rows = np.moveaxis(np.asarray(dense, dtype=np.float64), 1, -1).reshape(-1, dense.shape[1])
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def check_dense_mean(dense: np.ndarray, embedding: np.ndarray, *, atol: float = DEFAULT_ATOL,
+                     min_cosine: float = DEFAULT_MIN_COSINE) -> ParityResult:
+    """The identity of a GAP + linear head: L2-normalised spatial mean of ``dense`` == ``embedding``."""
+    mean = np.asarray(dense, dtype=np.float64).mean(axis=(2, 3))
+    mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    return compare_embeddings("dense-mean", np.asarray(embedding, dtype=np.float64), mean,
+                              atol=atol, min_cosine=min_cosine)
+
+
+def check_dense_graph(model_dir: str | Path, *, batch: int = 3, seed: int = 0, atol: float = DEFAULT_ATOL,
+                      min_cosine: float = DEFAULT_MIN_COSINE, raise_on_failure: bool = True) -> ParityReport:
+    """Check ``image.onnx``'s ``dense`` output against its own ``embedding`` (no torch model needed).
+
+    Runs standardised random images through the graph and compares the L2-normalised spatial mean of
+    ``dense`` with ``embedding``; also checks the grid matches the metadata's ``dense_grid``.
+    """
+    from rsclip_core.inference.sessions import onnx_session
+
+    model_dir = Path(model_dir)
+    meta = spec.ModelMetadata.read(model_dir)
+    if meta.dense_output is None:
+        raise ParityError(f"{model_dir / spec.METADATA_FILE}: no dense_output")
+    session = onnx_session(model_dir / spec.IMAGE_ONNX)
+    rng = np.random.default_rng(seed)
+    pixels = rng.random((batch, 3, meta.image_size, meta.image_size), dtype=np.float32)
+    from rsclip_core.preprocess import standardise
+
+    images = standardise(pixels, meta.preprocess)
+    embedding, dense = session.run([spec.EMBEDDING_OUTPUT, meta.dense_output], {spec.IMAGE_INPUT: images})
+    if list(dense.shape[2:]) != list(meta.dense_grid or []):
+        raise ParityError(f"{model_dir}: dense grid {list(dense.shape[2:])} != metadata dense_grid {meta.dense_grid}")
+    report = ParityReport([check_dense_mean(dense, embedding, atol=atol, min_cosine=min_cosine)])
+    if raise_on_failure:
+        report.raise_if_failed(str(model_dir))
+    return report
+
+
 def _torch_embeddings(model: RSClipModel, images: torch.Tensor, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         image = model.encode_image(images, normalize=True).float().numpy()
@@ -127,6 +170,14 @@ def check_parity(
             compare_embeddings("onnx-text", ref_text, onnx_text, atol=atol, min_cosine=min_cosine),
         ]
     )
+    if spec.DENSE_OUTPUT in {o.name for o in image_session.get_outputs()}:
+        with torch.no_grad():
+            ref_dense = model.visual.forward_dense(images).float().numpy()
+        onnx_dense = image_session.run([spec.DENSE_OUTPUT], {spec.IMAGE_INPUT: images.numpy()})[0]
+        # compared per location after L2 normalisation (how inference uses them)
+        report.results.append(compare_embeddings(
+            "onnx-dense", _locations(ref_dense), _locations(onnx_dense), atol=atol, min_cosine=min_cosine))
+        report.results.append(check_dense_mean(onnx_dense, onnx_image, atol=atol, min_cosine=min_cosine))
     if raise_on_failure:
         report.raise_if_failed(str(model_dir))
     return report

@@ -7,7 +7,8 @@ imports torch.
     model = load_model("models/rsclip-s0")
     index = build_index("scene.tif", model, TilingConfig(tile_size=224, overlap=0.25))
     hits = search(index, model, "tennis courts", top_k=20)          # GeoDataFrame
-    result = classify(index, model, load_classes())                 # LandCoverResult
+    result = classify(index, model, load_classes())                 # LandCoverResult, one class per tile
+    fine = classify(index, model, load_classes(), detail="dense")   # per-location, 8 cells per tile
     run_classify("scene.tif", default_classes_path(), out_tif="lc.tif", polygons_gpkg="lc.gpkg")
     jobs = plan_classify_batch(["a/s.tif", "b/s.tif"], "maps", {...})  # maps/a/..., maps/b/...
     results = run_batch("classify", jobs, workers=2)                   # list[JobResult]
@@ -62,11 +63,14 @@ from rsclip_core.inference.runs import (
     run_index,
     run_search,
 )
-from rsclip_core.inference.search import score_heatmap, search
+from rsclip_core.inference.maps import DETAILS, MapGrid, map_grid
+from rsclip_core.inference.search import hit_points, score_heatmap, score_heatmap_fine, search
 from rsclip_core.inference.tiling import TileGrid, TilingConfig, plan_grid
 
 __all__ = [
     "BatchInterrupted",
+    "DETAILS",
+    "MapGrid",
     "BatchJob",
     "ClassifyRun",
     "EmbeddingIndex",
@@ -99,10 +103,12 @@ __all__ = [
     "describe_error",
     "describe_model",
     "find_cached_index",
+    "hit_points",
     "landcover_polygons",
     "list_rasters",
     "load_classes",
     "load_model",
+    "map_grid",
     "parse_classes",
     "plan_classify_batch",
     "plan_grid",
@@ -115,5 +121,6 @@ __all__ = [
     "run_search",
     "save_classes",
     "score_heatmap",
+    "score_heatmap_fine",
     "search",
 ]

@@ -162,7 +162,9 @@ def run_job(kind: str, job: BatchJob, *, model: Any = None, progress: ProgressFn
                 run = run_classify(raster, params["classes"], model=model, tiling=params["tiling"],
                                    threshold=params["threshold"], cache_dir=params["cache_dir"],
                                    overwrite=params["overwrite"] or any(present.values()), progress=progress,
-                                   cancel=cancel, **outputs)
+                                   cancel=cancel, detail=params.get("detail"),
+                                   cells_per_tile=params.get("cells_per_tile"),
+                                   map_resolution=params.get("map_resolution"), **outputs)
                 top = max(run.stats, key=lambda s: s["cells"]) if run.stats else None
                 detail = str(run.out_tif) + (f" (mostly {top['name']}, {top['fraction']:.0%})" if top else "")
             else:

@@ -42,6 +42,9 @@ FIELDS: dict[str, str] = {
     "top_k": "number of search hits",
     "threshold": "minimum class probability",
     "workers": "parallel worker processes",
+    "detail": "map detail (tile, dense, windows, dense+windows)",
+    "cells_per_tile": "output cells across one tile",
+    "map_resolution": "output map cell size (map units)",
 }
 """Every field an inference error may name, with what it is (front-ends map each to their label)."""
 

@@ -58,6 +58,7 @@ class EmbeddingIndex:
     tiling: dict[str, Any]
     model_name: str
     n_grid_tiles: int = 0  # tiles planned (including skipped ones)
+    dense: np.ndarray | None = None  # float16 [N, gh, gw, D], L2-normalised per location (models with dense)
     _emb32: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -135,9 +136,10 @@ class EmbeddingIndex:
             "n_grid_tiles": self.n_grid_tiles,
         }
         tmp = partial_path(path)
+        extra = {} if self.dense is None else {"dense": self.dense}
         try:
             _savez(tmp, str(path.parent), embeddings=self.embeddings, tile_rc=self.tile_rc,
-                   valid_fraction=self.valid_fraction, meta=np.array(json.dumps(meta)))
+                   valid_fraction=self.valid_fraction, meta=np.array(json.dumps(meta)), **extra)
             os.replace(tmp, path)
         finally:
             if tmp.exists():
@@ -151,6 +153,7 @@ class EmbeddingIndex:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 arrays = {k: data[k] for k in ("embeddings", "tile_rc", "valid_fraction")}
+                dense = data["dense"] if "dense" in data.files else None
         except FileNotFoundError:
             raise
         except Exception as exc:
@@ -171,6 +174,7 @@ class EmbeddingIndex:
             tiling=meta["tiling"],
             model_name=meta["model_name"],
             n_grid_tiles=int(meta.get("n_grid_tiles", 0)),
+            dense=dense,
         )
 
 
@@ -282,27 +286,32 @@ def build_index(
 
 
 def _save_checkpoint(path: Path, key: str, next_start: int, embeddings: np.ndarray, fractions: np.ndarray,
-                     kept: np.ndarray) -> None:
+                     kept: np.ndarray, dense: np.ndarray | None = None) -> None:
     tmp = partial_path(path)
+    extra = {} if dense is None else {"dense": dense}
     try:
         _savez(tmp, str(path.parent), key=np.array(key), next_start=np.array(next_start),
-               embeddings=embeddings, fractions=fractions, kept=kept)
+               embeddings=embeddings, fractions=fractions, kept=kept, **extra)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _load_checkpoint(path: Path | None, key: str, embeddings: np.ndarray) -> dict | None:
+def _load_checkpoint(path: Path | None, key: str, embeddings: np.ndarray,
+                     dense: np.ndarray | None = None) -> dict | None:
     """The saved progress of an interrupted build, if it matches this raster/model/tiling."""
     if path is None or not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in ("key", "next_start", "embeddings", "fractions", "kept")}
+            state["dense"] = data["dense"] if "dense" in data.files else None
     except Exception:
         return None
     if str(state["key"]) != key or state["embeddings"].shape != embeddings.shape:
+        return None
+    if dense is not None and (state["dense"] is None or state["dense"].shape != dense.shape):
         return None
     return state
 
@@ -316,11 +325,17 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Prog
     embeddings = np.zeros((total, model.embed_dim), dtype=np.float16)
     fractions = np.zeros(total, dtype=np.float32)
     kept = np.zeros(total, dtype=bool)
+    dense = None
+    if model.has_dense:
+        gh, gw = model.metadata.dense_grid or (1, 1)
+        dense = np.zeros((total, gh, gw, model.embed_dim), dtype=np.float16)
     windows = source.grid.windows(rc_all)
     first = 0
-    state = _load_checkpoint(checkpoint, key, embeddings)
+    state = _load_checkpoint(checkpoint, key, embeddings, dense)
     if state is not None:
         embeddings[:] = state["embeddings"]
+        if dense is not None:
+            dense[:] = state["dense"]
         fractions[:] = state["fractions"]
         kept[:] = state["kept"]
         first = int(state["next_start"])
@@ -352,16 +367,21 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Prog
             idx, tiles = pending.result()
             if cancel is not None and cancel():
                 if checkpoint is not None and start > first:
-                    _save_checkpoint(checkpoint, key, start, embeddings, fractions, kept)
+                    _save_checkpoint(checkpoint, key, start, embeddings, fractions, kept, dense)
                 raise RsclipCancelled(f"{source.path}: cancelled after {start} of {total} tiles")
             pending = pool.submit(read_batch, starts[n + 1]) if n + 1 < len(starts) else None
-            if tiles:
+            if tiles and dense is not None:
+                emb, cells = model.encode_images_dense(np.stack(tiles))
+                embeddings[idx] = emb.astype(np.float16)
+                dense[idx] = cells.astype(np.float16)
+                kept[idx] = True
+            elif tiles:
                 emb = model.encode_images(np.stack(tiles))
                 embeddings[idx] = emb.astype(np.float16)
                 kept[idx] = True
             done = min(start + batch, total)
             if checkpoint is not None and done < total and time.monotonic() - last_save > CHECKPOINT_SECONDS:
-                _save_checkpoint(checkpoint, key, done, embeddings, fractions, kept)
+                _save_checkpoint(checkpoint, key, done, embeddings, fractions, kept, dense)
                 last_save = time.monotonic()
             if progress is not None:
                 progress(done, total)
@@ -381,4 +401,5 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Prog
         tiling=source.describe(),
         model_name=model.metadata.model_name,
         n_grid_tiles=total,
+        dense=None if dense is None else np.ascontiguousarray(dense[kept]),
     )

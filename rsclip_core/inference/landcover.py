@@ -237,13 +237,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCoverClass],
-             threshold: float | None = None, *, templates: Sequence[str] | None = None) -> LandCoverResult:
+             threshold: float | None = None, *, templates: Sequence[str] | None = None,
+             detail: str = "tile", cells_per_tile: int | None = None,
+             map_resolution: float | None = None) -> LandCoverResult:
     """Zero-shot classify every tile (softmax over ``logit_scale * cosine``) and map the cells.
 
-    Cells average the probabilities of all tiles covering them (weighted by overlap); a cell
-    whose best probability is below ``threshold`` becomes 255 (unclassified).
+    ``detail="tile"`` without a map resolution: one cell per tile stride, cells average the
+    probabilities of all tiles covering them (weighted by overlap). Any other ``detail``
+    (``dense``, ``windows``, ``dense+windows``, see `rsclip_core.inference.maps`) or a
+    ``cells_per_tile``/``map_resolution`` maps at that finer resolution, exactly over the region.
+    A cell whose best probability is below ``threshold`` becomes 255 (unclassified).
     """
+    from rsclip_core.inference.maps import check_detail
+
     validate_classes(classes)
+    check_detail(detail)
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise RsclipInputError(f"must be a probability in [0, 1], got {threshold}", field="threshold")
     check_class_count(classes, threshold)
@@ -255,6 +263,9 @@ def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCov
     tile_codes = (probs.argmax(axis=1) + 1).astype(np.uint8) if len(probs) else np.zeros(0, np.uint8)
     if threshold is not None and len(probs):
         tile_codes[probs.max(axis=1) < threshold] = UNCLASSIFIED_CODE
+    if detail != "tile" or cells_per_tile is not None or map_resolution is not None:
+        return _classify_fine(index, model, classes, threshold, text, probs, tile_codes, detail,
+                              cells_per_tile, map_resolution)
     sums, weights = aggregate_to_cells(index.grid, index.tile_rc, probs)
     has = weights > 0
     cell_probs = np.zeros(sums.shape, dtype=np.float32)
@@ -271,4 +282,32 @@ def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCov
         confidence=confidence, transform=index.cell_transform, crs_wkt=index.crs_wkt,
         threshold=None if threshold is None else float(threshold),
         region_bounds=index.region_bounds, coverage=index.grid.cell_coverage(),
+    )
+
+
+def _classify_fine(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCoverClass],
+                   threshold: float | None, text: np.ndarray, probs: np.ndarray, tile_codes: np.ndarray,
+                   detail: str, cells_per_tile: int | None, map_resolution: float | None) -> LandCoverResult:
+    """Land cover on a `maps.MapGrid` finer than the tiles, blended band by band (bounded memory)."""
+    from rsclip_core.inference.maps import map_grid, probability_values, render, uses_tent
+
+    grid = map_grid(index, cells_per_tile=cells_per_tile, map_resolution=map_resolution)
+    codes = np.zeros((grid.n_rows, grid.n_cols), dtype=np.uint8)
+    confidence = np.full((grid.n_rows, grid.n_cols), np.nan, dtype=np.float32)
+    if len(index):
+        values = probability_values(index, text, model.logit_scale, detail)
+        for r0, mean, covered in render(index, grid, values, len(classes), tent=uses_tent(index)):
+            r1 = r0 + mean.shape[1]
+            band_codes = (mean.argmax(axis=0) + 1).astype(np.uint8)
+            band_conf = mean.max(axis=0)
+            if threshold is not None:
+                band_codes[band_conf < threshold] = UNCLASSIFIED_CODE
+            band_codes[~covered] = NODATA_CODE
+            band_conf[~covered] = np.nan
+            codes[r0:r1], confidence[r0:r1] = band_codes, band_conf
+    return LandCoverResult(
+        classes=list(classes), tile_probs=probs, tile_codes=tile_codes, codes=codes,
+        confidence=confidence, transform=grid.transform(index.affine), crs_wkt=index.crs_wkt,
+        threshold=None if threshold is None else float(threshold),
+        region_bounds=index.region_bounds, coverage=np.ones(codes.shape),
     )

@@ -105,6 +105,27 @@ class EmbeddingModel:
         out = self.image_session.run([spec.EMBEDDING_OUTPUT], {spec.IMAGE_INPUT: x})[0]
         return self._check(out, len(images), "image")
 
+    @property
+    def has_dense(self) -> bool:
+        """The image graph has the ``dense`` per-location output (metadata ``dense_output``)."""
+        return self.metadata.dense_output is not None
+
+    def encode_images_dense(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like `encode_images`, plus the dense embeddings ``[N, gh, gw, D]`` L2-normalised per location."""
+        images = np.asarray(images, dtype=np.float32)
+        if not self.has_dense:
+            raise InvalidModelError(f"{self.model_dir}: the image graph has no dense output (re-export the model)")
+        S = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (S, S):
+            raise RsclipInputError(f"encode_images_dense: expected float32 [N, 3, {S}, {S}], got {images.shape}")
+        x = np.ascontiguousarray(images) if self._identity_norm else standardise(images, self.preprocess)
+        out, dense = self.image_session.run([spec.EMBEDDING_OUTPUT, self.metadata.dense_output], {spec.IMAGE_INPUT: x})
+        grid = tuple(self.metadata.dense_grid or ())
+        if dense.ndim != 4 or dense.shape[:2] != (len(images), self.embed_dim) or tuple(dense.shape[2:]) != grid:
+            raise InvalidModelError(f"{self.model_dir}: dense output has shape {dense.shape}, expected "
+                                    f"({len(images)}, {self.embed_dim}, {grid[0]}, {grid[1]})")
+        return self._check(out, len(images), "image"), l2_normalize(np.moveaxis(dense, 1, -1))
+
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Strings -> [N, D] L2-normalised; empty strings are rejected."""
         texts = [str(t) for t in texts]
@@ -150,13 +171,15 @@ def _session(path: Path, providers: Sequence[str] | None, threads: int | None) -
     return onnx_session(path, providers=providers, threads=threads)
 
 
-def _check_io(session: Any, path: Path, input_name: str, rank: int, static: dict) -> None:
+def _check_io(session: Any, path: Path, input_name: str, rank: int, static: dict, dense: str | None = None) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if input_name not in inputs:
         raise InvalidModelError(f"{path}: expected input {input_name!r}, found {sorted(inputs)}")
     if spec.EMBEDDING_OUTPUT not in outputs:
         raise InvalidModelError(f"{path}: expected output {spec.EMBEDDING_OUTPUT!r}, found {sorted(outputs)}")
+    if dense is not None and dense not in outputs:
+        raise InvalidModelError(f"{path}: metadata says dense_output {dense!r}, the graph has {sorted(outputs)}")
     shape = inputs[input_name].shape
     if len(shape) != rank:
         raise InvalidModelError(f"{path}: input {input_name!r} has rank {len(shape)}, expected {rank}")
@@ -184,7 +207,7 @@ def load_model(model_dir: str | os.PathLike | None = None, *, providers: Sequenc
         raise InvalidModelError(f"{path / spec.METADATA_FILE}: invalid metadata ({exc})") from exc
     image = _session(path / spec.IMAGE_ONNX, providers, threads)
     _check_io(image, path / spec.IMAGE_ONNX, spec.IMAGE_INPUT, 4,
-              {1: 3, 2: metadata.image_size, 3: metadata.image_size})
+              {1: 3, 2: metadata.image_size, 3: metadata.image_size}, metadata.dense_output)
     text = _session(path / spec.TEXT_ONNX, providers, threads)
     _check_io(text, path / spec.TEXT_ONNX, spec.TEXT_INPUT, 2, {1: metadata.context_length})
     tok_path = path / metadata.tokenizer
@@ -213,6 +236,8 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
 
     for name, session in (("image.onnx", model.image_session), ("text.onnx", model.text_session)):
         for out in session.get_outputs():
+            if out.name == model.metadata.dense_output:
+                continue
             dim = out.shape[-1] if out.shape else None
             if isinstance(dim, int) and dim != model.metadata.embed_dim:
                 raise InvalidModelError(

@@ -34,7 +34,7 @@ from rsclip_core.inference.landcover import (
     validate_classes,
 )
 from rsclip_core.inference.model import EmbeddingModel, load_model
-from rsclip_core.inference.search import _check_query, score_heatmap, search
+from rsclip_core.inference.search import _check_query, hit_points, score_heatmap, score_heatmap_fine, search
 from rsclip_core.inference.tiling import TilingConfig
 from rsclip_core.inference.writers import check_outputs, staged_outputs, write_cog, write_gpkg
 
@@ -116,12 +116,23 @@ def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.Pat
                cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                model: EmbeddingModel | None = None, suppress_overlap: bool = True,
-               templates: Sequence[str] | None = None) -> SearchRun:
+               templates: Sequence[str] | None = None, detail: str | None = None,
+               cells_per_tile: int | None = None, map_resolution: float | None = None) -> SearchRun:
     """Rank the tiles of ``raster`` against ``query``; write hits (GPKG) and a heat-map (COG).
 
     ``templates``: optional prompt templates to ensemble the query over (default: the query as is).
+    Hits are localised inside their tiles when the model has dense embeddings (GPKG layers
+    ``hits``: tight boxes, ``hit_points``: best-match points). ``detail`` (see
+    `rsclip_core.inference.maps`; default ``dense`` with dense embeddings, else ``tile``) and
+    ``cells_per_tile``/``map_resolution`` choose the heat-map's resolution; ``tile`` without a
+    resolution keeps one cell per tile stride.
     """
+    from rsclip_core.inference.maps import check_detail
+
     query = _check_query(query)
+    if detail is not None:
+        check_detail(detail)
+        tiling = _tiling_for(detail, tiling)
     if int(top_k) < 1:
         raise RsclipInputError(f"must be >= 1, got {top_k}", field="top_k")
     checked = check_outputs({"output": out_gpkg, "heatmap": heatmap_tif}, overwrite=overwrite,
@@ -132,15 +143,38 @@ def run_search(raster: str | os.PathLike, query: str, *, model_dir: str | os.Pat
                         progress=progress, cancel=cancel)
     hits = search(index, model, query, top_k=int(top_k), suppress_overlap=suppress_overlap, templates=templates)
     hits["percentile"] = hit_percentiles(hits, index, model, query, templates)  # among all tiles
+    if detail is None:
+        detail = "dense" if index.dense is not None else "tile"
     with staged_outputs() as staging:
         if gpkg is not None:
-            write_gpkg(gpkg, hits, layer="hits", staging=staging)
+            write_gpkg(gpkg, hits, layer="hits", staging=staging, more_layers={"hit_points": hit_points(hits)})
         if heat is not None:
-            grid = score_heatmap(index, model, query, templates=templates)
-            write_cog(heat, grid, index.cell_transform, index.crs_wkt, nodata=float("nan"),
+            if detail == "tile" and cells_per_tile is None and map_resolution is None:
+                grid, transform = score_heatmap(index, model, query, templates=templates), index.cell_transform
+            else:
+                grid, transform = score_heatmap_fine(index, query_text(model, query, templates), detail=detail,
+                                                     cells_per_tile=cells_per_tile, map_resolution=map_resolution)
+            write_cog(heat, grid, transform, index.crs_wkt, nodata=float("nan"),
                       tags={"query": query, "model": model.metadata.model_name, "raster": str(raster)},
                       band_description=f"similarity to '{query}'", resampling="AVERAGE", staging=staging)
     return SearchRun(hits=hits, index=index, out_gpkg=gpkg, heatmap_tif=heat)
+
+
+def _tiling_for(detail: str, tiling: TilingConfig | None) -> TilingConfig:
+    """The tiling a map detail needs: ``windows`` details overlap tiles (0.5 unless asked otherwise)."""
+    import dataclasses
+
+    from rsclip_core.inference.maps import detail_overlap
+
+    tiling = tiling if tiling is not None else TilingConfig()
+    overlap = detail_overlap(detail, tiling.overlap)
+    return tiling if overlap == tiling.overlap else dataclasses.replace(tiling, overlap=overlap)
+
+
+def query_text(model: EmbeddingModel, query: str, templates: Sequence[str] | None) -> np.ndarray:
+    from rsclip_core.inference.search import query_embedding
+
+    return query_embedding(model, query, templates)
 
 
 def landcover_polygons(result: LandCoverResult) -> Any:
@@ -226,11 +260,18 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
                  confidence_tif: str | os.PathLike | None = None, threshold: float | None = None,
                  cache_dir: str | os.PathLike | None = None, overwrite: bool = False,
                  progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                 model: EmbeddingModel | None = None) -> ClassifyRun:
+                 model: EmbeddingModel | None = None, detail: str | None = None,
+                 cells_per_tile: int | None = None, map_resolution: float | None = None) -> ClassifyRun:
     """Zero-shot land cover of ``raster``: class COG (+ confidence COG, + dissolved polygons GPKG).
 
-    ``classes`` is a list of `LandCoverClass` or a class file path (YAML/JSON).
+    ``classes`` is a list of `LandCoverClass` or a class file path (YAML/JSON). ``detail``
+    (`rsclip_core.inference.maps.DETAILS`) and ``cells_per_tile`` (default 8) / ``map_resolution``
+    (map units per cell) choose how fine the map is; ``tile`` without a resolution is one cell per
+    tile, ``windows`` details overlap tiles by 0.5 unless ``tiling`` overlaps them already. Default
+    (``None``): `DEFAULT_DETAIL` when the model has dense embeddings, else ``windows`` blending of
+    the tiling's own overlap (the tiling is left as given).
     """
+    from rsclip_core.inference.maps import DEFAULT_DETAIL, check_detail
     classes_file = classes if isinstance(classes, (str, os.PathLike)) else None
     if classes_file is not None:
         classes = load_classes(classes_file)
@@ -246,14 +287,23 @@ def run_classify(raster: str | os.PathLike, classes: Any, *, model_dir: str | os
     tif, conf_path, gpkg = checked["output"], checked["confidence"], checked["polygons"]
     assert tif is not None  # out_tif is required (checked above)
     model = _model(model, model_dir)
+    if detail is None:  # automatic: never changes the tiling asked for (a prebuilt index is reused)
+        detail = DEFAULT_DETAIL if model.has_dense else "windows"
+    else:
+        check_detail(detail)
+        tiling = _tiling_for(detail, tiling)
+    if detail.startswith("dense") and not model.has_dense:
+        raise RsclipInputError(f"{model.model_dir}: the model has no dense embeddings (its image graph has no "
+                               "'dense' output); use detail 'windows' or 'tile'", field="detail")
     index = build_index(raster, model, tiling, cache_dir=_cache_dir(cache_dir, tif),
                         progress=progress, cancel=cancel)
-    result = classify(index, model, classes, threshold=threshold)
+    result = classify(index, model, classes, threshold=threshold, detail=detail, cells_per_tile=cells_per_tile,
+                      map_resolution=map_resolution)
     class_json = json.dumps([c.to_dict() for c in classes], ensure_ascii=False)
     band_tags = {f"CLASS_{i + 1}": c.name for i, c in enumerate(classes)}
     band_tags.update({f"CLASS_{NODATA_CODE}": "nodata", f"CLASS_{UNCLASSIFIED_CODE}": "unclassified",
                       "CLASSES": class_json})
-    tags = {"model": model.metadata.model_name, "raster": str(raster),
+    tags = {"model": model.metadata.model_name, "raster": str(raster), "detail": detail,
             "threshold": "" if threshold is None else str(threshold), "index_key": index.key}
     with staged_outputs() as staging:
         write_cog(tif, result.codes, result.transform, result.crs_wkt, nodata=NODATA_CODE, staging=staging,

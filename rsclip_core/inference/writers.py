@@ -295,14 +295,19 @@ def write_cog(path: str | os.PathLike, array: np.ndarray, transform: Any, crs_wk
     return Path(path)
 
 
-def write_gpkg(path: str | os.PathLike, frame: Any, layer: str, staging: StagedOutputs | None = None) -> Path:
-    """Write a GeoDataFrame as a GeoPackage (version 1.2, for QGIS 3.22), atomically."""
+def write_gpkg(path: str | os.PathLike, frame: Any, layer: str, staging: StagedOutputs | None = None,
+               more_layers: Mapping[str, Any] | None = None) -> Path:
+    """Write a GeoDataFrame (and ``more_layers``: name -> frame) as one GeoPackage (version 1.2,
+    for QGIS 3.22), atomically."""
     import pyogrio
 
     with atomic_path(path, staging) as tmp:
         try:
             pyogrio.write_dataframe(frame, str(tmp), layer=layer, driver="GPKG",
                                     dataset_options={"VERSION": GPKG_VERSION}, promote_to_multi=True)
+            for name, extra in (more_layers or {}).items():
+                pyogrio.write_dataframe(extra, str(tmp), layer=name, driver="GPKG", append=True,
+                                        promote_to_multi=False)
         except RsclipError:
             raise
         except Exception as exc:

@@ -134,6 +134,19 @@ class TimmImageTower(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(self.trunk(images))
 
+    def forward_dense(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` -> the projection at every feature-map location ``[N, D, h, w]`` (MaskCLIP-style).
+
+        Not normalised. The trunk's head is a global average pool, so the spatial mean of this is
+        exactly :meth:`forward`. FastViT/MCi's final conv (with its squeeze-excitation gate) is part of
+        ``forward_features``, so it is applied per location (the gate itself sees the whole tile).
+        """
+        features = self.trunk.forward_features(images)
+        dense = torch.einsum("nchw,dc->ndhw", features, self.proj.weight)
+        if self.proj.bias is not None:
+            dense = dense + self.proj.bias.view(1, -1, 1, 1)
+        return dense
+
     def reparameterize(self) -> None:
         """Fold MobileOne/RepMixer branches of timm blocks (no-op for plain convnets)."""
         from timm.models._manipulate import reparameterize_model

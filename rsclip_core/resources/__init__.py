@@ -9,7 +9,8 @@ Layout (``rsclip_core/resources/``)::
     models/default/      the bundled exported model directory (rsclip.json, image.onnx, text.onnx, ...)
     models/MODEL_CARD.md its model card
     classes/landcover.yaml   rsclip's default land-cover classes
-    samples/naip_m_4709963_se_14_1_20200831.tif   a small NAIP sample raster (public domain)
+    samples/naip_m_4709963_se_14_1_20200831.tif   a small NAIP sample raster, 5 m (public domain)
+    samples/naip_berkeley_campus.tif              a 1 m scene of the UC Berkeley campus (the demo scene)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from rsclip_core import spec
 
 SAMPLE_RASTER_NAME = "naip_m_4709963_se_14_1_20200831.tif"
+SAMPLE_RASTERS = {"naip": SAMPLE_RASTER_NAME, "berkeley": "naip_berkeley_campus.tif"}
+"""Bundled sample rasters by short name (``samples/README.md`` says where each comes from)."""
 
 
 class ResourceMissingError(FileNotFoundError):
@@ -53,6 +56,9 @@ def default_classes_file() -> Path:
     return _existing(resources_dir() / "classes" / "landcover.yaml", "the default land-cover class list")
 
 
-def sample_raster() -> Path:
-    """The bundled sample raster (USDA NAIP, 4 bands, public domain; see ``samples/README.md``)."""
-    return _existing(resources_dir() / "samples" / SAMPLE_RASTER_NAME, "the sample raster")
+def sample_raster(name: str = "naip") -> Path:
+    """A bundled sample raster: ``naip`` (USDA NAIP, 5 m, 4 bands, public domain) or ``berkeley``
+    (1 m RGB scene of the UC Berkeley campus, the demo scene); see ``samples/README.md``."""
+    if name not in SAMPLE_RASTERS:
+        raise ResourceMissingError(f"no sample raster {name!r} (have {', '.join(SAMPLE_RASTERS)})")
+    return _existing(resources_dir() / "samples" / SAMPLE_RASTERS[name], f"the sample raster {name!r}")
