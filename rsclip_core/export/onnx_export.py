@@ -21,8 +21,9 @@ from __future__ import annotations
 import io
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import onnx
@@ -153,7 +154,7 @@ def export_graph(
     raise ExportError(f"{path.name}: ONNX export failed ({'; '.join(errors)})")
 
 
-def dense_support(model: nn.Module) -> str | None:
+def dense_support(model: RSClipModel) -> str | None:
     """``None`` if ``model``'s image embedding is the spatial mean of its dense projection, else why not.
 
     Checked numerically (forward vs the mean of ``visual.forward_dense``) on an example image, so a
@@ -169,7 +170,7 @@ def dense_support(model: nn.Module) -> str | None:
     images = example_images(model, batch=1)
     with torch.no_grad():
         embedding = model.visual(images)
-        dense = forward_dense(images)
+        dense = cast(torch.Tensor, forward_dense(images))
     if dense.ndim != 4 or dense.shape[:2] != embedding.shape:
         return f"image tower dense output has shape {tuple(dense.shape)}, expected [N, {embedding.shape[1]}, h, w]"
     diff = float((dense.mean(dim=(2, 3)) - embedding).abs().max())
@@ -179,12 +180,17 @@ def dense_support(model: nn.Module) -> str | None:
     return None
 
 
-def dense_metadata_fields(model: nn.Module) -> dict[str, Any]:
+def forward_dense(model: RSClipModel, images: torch.Tensor) -> torch.Tensor:
+    """The image tower's per-location projection (towers that `dense_support` accepts have it)."""
+    return cast(Callable[[torch.Tensor], torch.Tensor], model.visual.forward_dense)(images)
+
+
+def dense_metadata_fields(model: RSClipModel) -> dict[str, Any]:
     """``ModelMetadata`` dense fields for ``model`` (empty when :func:`dense_support` refuses)."""
     if dense_support(model) is not None:
         return {}
     with torch.no_grad():
-        h, w = model.visual.forward_dense(example_images(model, batch=1)).shape[2:]
+        h, w = forward_dense(model, example_images(model, batch=1)).shape[2:]
     return {"dense_output": spec.DENSE_OUTPUT, "dense_stride": _image_size(model) // int(h), "dense_grid": [int(h), int(w)]}
 
 

@@ -11,7 +11,7 @@ import torch
 
 from rsclip_core import spec
 from rsclip_core.export.errors import ParityError
-from rsclip_core.export.onnx_export import example_images, example_tokens
+from rsclip_core.export.onnx_export import forward_dense, example_images, example_tokens
 
 if TYPE_CHECKING:
     from rsclip_core.models.model import RSClipModel
@@ -172,7 +172,7 @@ def check_parity(
     )
     if spec.DENSE_OUTPUT in {o.name for o in image_session.get_outputs()}:
         with torch.no_grad():
-            ref_dense = model.visual.forward_dense(images).float().numpy()
+            ref_dense = forward_dense(model, images).float().numpy()
         onnx_dense = image_session.run([spec.DENSE_OUTPUT], {spec.IMAGE_INPUT: images.numpy()})[0]
         # compared per location after L2 normalisation (how inference uses them)
         report.results.append(compare_embeddings(

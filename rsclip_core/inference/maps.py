@@ -157,7 +157,8 @@ def render(index: EmbeddingIndex, grid: MapGrid, values: ValuesFn, channels: int
     bands; ``mean`` is the window-weighted average of every tile covering a cell (0 where none).
     """
     windows = index.windows().astype(np.float64)
-    spans = np.array([grid.row_span(w[1], w[1] + w[3]) for w in windows], dtype=np.int64).reshape(-1, 2)
+    spans = np.array([grid.row_span(float(top), float(top + height)) for top, height in zip(windows[:, 1], windows[:, 3])],
+                     dtype=np.int64).reshape(-1, 2)
     rows_per_band = max(1, int(band_bytes // max(1, 4 * (channels + 1) * grid.n_cols)))
     for r0 in range(0, grid.n_rows, rows_per_band):
         r1 = min(grid.n_rows, r0 + rows_per_band)

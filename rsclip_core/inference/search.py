@@ -172,7 +172,8 @@ def search(index: EmbeddingIndex, model: EmbeddingModel, query: str, top_k: int 
     n = len(hits.order)
     boxes = np.c_[hits.boxes[:, :2], hits.boxes[:, 2:] - hits.boxes[:, :2]] if n else np.zeros((0, 4))
     geoms = windows_to_polygons(boxes, affine) if n else np.array([], dtype=object)
-    tiles = windows_to_polygons(index.grid.clip_windows(index.windows()[hits.order]), affine) if n else []
+    tiles = (windows_to_polygons(index.grid.clip_windows(index.windows()[hits.order]), affine) if n
+             else np.array([], dtype=object))
     bounds = np.array([t.bounds for t in tiles]).reshape(-1, 4)
     px = affine.a * hits.points[:, 0] + affine.b * hits.points[:, 1] + affine.c
     py = affine.d * hits.points[:, 0] + affine.e * hits.points[:, 1] + affine.f

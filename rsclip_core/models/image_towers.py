@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -141,8 +142,8 @@ class TimmImageTower(nn.Module):
         exactly :meth:`forward`. FastViT/MCi's final conv (with its squeeze-excitation gate) is part of
         ``forward_features``, so it is applied per location (the gate itself sees the whole tile).
         """
-        features = self.trunk.forward_features(images)
-        dense = torch.einsum("nchw,dc->ndhw", features, self.proj.weight)
+        forward_features = cast(Callable[[torch.Tensor], torch.Tensor], self.trunk.forward_features)
+        dense = torch.einsum("nchw,dc->ndhw", forward_features(images), self.proj.weight)
         if self.proj.bias is not None:
             dense = dense + self.proj.bias.view(1, -1, 1, 1)
         return dense
