@@ -8,7 +8,7 @@ DEMO_VENV ?= .venv-demo
 PIP_FLAGS ?= -q
 OUT ?= out
 
-.PHONY: demo setup setup-dev test test-fast test-slow test-qgis bench plugin-zip lint clean
+.PHONY: demo setup setup-dev test test-fast test-slow test-qgis check-wheel bench plugin-zip lint clean
 
 $(DEMO_VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(DEMO_VENV)
@@ -21,7 +21,7 @@ $(VENV)/.done: pyproject.toml
 	$(VENV)/bin/pip install $(PIP_FLAGS) -U pip
 	# torch first, pinned, so no other resolver step can pull a different build
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train,export,eval,test]' ruff
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[train,export,eval,test]' ruff mypy==2.4.1
 	touch $@
 
 setup: $(DEMO_VENV)/.done
@@ -54,8 +54,14 @@ bench: setup-dev
 plugin-zip:
 	bash scripts/build_plugin_zip.sh
 
+# the wheel alone: < 60 MB, installed into a fresh venv outside the repo, rsclip-map info + classify
+# of the bundled sample with no -m (resources must come from the installed package)
+check-wheel:
+	PYTHON=$(PYTHON) bash scripts/check_wheel.sh
+
 lint: setup-dev
 	$(VENV)/bin/ruff check rsclip_core qgis_plugin tests training benchmarks
+	$(VENV)/bin/mypy rsclip_core
 
 clean:
-	rm -rf $(OUT) build dist *.egg-info .pytest_cache
+	rm -rf $(OUT) build dist *.egg-info .pytest_cache .mypy_cache

@@ -107,17 +107,11 @@ def image_flops(encoder: Any, size: int) -> float:
 
 
 def timing_session(path: Path, threads: int) -> Any:
-    """A CPU onnxruntime session for latency timing: ``threads`` intra-op threads, no spinning."""
-    import onnxruntime as ort
+    """A CPU onnxruntime session for latency timing: ``threads`` intra-op threads, no spinning
+    (idle workers would otherwise spin and steal the CPU from the other timings)."""
+    from rsclip_core.inference.sessions import onnx_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # Idle onnxruntime workers would otherwise spin and steal the CPU from the other timings.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx_session(path, threads=threads, allow_spinning=False)
 
 
 @dataclass

@@ -4,7 +4,7 @@ Measures (1) single-view encode throughput of each offline teacher, (2) end-to-e
 throughput (K augmented views + S neighbour/scene-label captions + all embeddings + shard writing)
 in images/s, and (3) the storage report (bytes/sample split by part), on real RSICD train images.
 
-    python benchmarks/reinforce.py --teacher /work/cache/teachers/lite2.pt --teacher /work/cache/teachers/lite0.pt \
+    python benchmarks/reinforce.py --teacher ~/.cache/rsclip/teachers/lite2.pt --teacher ~/.cache/rsclip/teachers/lite0.pt \
         --images 64 --bank 256 --out benchmarks/results/reinforce.md
 
 Needs ../shared/data/rsicd and fitted teacher checkpoints (``rsclip teacher fit``); exits with a
@@ -49,7 +49,8 @@ def main() -> None:
         report_markdown,
         storage_report,
     )
-    from rsclip_core.reinforce.teachers import OfflineTeacher, TeacherEnsemble
+    from rsclip_core.teachers.base import TeacherEnsemble
+    from rsclip_core.teachers.offline import OfflineTeacher
 
     torch.set_num_threads(args.threads)
     rsicd = DATA / "rsicd" / "dataset_rsicd.json"

@@ -1,31 +1,54 @@
 """Glue between QGIS objects and ``rsclip_core.inference``: layers -> paths, extents -> TilingConfig.
 
-No tiling, preprocessing or output writing happens here: that is all ``rsclip_core.inference``.
+No tiling, preprocessing, output writing or model caching happens here: that is all
+``rsclip_core.inference`` (models come from its ``cached_model``; errors are worded by `wording`).
 Heavy imports (rsclip_core.inference, shapely) stay inside functions so the plugin loads without them.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsDistanceArea,
     QgsGeometry,
+    QgsPointXY,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsSettings,
+    QgsUnitTypes,
 )
 
-from . import PLUGIN_DIR
 from .settings import EXTENT_CANVAS, EXTENT_LAYER, EXTENT_SELECTION, DockSettings
 
 METADATA_FILE = "rsclip.json"  # rsclip_core.spec.METADATA_FILE (spec is stdlib-only, imported lazily)
+UNSAVED_OUTPUT_SETTING = "rsclip/unsaved_project_output_dir"  # QgsSettings: results of unsaved projects
+
+
+MAP_DETAILS: List[Tuple[str, str]] = [
+    ("", "Auto (dense if the model has it, else the tiles' own overlap blended)"),
+    ("dense", "Dense: per-location embeddings in each tile"),
+    ("windows", "Overlapping windows (50 % overlap), soft-voted"),
+    ("dense+windows", "Dense + overlapping windows (finest, ~3x slower)"),
+    ("tile", "One class per tile"),
+]
+"""The map detail choices of the dock and Processing: (``rsclip_core.inference.maps`` detail, label);
+"" = automatic (``run_classify``/``run_search`` with ``detail=None``)."""
+DEFAULT_CELLS_PER_TILE = 8  # rsclip_core.inference.maps.DEFAULT_CELLS_PER_TILE
+
+
+def map_kwargs(detail: str, cells_per_tile: int) -> dict:
+    """``run_classify``/``run_search`` keywords of a detail choice (see `MAP_DETAILS`)."""
+    if detail not in {d for d, _ in MAP_DETAILS}:
+        raise PluginInputError(f"unknown map detail {detail!r}")
+    fine = detail != "tile" or int(cells_per_tile) != 1
+    return {"detail": detail or None, "cells_per_tile": int(cells_per_tile) if fine else None}
 
 
 class PluginInputError(ValueError):
@@ -46,23 +69,59 @@ def raster_path(layer: Optional[QgsRasterLayer]) -> str:
     return path
 
 
-def bundled_model_dir() -> Optional[Path]:
-    """The default model shipped with the plugin / repository, or None when there is none."""
-    candidates = [PLUGIN_DIR / "models" / "default"]
-    try:
-        from rsclip_core.inference import default_model_dir
+def default_bands(band_count: int) -> List[int]:
+    """The bands used when none are chosen, for the dock and Processing alike: 1,2,3 (or 1 if grey)."""
+    return [1, 2, 3] if band_count >= 3 else [1]
 
-        candidates.append(Path(default_model_dir()))
-    except Exception:  # no bundled model, or rsclip_core not importable yet
-        pass
-    for candidate in candidates:
-        if (candidate / METADATA_FILE).is_file():
-            return candidate
-    return None
+
+def ground_metres_per_unit(layer: QgsRasterLayer) -> Optional[float]:
+    """Ground metres per map unit at the centre of ``layer`` (ellipsoidal, like QgsDistanceArea).
+
+    1.0 (about) for UTM-like CRSs; ~cos(latitude) for Web Mercator; None without a valid CRS.
+    """
+    crs = layer.crs()
+    if not crs.isValid():
+        return None
+    center = layer.extent().center()
+    distance = QgsDistanceArea()
+    distance.setSourceCrs(crs, QgsProject.instance().transformContext())
+    distance.setEllipsoid(crs.ellipsoidAcronym() or "WGS84")
+    step = 1.0 if not crs.isGeographic() else 1e-4
+    metres = distance.measureLine(QgsPointXY(center.x(), center.y()), QgsPointXY(center.x() + step, center.y()))
+    return metres / step if metres > 0 else None
+
+
+def units_note(layer: Optional[QgsRasterLayer]) -> str:
+    """What "m/px" means for this raster when its map units are not ground metres ("" when they are)."""
+    if layer is None or not layer.crs().isValid():
+        return ""
+    crs = layer.crs()
+    if crs.isGeographic():
+        return (f"{crs.authid()} is in degrees: the resolution in m/px is converted at the raster's centre; "
+                "areas are ground areas")
+    scale = ground_metres_per_unit(layer)
+    unit = QgsUnitTypes.toString(crs.mapUnits())
+    if scale is None or abs(scale - 1.0) < 0.02:
+        return ""
+    return (f"{crs.authid()}: 1 map {unit[:-1] if unit.endswith('s') else unit} is {scale:.2f} m on the ground here, "
+            f"so 'm/px' is in map units (1 m/px = {scale:.2f} m/px on the ground); areas are ground areas")
+
+
+def bundled_model_dir() -> Optional[Path]:
+    """The default model shipped inside ``rsclip_core`` (wheel, checkout or plugin zip), or None."""
+    try:
+        from rsclip_core import resources
+    except ImportError:  # rsclip_core not importable yet
+        return None
+    try:
+        return resources.bundled_model_dir()
+    except resources.ResourceMissingError:
+        return None
 
 
 def resolve_model_dir(path: str) -> Path:
-    """A model directory from what the user picked: the directory, or any file inside it (image.onnx...)."""
+    """A model directory from what the user picked (``rsclip_core.inference.resolve_model_dir``);
+    empty means the bundled model. Errors are ``ValueError``s naming the model."""
     if not path:
         bundled = bundled_model_dir()
         if bundled is None:
@@ -71,12 +130,9 @@ def resolve_model_dir(path: str) -> Path:
                 "(or its image.onnx) with 'Browse…'"
             )
         return bundled
-    candidate = Path(path).expanduser()
-    if candidate.is_file():
-        candidate = candidate.parent
-    if not (candidate / METADATA_FILE).is_file():
-        raise PluginInputError(f"{path}: not an exported rsclip model (no {METADATA_FILE} next to it)")
-    return candidate
+    from rsclip_core.inference import resolve_model_dir as resolve
+
+    return resolve(path)
 
 
 def model_summary(model_dir: Path) -> str:
@@ -99,18 +155,22 @@ def model_summary(model_dir: Path) -> str:
 
 
 def default_classes_file(model_dir: Optional[Path]) -> Optional[Path]:
-    """The model's own class list (metadata ``default_classes``) if it has one, else None (rsclip's)."""
-    if model_dir is None:
-        return None
+    """The model's own class list (metadata ``default_classes``) if it has one, else rsclip's packaged
+    default (``rsclip_core.resources``); None when neither is there."""
+    from rsclip_core import resources
     from rsclip_core.spec import ModelMetadata
 
+    if model_dir is not None:
+        try:
+            meta = ModelMetadata.read(model_dir)
+        except ValueError:
+            meta = None
+        if meta is not None and meta.default_classes and (Path(model_dir) / meta.default_classes).is_file():
+            return Path(model_dir) / meta.default_classes
     try:
-        meta = ModelMetadata.read(model_dir)
-    except ValueError:
+        return resources.default_classes_file()
+    except resources.ResourceMissingError:
         return None
-    if meta.default_classes and (Path(model_dir) / meta.default_classes).is_file():
-        return Path(model_dir) / meta.default_classes
-    return None
 
 
 def transform_rect(
@@ -188,36 +248,27 @@ def cache_dir() -> Path:
     return base
 
 
+def unsaved_project_output_dir() -> Path:
+    """Results folder of projects not saved yet: the user's choice (QGIS setting), else the profile's."""
+    chosen = str(QgsSettings().value(UNSAVED_OUTPUT_SETTING, "") or "")
+    if chosen:
+        return Path(chosen)
+    return Path(QgsApplication.qgisSettingsDirPath()) / "rsclip" / "outputs"
+
+
+def set_unsaved_project_output_dir(folder: str) -> None:
+    """Remember ``folder`` for projects not saved yet ("" = the profile's default)."""
+    QgsSettings().setValue(UNSAVED_OUTPUT_SETTING, folder)
+
+
+def default_output_dir() -> Path:
+    """``rsclip_outputs`` next to the project file, or `unsaved_project_output_dir` before it is saved."""
+    home = QgsProject.instance().homePath()
+    return Path(home) / "rsclip_outputs" if home else unsaved_project_output_dir()
+
+
 def output_dir(settings_dir: str = "") -> Path:
-    """Folder for result files: the dock's choice, else ``rsclip_outputs`` next to the project, else temp."""
-    if settings_dir:
-        folder = Path(settings_dir)
-    else:
-        home = QgsProject.instance().homePath()
-        folder = Path(home) / "rsclip_outputs" if home else Path(tempfile.gettempdir()) / "rsclip_outputs"
+    """Folder for result files: the dock's choice, else `default_output_dir` (created)."""
+    folder = Path(settings_dir) if settings_dir else default_output_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-class ModelCache:
-    """Loaded models by directory, so repeated runs skip creating onnxruntime sessions."""
-
-    def __init__(self) -> None:
-        self._models: Dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, model_dir: Path) -> Any:
-        from rsclip_core.inference import load_model
-
-        key = str(Path(model_dir).resolve())
-        with self._lock:
-            if key not in self._models:
-                self._models[key] = load_model(key)
-            return self._models[key]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._models.clear()
-
-
-MODELS = ModelCache()

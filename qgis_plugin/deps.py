@@ -1,16 +1,30 @@
-"""Runtime dependencies of the plugin: detection and a guarded install into a plugin-local folder.
+"""Runtime dependencies of the plugin: detection and a guarded install into the profile's data folder.
 
 QGIS ships its own Python with its own numpy (1.24 on Debian 12's QGIS 3.22). The classic failure
 of ML plugins is a ``pip install`` that upgrades numpy under QGIS and breaks GDAL, pandas and
 QGIS's own processing. This module never does that:
 
-1. it resolves the missing requirements with ``pip install --dry-run --report`` *against the
-   Python QGIS runs*, with a constraints file pinning numpy (and any other package named in
-   ``PINNED``) to the version already installed, so the resolver must pick wheels that work with
-   it (binary wheels only, nothing is compiled);
-2. it refuses if the plan would still touch a pinned package;
-3. it installs exactly the planned pins with ``--no-deps --target <plugin-local dir>``, so nothing
-   in QGIS's own site-packages is modified, and the folder can simply be deleted to undo it.
+1. it finds the interpreter QGIS itself runs (not a pyenv/conda shim first on ``PATH``) and checks
+   that ``import qgis`` works in it;
+2. it resolves the missing requirements with ``pip install --dry-run --report`` against that
+   Python, with a constraints file pinning numpy (and any other package named in ``PINNED``) to
+   the version already installed, so the resolver must pick wheels that work with it (binary
+   wheels only, nothing is compiled). It first also pins *every* package QGIS's Python already
+   has (``idna``, ``click``...), so nothing already there is duplicated when compatible versions
+   exist;
+3. it refuses if the plan would still touch a pinned package;
+4. it installs exactly the planned pins with ``--no-deps --target`` into a folder in the QGIS
+   profile (``<profile>/rsclip/deps/py3XX``): outside the plugin folder, so reinstalling or
+   updating the plugin from its zip keeps it; nothing in QGIS's own site-packages is modified.
+
+The folder is *appended* to ``sys.path``: QGIS's own packages always win, so the plugin's folder
+cannot shadow Debian's ``idna`` or ``click`` for the rest of QGIS. Only distributions the
+resolver had to take newer than the system's (recorded in the folder) are looked up in the
+folder first, by a finder limited to their top-level modules.
+
+Offline (or behind a proxy) pip cannot download anything: a folder of wheels
+(``$RSCLIP_QGIS_WHEELS`` or the ``rsclip/wheel_folder`` QGIS setting) makes the install use
+``pip --no-index --find-links <folder>``, and failures say which Debian packages or wheels to get.
 
 Importable without QGIS: ``scripts/setup_qgis.sh`` runs it as ``python3 -m qgis_plugin.deps``
 so CI exercises the same code path a user triggers from the dock.
@@ -20,20 +34,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 DEPS_DIR_ENV = "RSCLIP_QGIS_DEPS_DIR"
+WHEELS_ENV = "RSCLIP_QGIS_WHEELS"
+WHEELS_SETTING = "rsclip/wheel_folder"  # QgsSettings key of the wheel folder chosen in the dock
+OVERRIDES_FILE = "rsclip-overrides.txt"  # top-level modules the folder must provide first
 # Packages QGIS's Python already provides (built against QGIS's own numpy / PROJ / GDAL): when
 # installed there, they are pinned to that version and never shadowed by the plugin folder.
 PINNED = ("numpy", "pyproj", "GDAL")
@@ -112,30 +132,86 @@ def _version_tuple(version: str) -> tuple:
     return tuple(parts)
 
 
-def default_deps_dir() -> Path:
-    """The plugin-local folder extra packages go to (one per Python minor version).
+def qgis_profile_dir() -> Path:
+    """The active QGIS profile folder (``QgsApplication.qgisSettingsDirPath()``), else the default profile's."""
+    try:
+        from qgis.core import QgsApplication
 
+        if QgsApplication.instance() is not None and QgsApplication.qgisSettingsDirPath():
+            return Path(QgsApplication.qgisSettingsDirPath())
+    except ImportError:
+        pass
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming") / "QGIS" / "QGIS3"
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support" / "QGIS" / "QGIS3"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "QGIS" / "QGIS3"
+    return base / "profiles" / "default"
+
+
+def default_deps_dir() -> Path:
+    """Where extra packages go: ``<QGIS profile>/rsclip/deps/py3XX`` (outside the plugin folder).
+
+    Plugin updates from the zip replace the plugin folder only, so the packages survive them.
     ``$RSCLIP_QGIS_DEPS_DIR`` overrides it (CI, shared installs).
     """
     override = os.environ.get(DEPS_DIR_ENV)
     if override:
         return Path(override).expanduser().resolve()
     tag = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    return Path(__file__).resolve().parent / "deps" / tag
+    return qgis_profile_dir() / "rsclip" / "deps" / tag
+
+
+class _FolderFirst(importlib.abc.MetaPathFinder):
+    """Finds a fixed set of top-level modules in the plugin folder before QGIS's site-packages."""
+
+    def __init__(self, folder: Path, names: Iterable[str]) -> None:
+        self.folder = str(folder)
+        self.names = set(names)
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:  # noqa: D102
+        if path is None and name in self.names:
+            return importlib.machinery.PathFinder.find_spec(name, [self.folder])
+        return None
+
+
+def folder_overrides(deps_dir: Path) -> List[str]:
+    """Top-level modules the folder must provide first (recorded by `install`; usually none)."""
+    path = Path(deps_dir) / OVERRIDES_FILE
+    if not path.is_file():
+        return []
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def activate(deps_dir: Optional[Path] = None) -> Path:
-    """Put the plugin-local dependency folder first on ``sys.path`` (idempotent)."""
+    """Append the dependency folder to ``sys.path`` (idempotent): QGIS's own packages keep priority.
+
+    Modules listed in the folder's overrides file (a package the resolver needed newer than the
+    system's, e.g. shapely 2 over Debian 12's 1.8) are found in the folder first.
+    """
     folder = Path(deps_dir) if deps_dir is not None else default_deps_dir()
     entry = str(folder)
-    if folder.is_dir() and entry not in sys.path:
-        sys.path.insert(0, entry)
-        importlib.invalidate_caches()
+    if not folder.is_dir():
+        return folder
+    if entry not in sys.path:
+        sys.path.append(entry)
+    sys.meta_path[:] = [f for f in sys.meta_path if not (isinstance(f, _FolderFirst) and f.folder == entry)]
+    overrides = folder_overrides(folder)
+    if overrides:
+        sys.meta_path.insert(0, _FolderFirst(folder, overrides))
+    importlib.invalidate_caches()
     return folder
 
 
 def installed_version(dist: str) -> Optional[str]:
-    """Version of an installed distribution as the current ``sys.path`` sees it, or None."""
+    """Version of an installed distribution as the plugin sees it (folder overrides first), or None."""
+    folder = default_deps_dir()
+    overrides = set(folder_overrides(folder)) if folder.is_dir() else set()
+    if overrides:
+        entry = _dists_in([str(folder)]).get(_norm(dist))
+        if entry is not None and overrides & set(_top_level_modules(entry[1])):
+            return entry[0]
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -157,33 +233,129 @@ def missing_requirements(requirements: Iterable[Requirement] = REQUIREMENTS) -> 
     return missing
 
 
-def python_executable() -> str:
-    """The Python interpreter QGIS embeds (``sys.executable`` is the QGIS binary on some platforms)."""
-    exe = Path(sys.executable)
-    if exe.name.lower().startswith("python") and exe.exists():
-        return str(exe)
+# Where each dependency comes from without PyPI: Debian/Ubuntu packages (None = no usable one in
+# Debian 12; a wheel folder is the way then).
+APT_PACKAGES: Dict[str, Optional[str]] = {
+    "onnxruntime": None,
+    "tokenizers": None,
+    "rasterio": "python3-rasterio",
+    "shapely": "python3-shapely (>= 2.0: Debian 13 / Ubuntu 24.04)",
+    "geopandas": "python3-geopandas (>= 0.14: Debian 13 / Ubuntu 24.04)",
+    "pyogrio": None,
+    "PyYAML": "python3-yaml",
+}
+_NETWORK = re.compile(
+    r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution|Name or service not known|"
+    r"Network is unreachable|ProxyError|ConnectTimeout|Read timed out|SSLError",
+    re.IGNORECASE,
+)
+_OFFLINE = re.compile(_NETWORK.pattern + r"|No matching distribution found|Could not find a version", re.IGNORECASE)
+_INTERPRETER: Dict[str, str] = {}
+
+
+def _interpreter_candidates() -> List[str]:
+    """Possible paths of the Python QGIS runs, most direct first (duplicates removed)."""
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    candidates = [
-        Path(sys.exec_prefix) / "bin" / f"python{version}",
-        Path(sys.exec_prefix) / "bin" / "python3",
-        Path(sys.exec_prefix) / "python.exe",
-        Path(sys.exec_prefix) / "python3.exe",
-        Path(sys.base_exec_prefix) / "bin" / f"python{version}",
-    ]
-    for candidate in candidates:
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which(f"python{version}") or shutil.which("python3")
-    if found:
-        return found
-    raise DependencyInstallError("cannot find the Python interpreter QGIS uses (needed to run pip)")
+    names = [f"python{version}", f"python{sys.version_info[0]}", "python"]
+    found = [sys.executable, getattr(sys, "_base_executable", "") or ""]
+    if sys.platform.startswith("linux"):
+        found.append(os.path.realpath("/proc/self/exe"))  # the process itself (python3.X under pytest)
+    for prefix in dict.fromkeys((sys.base_exec_prefix, sys.exec_prefix, sys.base_prefix, sys.prefix)):
+        found += [str(Path(prefix) / "bin" / name) for name in names]
+        found += [str(Path(prefix) / "python.exe"), str(Path(prefix) / "python3.exe")]
+    found += [shutil.which(name) or "" for name in names]
+    out: List[str] = []
+    for path in found:
+        # Only Python binaries: sys.executable / /proc/self/exe may be the QGIS binary itself.
+        if path and Path(path).name.lower().startswith("python") and Path(path).is_file() and path not in out:
+            out.append(path)
+    return out
+
+
+def _runs_qgis_python(path: str) -> bool:
+    """True if ``path`` is a Python of this version in which ``import qgis`` works."""
+    probe = "import sys, qgis; print('%d.%d' % sys.version_info[:2])"
+    try:
+        proc = subprocess.run([path, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    want = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return proc.returncode == 0 and proc.stdout.strip().endswith(want)
+
+
+def python_executable() -> str:
+    """The Python interpreter QGIS itself runs, checked by importing ``qgis`` in it.
+
+    ``sys.executable`` can be the QGIS binary, or a pyenv/conda shim first on ``PATH`` whose
+    packages (numpy 2.x...) are not QGIS's: candidates come from ``sys._base_executable``,
+    ``/proc/self/exe`` and the interpreter prefixes before ``PATH``, and the first one that
+    imports ``qgis`` at this Python version wins.
+    """
+    key = os.environ.get("PATH", "") + "|" + sys.executable
+    if key in _INTERPRETER:
+        return _INTERPRETER[key]
+    tried = _interpreter_candidates()
+    for path in tried:
+        if _runs_qgis_python(path):
+            _INTERPRETER[key] = path
+            return path
+    raise DependencyInstallError(
+        "cannot find the Python interpreter QGIS runs (needed to run pip): none of "
+        + (", ".join(tried) or "no python found")
+        + f" imports qgis at Python {sys.version_info[0]}.{sys.version_info[1]}"
+    )
+
+
+def wheel_folder() -> Optional[Path]:
+    """The folder of wheels to install from offline: ``$RSCLIP_QGIS_WHEELS``, else the QGIS setting."""
+    value = os.environ.get(WHEELS_ENV, "")
+    if not value:
+        try:
+            from qgis.core import QgsApplication, QgsSettings
+
+            if QgsApplication.instance() is not None:
+                value = str(QgsSettings().value(WHEELS_SETTING, "") or "")
+        except ImportError:
+            pass
+    return Path(value).expanduser() if value else None
+
+
+def _index_args() -> List[str]:
+    folder = wheel_folder()
+    if folder is None:
+        return []
+    if not folder.is_dir():
+        raise DependencyInstallError(f"wheel folder {folder} ({WHEELS_ENV}): no such folder")
+    return ["--no-index", "--find-links", str(folder)]
+
+
+def offline_advice(specs: Sequence[str]) -> str:
+    """What to do when pip cannot reach PyPI: Debian packages, or a folder of wheels."""
+    names = [re.split(r"[<>=!~ ;\[]", spec, maxsplit=1)[0] for spec in specs]
+    apt = [APT_PACKAGES[n] for n in names if APT_PACKAGES.get(n)]
+    wheels_only = [n for n in names if n in APT_PACKAGES and not APT_PACKAGES[n]]
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    lines = ["pip could not download the packages (offline, or a proxy blocks PyPI). What to do:"]
+    if apt:
+        notes = "; ".join(a for a in apt if " " in a)
+        lines.append("- on Debian/Ubuntu: sudo apt install " + " ".join(a.split(" ")[0] for a in apt)
+                     + (f"  (note: {notes})" if notes else ""))
+    lines.append(
+        ("- or" if apt else "-") + " install from a folder of wheels"
+        + (f" (the only way for {', '.join(wheels_only)})" if wheels_only and apt else "")
+        + f": on a connected machine run  pip download --only-binary=:all: --python-version {version} "
+        + "-d wheels " + " ".join(shlex.quote(spec) for spec in specs)
+        + "  then copy the folder here and pick it with 'From wheels…' in the rsclip dock "
+        + f"(or set {WHEELS_ENV})."
+    )
+    return "\n".join(lines)
 
 
 def _pip_env(deps_dir: Path) -> dict:
     env = dict(os.environ)
-    # The dry run must see what is already in the plugin-local folder, or it would plan it again.
+    # The dry run must see what is already in the plugin's folder, or it would plan it again.
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(deps_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + [str(deps_dir)]
     )
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env.pop("PIP_REQUIRE_VIRTUALENV", None)
@@ -198,8 +370,13 @@ def _run_pip(args: Sequence[str], deps_dir: Path, log: Callable[[str], None]) ->
     except OSError as exc:
         raise DependencyInstallError(f"cannot run pip: {exc}") from exc
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise DependencyInstallError(f"pip failed (exit {proc.returncode}):\n{tail}")
+        output = (proc.stderr or proc.stdout).strip()
+        tail = "\n".join(output.splitlines()[-15:])
+        message = f"pip failed (exit {proc.returncode}):\n{tail}"
+        if _OFFLINE.search(output):
+            specs = [a for a in args if not a.startswith("-") and os.path.sep not in a and a != "install"]
+            message += "\n\n" + offline_advice(specs)
+        raise DependencyInstallError(message)
     return proc.stdout
 
 
@@ -273,16 +450,28 @@ def remove_from_folder(name: str, deps_dir: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def plan_install(
-    specs: Sequence[str], deps_dir: Path, log: Callable[[str], None] = lambda _m: None
-) -> List[str]:
-    """Resolve ``specs`` against QGIS's Python without installing: the exact ``name==version`` pins to add.
+_PEP440 = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?(\+[a-z0-9.]+)?$", re.IGNORECASE)
 
-    Raises DependencyInstallError if the plan would replace a pinned package (numpy).
+
+def system_constraints(deps_dir: Optional[Path] = None) -> List[str]:
+    """``name==version`` of every distribution QGIS's Python already has (outside the plugin folder).
+
+    Used as *preferred* constraints: the first plan keeps QGIS's own ``idna``, ``click``...
+    so the folder only adds what is missing.
     """
+    folder = str(Path(deps_dir) if deps_dir is not None else default_deps_dir())
+    paths = [p for p in sys.path if p and os.path.abspath(p) != os.path.abspath(folder)]
+    lines = []
+    for name, (version, _dist) in sorted(_dists_in(paths).items()):
+        if _PEP440.match(version or ""):
+            lines.append(f"{name}=={version}")
+    return lines
+
+
+def _resolve(specs: Sequence[str], constraints: List[str], deps_dir: Path, log: Callable[[str], None]) -> list:
     with tempfile.TemporaryDirectory(prefix="rsclip-pip-") as tmp:
-        constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text("\n".join(pinned_constraints(deps_dir)) + "\n")
+        constraints_file = Path(tmp) / "constraints.txt"
+        constraints_file.write_text("\n".join(constraints) + "\n")
         report = Path(tmp) / "report.json"
         _run_pip(
             [
@@ -290,16 +479,38 @@ def plan_install(
                 "--dry-run",
                 "--quiet",
                 "--only-binary=:all:",
+                *_index_args(),
                 "--report",
                 str(report),
                 "-c",
-                str(constraints),
+                str(constraints_file),
                 *specs,
             ],
             deps_dir,
             log,
         )
-        planned = json.loads(report.read_text()).get("install", [])
+        return json.loads(report.read_text()).get("install", [])
+
+
+def plan_install(
+    specs: Sequence[str], deps_dir: Path, log: Callable[[str], None] = lambda _m: None
+) -> List[str]:
+    """Resolve ``specs`` against QGIS's Python without installing: the exact ``name==version`` pins to add.
+
+    First with every package QGIS's Python has pinned (nothing already there is duplicated);
+    if that cannot be resolved, with only `PINNED` and the known-bad exclusions.
+    Raises DependencyInstallError if the plan would replace a pinned package (numpy).
+    """
+    hard = pinned_constraints(deps_dir)
+    hard_names = {_norm(line.split("=")[0].split("<")[0]) for line in hard}
+    soft = [line for line in system_constraints(deps_dir) if _norm(line.split("==")[0]) not in hard_names]
+    try:
+        planned = _resolve(specs, hard + soft, deps_dir, log)
+    except DependencyInstallError as exc:
+        if _NETWORK.search(str(exc)):
+            raise
+        log("no plan keeps every package QGIS's Python has; resolving with only numpy/pyproj/GDAL pinned")
+        planned = _resolve(specs, hard, deps_dir, log)
     pins = []
     for item in planned:
         name = item["metadata"]["name"]
@@ -313,12 +524,41 @@ def plan_install(
     return pins
 
 
+def _top_level_modules(dist: Any) -> List[str]:
+    text = dist.read_text("top_level.txt")
+    if text:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    names = []
+    for file in dist.files or []:
+        first = Path(str(file)).parts[0]
+        if first.endswith((".dist-info", ".data")) or first in ("..", "bin", "__pycache__"):
+            continue
+        name = first[:-3] if first.endswith(".py") else first
+        if name.isidentifier() and name not in names:
+            names.append(name)
+    return names
+
+
+def record_overrides(deps_dir: Path) -> List[str]:
+    """Write the folder's overrides file: modules of folder packages that QGIS's Python also has."""
+    folder = Path(deps_dir)
+    inside = _dists_in([str(folder)])
+    paths = [p for p in sys.path if p and os.path.abspath(p) != os.path.abspath(str(folder))]
+    system = _dists_in(paths)
+    names: List[str] = []
+    for name, (_version, dist) in sorted(inside.items()):
+        if name in system:
+            names += [m for m in _top_level_modules(dist) if m not in names]
+    (folder / OVERRIDES_FILE).write_text("".join(f"{n}\n" for n in names))
+    return names
+
+
 def install(
     specs: Sequence[str],
     deps_dir: Optional[Path] = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> List[str]:
-    """Install ``specs`` (pip requirement strings) into the plugin-local folder; returns the pins."""
+    """Install ``specs`` (pip requirement strings) into the dependency folder; returns the pins."""
     folder = Path(deps_dir) if deps_dir is not None else default_deps_dir()
     folder.mkdir(parents=True, exist_ok=True)
     for name in folder_conflicts(folder):
@@ -327,6 +567,7 @@ def install(
     pins = plan_install(specs, folder, log)
     if not pins:
         log("nothing to install: every requirement is already satisfied")
+        record_overrides(folder)
         return []
     present = _dists_in([str(folder)])
     for pin in pins:  # pip --target leaves an older version's .dist-info behind: remove it first
@@ -339,6 +580,7 @@ def install(
             "install",
             "--no-deps",
             "--only-binary=:all:",
+            *_index_args(),
             "--upgrade",
             "--no-warn-script-location",
             "--target",
@@ -348,6 +590,9 @@ def install(
         folder,
         log,
     )
+    overrides = record_overrides(folder)
+    if overrides:
+        log("taken from the plugin folder before QGIS's own (newer versions needed): " + ", ".join(overrides))
     activate(folder)
     return pins
 

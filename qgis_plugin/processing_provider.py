@@ -19,8 +19,10 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
@@ -35,7 +37,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from . import PLUGIN_DIR, bridge, layers
+from . import PLUGIN_DIR, bridge, layers, wording
 
 MODEL_FILTER = "rsclip model (rsclip.json *.onnx);;All files (*)"
 
@@ -47,6 +49,13 @@ def _icon() -> QIcon:
 class _HitsStyler(QgsProcessingLayerPostProcessorInterface):
     def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802
         layers.style_hits(layer)
+        layers.heatmaps_below_hits(context.project())
+
+
+class _HeatmapStyler(QgsProcessingLayerPostProcessorInterface):
+    def postProcessLayer(self, layer: Any, context: Any, feedback: Any) -> None:  # noqa: N802
+        layers.style_heatmap(layer)
+        layers.heatmaps_below_hits(context.project())
 
 
 class _LandCoverStyler(QgsProcessingLayerPostProcessorInterface):
@@ -84,6 +93,8 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
     MASK = "MASK"
     MODEL = "MODEL"
     CACHE_FOLDER = "CACHE_FOLDER"
+    DETAIL = "DETAIL"
+    CELLS_PER_TILE = "CELLS_PER_TILE"
 
     def group(self) -> str:
         return "Raster"
@@ -160,6 +171,28 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
             cache.setFlags(cache.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(cache)
 
+    def add_map_parameters(self) -> None:
+        """Map detail (see ``bridge.MAP_DETAILS``) and output cells per tile, for maps and heat-maps."""
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.DETAIL, "Map detail", options=[label for _, label in bridge.MAP_DETAILS], defaultValue=0
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.CELLS_PER_TILE,
+                "Output cells per tile (1 with 'One class per tile' = one cell per tile)",
+                QgsProcessingParameterNumber.Integer,
+                defaultValue=bridge.DEFAULT_CELLS_PER_TILE,
+                minValue=1,
+            )
+        )
+
+    def map_inputs(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, Any]:
+        choice = self.parameterAsEnum(parameters, self.DETAIL, context)
+        detail = bridge.MAP_DETAILS[choice][0] if 0 <= choice < len(bridge.MAP_DETAILS) else ""
+        return bridge.map_kwargs(detail, self.parameterAsInt(parameters, self.CELLS_PER_TILE, context))
+
     def common_inputs(
         self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> Tuple[str, Any, Any]:
@@ -180,8 +213,9 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
                 rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
                 if not rect.isNull() and not rect.isEmpty():
                     extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-            bands = self.parameterAsInts(parameters, self.BANDS, context) or None
-            if bands is not None and len(bands) not in (1, 3):
+            # Empty = the dock's default: 1, 2, 3 (or 1 for a single-band raster).
+            bands = self.parameterAsInts(parameters, self.BANDS, context) or bridge.default_bands(layer.bandCount())
+            if len(bands) not in (1, 3):
                 raise bridge.PluginInputError(
                     f"BANDS: choose 3 bands (R, G, B) or 1 (grey), got {len(bands)}"
                 )
@@ -194,9 +228,14 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
             )
             model_dir = bridge.resolve_model_dir(self.parameterAsFile(parameters, self.MODEL, context))
             feedback.pushInfo(f"model: {model_dir}")
-            model = bridge.MODELS.get(model_dir)
+            from rsclip_core.inference import cached_model
+
+            model = cached_model(model_dir)
         except (ValueError, OSError) as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(wording.processing_message(exc)) from exc
+        note = bridge.units_note(layer)
+        if note:
+            feedback.pushInfo(note)
         return path, tiling, model
 
     def postProcessAlgorithm(
@@ -233,7 +272,12 @@ class _RsclipAlgorithm(QgsProcessingAlgorithm):
         except RsclipCancelled as exc:
             raise QgsProcessingException("cancelled") from exc
         except (ValueError, OSError) as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(wording.processing_message(exc)) from exc
+
+    @staticmethod
+    def report_warnings(warnings: Any, feedback: QgsProcessingFeedback) -> None:
+        for warning in warnings:
+            feedback.pushWarning(f"Warning: {warning}")
 
 
 class TextSearchAlgorithm(_RsclipAlgorithm):
@@ -241,6 +285,7 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
     TOP_K = "TOP_K"
     OUTPUT = "OUTPUT"
     HEATMAP = "HEATMAP"
+    HIT_POINTS = "HIT_POINTS"
 
     def name(self) -> str:
         return "textsearch"
@@ -251,7 +296,9 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802
         return (
             "Ranks the tiles of a raster by similarity to a text query (e.g. 'tennis courts') and writes "
-            "the best non-overlapping tiles as polygons with rank and score, plus an optional heat-map."
+            "the best non-overlapping hits as polygons with rank and score, plus an optional heat-map. With "
+            "a model that has dense embeddings each hit is a tight box where the query matches inside its "
+            "tile (the tile's bounds are attributes) and HIT_POINTS gives the best-match points."
         )
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
@@ -276,6 +323,8 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
                 self.HEATMAP, "Similarity heat-map", optional=True, createByDefault=False
             )
         )
+        self.add_map_parameters()
+        self.addOutput(QgsProcessingOutputVectorLayer(self.HIT_POINTS, "Best-match points", QgsProcessing.TypeVectorPoint))
 
     def processAlgorithm(
         self,
@@ -303,12 +352,19 @@ class TextSearchAlgorithm(_RsclipAlgorithm):
             heatmap_tif=heatmap,
             cache_dir=self.cache_folder(parameters, context),
             overwrite=True,
+            **self.map_inputs(parameters, context),
         )
         feedback.pushInfo(f"{len(run.hits)} hits among {len(run.index)} tiles")
+        from rsclip_core.inference.advice import search_advice
+
+        self.report_warnings(
+            search_advice(run.index, model, query, self.parameterAsInt(parameters, self.TOP_K, context)), feedback
+        )
         self.stylers = [(out, _keep(_HitsStyler()))]
-        result = {self.OUTPUT: out}
+        result = {self.OUTPUT: out, self.HIT_POINTS: f"{out}|layername=hit_points"}
         if heatmap:
             result[self.HEATMAP] = heatmap
+            self.stylers.append((heatmap, _keep(_HeatmapStyler())))
         return result
 
 
@@ -329,7 +385,10 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
         return (
             "Classifies every tile against a list of land-cover classes described by text prompts "
             "(YAML/JSON class file; empty = the default list) and writes a colour-mapped class raster, "
-            "optionally dissolved class polygons with areas and a confidence raster."
+            "optionally dissolved class polygons with areas and a confidence raster. Map detail: dense "
+            "(per-location embeddings inside each tile, the default with models that have them), "
+            "overlapping windows soft-voted per pixel, both, or one class per tile; maps cover the "
+            "raster or extent exactly at CELLS_PER_TILE cells across a tile."
         )
 
     def initAlgorithm(self, config: Optional[dict] = None) -> None:  # noqa: N802
@@ -368,6 +427,7 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
                 self.CONFIDENCE, "Confidence", optional=True, createByDefault=False
             )
         )
+        self.add_map_parameters()
 
     def processAlgorithm(
         self,
@@ -382,7 +442,7 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
         try:
             classes = load_classes(class_file or default_classes_path(model))
         except (ValueError, OSError) as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(wording.processing_message(exc)) from exc
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         polygons = self.parameterAsOutputLayer(parameters, self.POLYGONS, context) or None
         if polygons and not polygons.lower().endswith(".gpkg"):
@@ -404,9 +464,13 @@ class LandCoverAlgorithm(_RsclipAlgorithm):
             threshold=threshold,
             cache_dir=self.cache_folder(parameters, context),
             overwrite=True,
+            **self.map_inputs(parameters, context),
         )
-        for row in run.stats:
+        for row in sorted(run.stats, key=lambda r: -float(r["fraction"])):  # largest first, as the dock
             feedback.pushInfo(f"{row['name']}: {100.0 * row['fraction']:.1f}%")
+        from rsclip_core.inference.advice import classify_advice
+
+        self.report_warnings(classify_advice(run.index, model, [p for c in classes for p in c.prompts]), feedback)
         self.stylers = [(target, _keep(_LandCoverStyler(classes))) for target in (out, polygons) if target]
         result = {self.OUTPUT: out}
         if polygons:

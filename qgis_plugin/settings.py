@@ -32,6 +32,8 @@ class DockSettings:
     top_k: int = 20
     threshold: float = 0.0  # 0 = no "unclassified" threshold
     classes: Optional[List[dict]] = None  # None = the default class list
+    detail: str = ""  # "" = auto; else rsclip_core.inference.maps detail (bridge.MAP_DETAILS)
+    cells_per_tile: int = 8  # output map cells across one tile
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

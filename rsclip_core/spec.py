@@ -12,6 +12,11 @@ Layout::
       image.onnx        image encoder: float32 NCHW RGB; the graph does *no* standardisation:
                         callers scale pixels to [0, 1] and apply the metadata's mean/std first
                         ((x - mean) / std, as QGIS ONNX tools such as Deepness do) -> L2-normalised embeddings
+                        (output ``embedding`` [N, D]); optionally a second output ``dense``
+                        [N, D, h, w]: the projection applied to every location of the pooled
+                        feature map, NOT normalised (so L2-normalising its spatial mean gives
+                        ``embedding``); metadata ``dense_output`` / ``dense_stride`` / ``dense_grid``
+                        say it is there, how many input pixels one cell spans and the grid [h, w]
       text.onnx         text encoder: int64 [N, context_length] token ids -> L2-normalised embeddings
       tokenizer.json    Hugging Face `tokenizers` file that reproduces the training tokenizer
       classes.json      optional default land-cover classes (name, prompts, colour)
@@ -24,7 +29,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from rsclip_core.preprocess import PreprocessConfig, PreprocessConfigError
+from rsclip_core.prompts import ZERO_SHOT_TEMPLATES
+
+RGB = tuple[float, float, float]
 
 FORMAT_VERSION = 1
 
@@ -39,15 +49,8 @@ TEXT_MLPACKAGE = "text.mlpackage"
 IMAGE_INPUT = "image"
 TEXT_INPUT = "tokens"
 EMBEDDING_OUTPUT = "embedding"
+DENSE_OUTPUT = "dense"
 
-DEFAULT_PROMPT_TEMPLATES = (
-    "{}.",
-    "a satellite image of {}.",
-    "an aerial image of {}.",
-    "a remote sensing image of {}.",
-    "an aerial photograph of {}.",
-    "a top-down view of {}.",
-)
 
 
 def tokenizer_metadata_fields(
@@ -70,7 +73,13 @@ class ModelDirError(ValueError):
 
 @dataclass
 class ModelMetadata:
-    """Metadata of an exported model: what inference needs, nothing more."""
+    """Metadata of an exported model: what inference needs, nothing more.
+
+    The preprocessing fields (``image_size``, ``mean``, ``std``, ``interpolation``,
+    ``resize_mode``) are stored flat in ``rsclip.json`` (the on-disk format since version 1);
+    :attr:`preprocess` returns them as THE :class:`~rsclip_core.preprocess.PreprocessConfig`
+    and :meth:`preprocess_fields` turns one into these fields.
+    """
 
     model_name: str
     embed_dim: int
@@ -87,13 +96,30 @@ class ModelMetadata:
     sot_id: int | None = None
     eot_id: int | None = None
     lowercase: bool = True
-    prompt_templates: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPT_TEMPLATES))
+    prompt_templates: list[str] = field(default_factory=lambda: list(ZERO_SHOT_TEMPLATES))
     default_classes: str | None = None
     # Hints for tiling rasters (ground resolution the model was trained at, in m/px).
     resolution_m: float | None = None
     tiles_overlap: int = 0  # percent
+    # Dense per-location embeddings (MaskCLIP-style), an extra output of image.onnx: its name
+    # (None: the graph has none), the input pixels one cell spans and the grid [h, w] at image_size.
+    dense_output: str | None = None
+    dense_stride: int | None = None
+    dense_grid: list[int] | None = None
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint, training run, licence...
     format_version: int = FORMAT_VERSION
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing these fields describe (validated)."""
+        return PreprocessConfig(image_size=self.image_size, mean=cast(RGB, tuple(self.mean)),
+                                std=cast(RGB, tuple(self.std)),
+                                interpolation=self.interpolation, resize_mode=self.resize_mode)
+
+    @staticmethod
+    def preprocess_fields(cfg: PreprocessConfig) -> dict[str, Any]:
+        """The ``ModelMetadata`` fields of a preprocessing config (their on-disk form)."""
+        return cfg.to_dict()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -111,8 +137,20 @@ class ModelMetadata:
                 f"{origin}: format_version {version} is newer than this rsclip understands ({FORMAT_VERSION})"
             )
         meta = cls(**{k: v for k, v in data.items() if k in known})
-        if len(meta.mean) != 3 or len(meta.std) != 3:
-            raise ModelDirError(f"{origin}: mean/std must have 3 values (RGB)")
+        try:
+            pre_fields = {k: getattr(meta, k) for k in ("image_size", "mean", "std", "interpolation", "resize_mode")}
+            PreprocessConfig.from_dict(pre_fields, origin)
+        except PreprocessConfigError as exc:
+            raise ModelDirError(str(exc)) from exc
+        if meta.dense_output is not None:
+            grid = meta.dense_grid
+            if (not isinstance(grid, (list, tuple)) or len(grid) != 2 or not all(isinstance(v, int) and v > 0 for v in grid)
+                    or not isinstance(meta.dense_stride, int) or meta.dense_stride <= 0):
+                raise ModelDirError(
+                    f"{origin}: dense_output {meta.dense_output!r} needs dense_stride (int > 0) and "
+                    f"dense_grid [h, w] (ints > 0), got {meta.dense_stride!r} and {grid!r}"
+                )
+            meta.dense_grid = [int(v) for v in grid]
         return meta
 
     @classmethod

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build the installable QGIS plugin zip: dist/rsclip-<version>.zip (version from metadata.txt).
 #   rsclip/                      the plugin (qgis_plugin/*.py, icon, LICENSE, metadata.txt)
-#   rsclip/vendor/rsclip_core/   the torch-free inference package only: __init__.py, spec.py, inference/
-#   rsclip/vendor/resources/     default land-cover classes (+ the bundled model's ONNX files, when
-#                                there is one; its Core ML .mlpackage folders are left out)
-# Never included: the torch parts of rsclip_core, the plugin-local deps/ folder, caches.
+#   rsclip/vendor/rsclip_core/   the torch-free inference package only: __init__.py, spec.py, prompts.py,
+#                                preprocess.py, inference/, resources/ (its __init__.py, the default
+#                                land-cover classes, the sample raster and the bundled model's files
+#                                when there is one; Core ML .mlpackage folders are left out)
+# Never included: the torch parts of rsclip_core, a deps/ folder left by older plugin versions
+# (dependencies now live in the QGIS profile, <profile>/rsclip/deps), caches.
 # Usage: bash scripts/build_plugin_zip.sh [OUT_DIR]      (default: dist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,12 +43,15 @@ for path in files_under(Path("qgis_plugin")):
     entries.append((path, f"{name}/{path.relative_to('qgis_plugin')}"))
 entries.append((Path("metadata.txt"), f"{name}/metadata.txt"))
 vendor = f"{name}/vendor"
-for path in (Path("rsclip_core/__init__.py"), Path("rsclip_core/spec.py"), Path("rsclip_core/py.typed")):
+for path in (Path("rsclip_core/__init__.py"), Path("rsclip_core/spec.py"), Path("rsclip_core/prompts.py"),
+             Path("rsclip_core/preprocess.py"), Path("rsclip_core/py.typed")):
     if path.is_file():
         entries.append((path, f"{vendor}/{path}"))
 for path in files_under(Path("rsclip_core/inference")):
     entries.append((path, f"{vendor}/{path}"))
-for folder in (Path("resources/classes"), Path("resources/models/default")):
+entries.append((Path("rsclip_core/resources/__init__.py"), f"{vendor}/rsclip_core/resources/__init__.py"))
+for folder in (Path("rsclip_core/resources/classes"), Path("rsclip_core/resources/models/default"),
+               Path("rsclip_core/resources/samples")):
     if folder.is_dir():
         for path in files_under(folder):
             entries.append((path, f"{vendor}/{path}"))

@@ -4,15 +4,17 @@
 #      GDAL as QGIS) -- apt, only for packages not yet installed;
 #   2. the plugin's runtime dependencies (onnxruntime, tokenizers, shapely 2, geopandas, pyogrio)
 #      through the plugin's own guarded installer (qgis_plugin/deps.py: numpy pinned to what QGIS
-#      ships, pyproj pinned to Debian's (same PROJ as QGIS), installed into the plugin-local
-#      folder qgis_plugin/deps/py3XX) -- the code path a user triggers from the dock, so CI
-#      exercises it for real;
+#      ships, pyproj pinned to Debian's (same PROJ as QGIS), Debian's own packages preferred),
+#      installed into build/qgis-deps/py3XX ($RSCLIP_QGIS_DEPS_DIR; a user's install goes to the
+#      QGIS profile, <profile>/rsclip/deps/py3XX) -- the code path a user triggers from the dock,
+#      so CI exercises it for real;
 #   3. the test tools (pytest, pytest-qgis<3) into build/qgis-testdeps with the same installer.
 # Usage: bash scripts/setup_qgis.sh        (root or sudo for the apt step)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 TESTDEPS=build/qgis-testdeps
+export RSCLIP_QGIS_DEPS_DIR="${RSCLIP_QGIS_DEPS_DIR:-$(pwd)/build/qgis-deps/$($PY -c 'import sys; print("py%d%d" % sys.version_info[:2])')}"
 start=$(date +%s)
 
 APT_PACKAGES=(qgis python3-qgis python3-gdal python3-pip python3-rasterio python3-pyproj python3-yaml xvfb xauth)

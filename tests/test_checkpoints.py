@@ -318,3 +318,29 @@ def test_models_cli_lists_checkpoint_entries():
     assert {e["name"] for e in listed} == set(entries.ENTRIES)
     shown = json.loads(CliRunner().invoke(cli, ["models", "open_clip:ViT-L-14@remoteclip"]).output)
     assert shown["open_clip"]["entry"] == "remoteclip-vit-l-14"
+
+
+def test_open_clip_teacher_reads_every_layout_with_its_entry(tiny, tmp_path):
+    """`--teacher NAME=open_clip:ARCH:/file@ENTRY`: any layout (here OpenAI's fp16 TorchScript), the entry's
+    QuickGELU / preprocessing, and the teacher's own temperature for the manifest."""
+    from PIL import Image
+
+    from rsclip_core.teachers.base import load_teacher
+
+    reference = reference_model("RsTiny-ViT", quick_gelu=True)
+    path = save_layout(reference, tmp_path / "ViT-B-32.pt", "openai_torchscript")
+    reference = reference.half().float()
+    with _tiny_entry("rstiny-openai", "RsTiny-ViT", quick_gelu=True, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        teacher = load_teacher(f"oa=open_clip:RsTiny-ViT:{path}@rstiny-openai")
+    info = teacher.info()
+    assert info.name == "oa" and info.kind == "open_clip" and info.arch == "RsTiny-ViT@rstiny-openai"
+    assert info.logit_scale == pytest.approx(42.0, rel=1e-3)
+    assert teacher.preprocess_source == "checkpoint entry 'rstiny-openai'"
+    tokenizer = open_clip.get_tokenizer("RsTiny-ViT")
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(reference.encode_text(tokenizer(TEXTS)), dim=-1).numpy()
+    np.testing.assert_allclose(teacher.encode_texts(TEXTS), want, atol=1e-5)
+    image = Image.new("RGB", (32, 32), (255, 255, 255))
+    with torch.no_grad():  # mean 0 / std 1 from the entry: a white image is all ones
+        want_img = reference.encode_image(torch.ones(1, 3, 32, 32), normalize=True).numpy()
+    np.testing.assert_allclose(teacher.encode_images([image]), want_img, atol=1e-5)

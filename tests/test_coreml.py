@@ -21,12 +21,7 @@ from rsclip_core.models import create_model, get_model_config, list_models
 SLOW_MODELS = [m for m in list_models() if not m.startswith("teacher") and m != "tiny-mci-mct"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only add noise
 
 
 def _spec(path):

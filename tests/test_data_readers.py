@@ -13,7 +13,8 @@ from PIL import Image
 from rsclip_core.data.readers import (
     DatasetFormatError,
     ImageLoadError,
-    class_name_from_folder,
+    clean_class_name,
+    clean_class_names,
     dataset_fingerprint,
     load_rgb_image,
     read_dataset,
@@ -58,9 +59,73 @@ def test_image_folder_with_templates(tmp_path: Path) -> None:
     recs = read_image_folder(tmp_path, templates=("an aerial image of {}.", "{} from above"))
     assert [(r.key, r.label) for r in recs] == [("aGrass_a1", "grass"), ("dRiverLake_d1", "river lake")]
     assert recs[1].captions == ["an aerial image of river lake.", "river lake from above"]
-    assert class_name_from_folder("storage_tanks") == "storage tanks"
     with pytest.raises(DatasetFormatError, match="template"):
         read_image_folder(tmp_path, templates=("no placeholder",))
+
+
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("aGrass", "grass"),
+        ("dRiverLake", "river lake"),
+        ("gParking", "parking"),
+        ("BaseballDiamond", "baseball diamond"),
+        ("storage_tanks", "storage tanks"),
+        ("dense-residential", "dense residential"),
+        ("Meadow", "meadow"),
+        ("airport", "airport"),
+        ("USAirport", "us airport"),
+    ],
+)
+def test_clean_class_name(raw, clean):
+    assert clean_class_name(raw) == clean
+
+
+def test_letter_prefix_dropped_only_when_all_names_carry_it():
+    rsscn7 = ["aGrass", "bField", "cIndustry", "dRiverLake", "eForest", "fResident", "gParking"]
+    assert clean_class_names(rsscn7) == ["grass", "field", "industry", "river lake", "forest", "resident", "parking"]
+    assert clean_class_names(["eForest", "desert"]) == ["e forest", "desert"]
+
+
+def test_class_folders_skip_hidden_entries_and_limit(tmp_path: Path) -> None:
+    from rsclip_core.data.readers import scan_class_folders
+
+    for k in range(3):
+        _save(tmp_path / "Forest" / f"{k}.jpg", k)
+    _save(tmp_path / "Meadow" / "0.png")
+    _save(tmp_path / ".thumbs" / "0.jpg")
+    _save(tmp_path / "Meadow" / ".hidden.jpg")
+    classes = scan_class_folders(tmp_path, limit_per_class=2)
+    assert [(c.folder, c.name, [p.name for p in c.images]) for c in classes] == [
+        ("Forest", "forest", ["0.jpg", "1.jpg"]), ("Meadow", "meadow", ["0.png"])]
+    assert len(read_image_folder(tmp_path, limit_per_class=1)) == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetFormatError, match="no class sub-folders"):
+        scan_class_folders(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        scan_class_folders(tmp_path / "nowhere")
+
+
+def test_karpathy_split_errors_name_the_split_and_the_image(tmp_path: Path) -> None:
+    _save(tmp_path / "images" / "a.jpg")
+    data = {"dataset": "tiny", "images": [
+        {"filename": "a.jpg", "split": "test", "sentences": [{"raw": "a field"}]},
+        {"filename": "b.jpg", "split": "train", "sentences": [{"raw": "a road"}]}]}
+    (tmp_path / "ds.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetFormatError, match=r"no images in split 'val' \(splits: test, train\)"):
+        read_karpathy_json(tmp_path / "ds.json", splits=["val"])
+    assert len(read_karpathy_json(tmp_path / "ds.json", splits=["test"], check_images=True)) == 1
+    with pytest.raises(FileNotFoundError, match="b.jpg: image listed in .*ds.json not found"):
+        read_karpathy_json(tmp_path / "ds.json", check_images=True)
+
+
+def test_readers_import_neither_torch_nor_pil() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, rsclip_core.data.readers, rsclip_core.evaluate.runners; "
+            "bad = {'torch', 'PIL'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_csv_and_parquet_tables_group_captions(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 at tiny scale: tiny stand-in open_clip architectures (a ViT and a ResNet teacher in two public layouts,
 an MCi-like FastViT student), random weights, a 12-image dataset.
 
-reinforce (open_clip teachers from local files, each one's temperature recorded) -> train the
+reinforce (open_clip teachers from local files mixed with an offline teacher, each one's temperature
+recorded) -> train the
 open_clip student from its checkpoint with the recipe's loss -> reparameterize + export -> the
 exported directory reproduces the trained torch model.
 """
@@ -53,16 +54,21 @@ def test_distill_recipe_runs_end_to_end_at_tiny_scale(tmp_path: Path):
     # the student's init file in open_clip's training layout ("module." keys): the trainer reads it as a public file
     student_init = save_layout(reference_model("RsTiny-MCi", seed=3), tmp_path / "mc2s0.pt", "open_clip_train")
 
+    from tests.test_export_teacher import _fake_fit  # an offline teacher (packaged towers + fitted heads)
+
+    _fake_fit(tmp_path / "lite0.pt")  # fitted temperature: log-scale 3.0
     make_dataset(tmp_path / "data", bad=False)
     shards = tmp_path / "reinforced"
     result = CliRunner().invoke(cli, [
         "reinforce", str(tmp_path / "data" / "ds.json"), str(shards),
         "--teacher", f"remoteclip=open_clip:RsTiny-ViT:{remote}", "--teacher", f"georsclip=open_clip:RsTiny-RN:{geo}",
+        "--teacher", f"lite0=offline:{tmp_path / 'lite0.pt'}",
         "-k", "2", "-s", "2", "--image-size", "64", "--shard-size", "6", "--neighbours", "3"])
     assert result.exit_code == 0, result.output
     manifest = load_manifest(shards)
     scales = {t.name: t.logit_scale for t in manifest.teachers}
-    assert scales == pytest.approx({"remoteclip": 42.0, "georsclip": 77.0}, rel=1e-4)  # each teacher's own
+    # each teacher's own temperature, open_clip and offline teachers mixed
+    assert scales == pytest.approx({"remoteclip": 42.0, "georsclip": 77.0, "lite0": float(np.exp(3.0))}, rel=1e-4)
 
     cfg = TrainConfig.from_recipe(
         RECIPE, data=str(shards), output=str(tmp_path / "run"), model="open_clip:RsTiny-MCi",

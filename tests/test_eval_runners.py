@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rsclip_core.data.readers import DatasetFormatError
 from rsclip_core.evaluate import (
-    EvalInputError,
     FunctionEncoder,
-    ImageGeometry,
     evaluate_retrieval,
     evaluate_zero_shot,
-    load_image,
-    read_image_folder,
+    read_classification_folder,
     read_karpathy_split,
     write_results,
 )
+from rsclip_core.preprocess import PreprocessConfig, load_image
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 210), "yellow": (230, 220, 30)}
 WORD_VECTORS = {name: np.array(rgb, dtype=np.float32) / 255.0 - 0.45 for name, rgb in COLOURS.items()}
@@ -37,7 +36,7 @@ def _colour_encoder(size: int = 16) -> FunctionEncoder:
             rows.append(vec if np.any(vec) else np.ones(3, np.float32))
         return np.stack(rows)
 
-    return FunctionEncoder(ImageGeometry(image_size=size), image_fn, text_fn)
+    return FunctionEncoder(PreprocessConfig(image_size=size), image_fn, text_fn)
 
 
 @pytest.fixture()
@@ -72,11 +71,11 @@ def test_load_image_resizes_shortest_side_and_centre_crops(tmp_path: Path):
     array = np.zeros((20, 40, 3), dtype=np.uint8)
     array[:, 10:30] = 255  # white centre band that a 20x20 centre crop keeps entirely
     Image.fromarray(array).save(tmp_path / "wide.png")
-    out = load_image(tmp_path / "wide.png", ImageGeometry(image_size=10, interpolation="bilinear"))
+    out = load_image(tmp_path / "wide.png", PreprocessConfig(image_size=10, interpolation="bilinear"))
     assert out.shape == (3, 10, 10) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert out[:, :, 1:-1].min() > 0.9  # centre crop = the white band
-    squashed = load_image(tmp_path / "wide.png", ImageGeometry(image_size=10, resize_mode="squash"))
+    squashed = load_image(tmp_path / "wide.png", PreprocessConfig(image_size=10, resize_mode="squash"))
     assert squashed[:, :, 0].max() < 0.1  # the black left border survives a squash
 
 
@@ -93,17 +92,17 @@ def test_retrieval_runner_on_karpathy_split(karpathy):
 
 def test_karpathy_errors_name_the_file(tmp_path: Path, karpathy):
     json_path, images = karpathy
-    with pytest.raises(EvalInputError, match="no images in split 'val'"):
+    with pytest.raises(DatasetFormatError, match="no images in split 'val'"):
         read_karpathy_split(json_path, images, split="val")
-    with pytest.raises(EvalInputError, match="not found"):
+    with pytest.raises(DatasetFormatError, match="missing.json: caption JSON not found"):
         read_karpathy_split(tmp_path / "missing.json", images)
     (images / "red_test.png").unlink()
-    with pytest.raises(EvalInputError, match="red_test.png"):
+    with pytest.raises(DatasetFormatError, match="red_test.png"):
         read_karpathy_split(json_path, images)
 
 
 def test_zero_shot_runner_and_reports(folder: Path, tmp_path: Path):
-    dataset = read_image_folder(folder)
+    dataset = read_classification_folder(folder)
     assert dataset.class_names == ["red", "green", "blue", "yellow"]
     assert dataset.folder_names[0] == "aRed"
     result = evaluate_zero_shot(_colour_encoder(), dataset, templates=["a {} field."], progress=False)
@@ -137,6 +136,6 @@ def test_real_rsicd_test_split_follows_the_published_protocol():
 def test_real_rsscn7_class_names_are_cleaned():
     from tests.conftest import shared_data_path
 
-    dataset = read_image_folder(shared_data_path("rsscn7"), limit_per_class=2)
+    dataset = read_classification_folder(shared_data_path("rsscn7"), limit_per_class=2)
     assert dataset.class_names == ["grass", "field", "industry", "river lake", "forest", "resident", "parking"]
     assert len(dataset.image_paths) == 14

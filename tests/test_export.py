@@ -45,13 +45,7 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: threading only adds noise on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only add noise
 
 
 def _seeded_model(name: str, seed: int = 0):
@@ -74,7 +68,9 @@ def _randomize_bn(model, seed: int) -> None:
 
 
 def _session(path: Path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from rsclip_core.inference.sessions import onnx_session
+
+    return onnx_session(path)
 
 
 def _pixels(size: int, batch: int, seed: int = 1) -> np.ndarray:
@@ -171,8 +167,10 @@ def test_model_dir_layout_and_graph_io(exported):
         assert {o.domain: o.version for o in graph.opset_import}[""] in (17, 18)
         assert graph.ir_version <= 8  # loadable by onnxruntime >= 1.14 (older QGIS installs)
         (inp,) = graph.graph.input
-        (outp,) = graph.graph.output
-        assert inp.name == input_name and outp.name == spec.EMBEDDING_OUTPUT
+        outp = graph.graph.output[0]
+        extra = [spec.DENSE_OUTPUT] if path.name == spec.IMAGE_ONNX else []
+        assert [o.name for o in graph.graph.output] == [spec.EMBEDDING_OUTPUT, *extra]
+        assert inp.name == input_name
         assert inp.type.tensor_type.elem_type == dtype
         shape = inp.type.tensor_type.shape.dim
         assert shape[0].dim_param and not shape[0].dim_value  # dynamic batch
@@ -443,3 +441,71 @@ def test_dynamo_exporter_gives_the_same_graph_contract(tmp_path):
     with torch.no_grad():
         ref = model.encode_text(tokens).numpy()
     _assert_close(ref, _session(path).run(None, {spec.TEXT_INPUT: tokens.numpy()})[0])
+
+
+def test_dense_output_matches_torch_and_its_mean_is_the_embedding(exported):
+    """GAP + linear head: the projected feature map's spatial mean IS the (pre-L2) tile embedding."""
+    name, model, out = exported
+    meta = spec.ModelMetadata.read(out)
+    reparam = copy.deepcopy(model).reparameterize().eval()
+    images = _standardise(_pixels(meta.image_size, 3), meta.mean, meta.std)
+    with torch.no_grad():
+        raw = reparam.visual(torch.from_numpy(images)).numpy()
+        ref_dense = reparam.visual.forward_dense(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(ref_dense.mean(axis=(2, 3)), raw, atol=1e-4 * max(1.0, np.abs(raw).max()))
+    assert meta.dense_output == spec.DENSE_OUTPUT
+    assert meta.dense_grid == list(ref_dense.shape[2:])
+    assert meta.dense_stride * meta.dense_grid[0] == meta.image_size
+    embedding, dense = _session(out / spec.IMAGE_ONNX).run(
+        [spec.EMBEDDING_OUTPUT, spec.DENSE_OUTPUT], {spec.IMAGE_INPUT: images})
+    assert dense.shape == ref_dense.shape
+    np.testing.assert_allclose(dense, ref_dense, atol=1e-4 * max(1.0, np.abs(ref_dense).max()))
+    mean = dense.mean(axis=(2, 3))
+    _assert_close(embedding, mean / np.linalg.norm(mean, axis=1, keepdims=True))
+    report = check_parity(reparam, out)
+    assert report["onnx-dense"].ok and report["dense-mean"].ok
+
+
+def test_dense_export_refused_for_a_head_that_is_not_gap_linear(tmp_path):
+    from rsclip_core.export import ExportError
+    from rsclip_core.export.onnx_export import dense_metadata_fields, dense_support, export_onnx_image
+
+    model = _seeded_model(FAST).reparameterize()
+    assert dense_support(model) is None
+    honest = model.visual.forward_dense
+    model.visual.forward_dense = lambda images: honest(images) * 2.0  # mean no longer == the embedding
+    assert "not global average pooling" in dense_support(model)
+    assert dense_metadata_fields(model) == {}
+    with pytest.raises(ExportError, match="dense output"):
+        export_onnx_image(model, tmp_path / "a.onnx", dense=True)
+    path = export_onnx_image(model, tmp_path / "b.onnx")  # auto: plain embedding only
+    assert [o.name for o in onnx.load(str(path)).graph.output] == [spec.EMBEDDING_OUTPUT]
+    del model.visual.forward_dense
+    model.visual.forward_dense = None
+    assert "no per-location projection" in dense_support(model)
+
+
+def test_dense_output_added_to_an_exported_graph(tmp_path):
+    """The graph edit used for the bundled model: same result as exporting it from torch."""
+    from rsclip_core.export.onnx_export import add_dense_output, export_onnx_image
+
+    model = _seeded_model("tiny-mci-mct").reparameterize()
+    path = export_onnx_image(model, tmp_path / spec.IMAGE_ONNX, dense=False, fp16=True)
+    graph = onnx.load(str(path))
+    add_dense_output(graph, model.embed_dim)
+    with pytest.raises(Exception, match="already has an output"):
+        add_dense_output(graph, model.embed_dim)
+    onnx.save(graph, str(path))
+    images = _standardise(_pixels(model.preprocess.image_size, 2), model.preprocess.mean, model.preprocess.std)
+    embedding, dense = _session(path).run(None, {spec.IMAGE_INPUT: images})
+    with torch.no_grad():
+        ref = model.visual.forward_dense(torch.from_numpy(images)).numpy()
+    cos = (dense * ref).sum(1) / np.linalg.norm(dense, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.999  # fp16 weights
+    mean = dense.mean(axis=(2, 3))
+    _assert_close(embedding, mean / np.linalg.norm(mean, axis=1, keepdims=True))
+    text_like = onnx.load(str(export_onnx_image(model, tmp_path / "plain.onnx", dense=False)))
+    pool = next(n for n in text_like.graph.node if n.op_type == "GlobalAveragePool")
+    pool.op_type = "GlobalMaxPool"  # no spatial mean any more: a clear refusal
+    with pytest.raises(Exception, match="global average pool"):
+        add_dense_output(text_like, model.embed_dim)

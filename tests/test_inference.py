@@ -33,11 +33,6 @@ TILING = TilingConfig(tile_size=32)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return write_toy_model(tmp_path_factory.mktemp("toy") / "model")
-
-
-@pytest.fixture(scope="module")
 def model(model_dir):
     return load_model(model_dir)
 
@@ -114,10 +109,11 @@ def test_default_model_dir(monkeypatch, model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="RSCLIP_MODEL"):
         default_model_dir()
     monkeypatch.delenv("RSCLIP_MODEL")
-    from rsclip_core.inference import model as model_module
+    from rsclip_core import resources
 
-    monkeypatch.setattr(model_module, "BUNDLED_MODEL_DIR", tmp_path / "no-bundle")
-    with pytest.raises(RsclipInputError, match="pass -m"):
+    assert default_model_dir() == resources.bundled_model_dir()
+    monkeypatch.setattr(resources, "resources_dir", lambda: tmp_path / "no-bundle")
+    with pytest.raises(RsclipInputError, match="no bundled default model.*pass -m"):
         default_model_dir()
 
 
@@ -198,8 +194,9 @@ def test_run_search_writes_gpkg_and_heatmap(model, raster, tmp_path):
         grid = ds.read(1)
     assert grid[0, 3] > grid[1, 0]  # green (top-right) scores higher than blue (bottom-left)
     assert list(tmp_path.glob("*.rsclip-index.npz")), "index cached next to the outputs"
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="^output: .*exists") as exists:
         run_search(raster, "green", model=model, tiling=TILING, out_gpkg=out)
+    assert exists.value.field == "output"
     with pytest.raises(RsclipInputError, match="empty"):
         run_search(raster, "  ", model=model, tiling=TILING)
 
@@ -247,7 +244,7 @@ def test_no_partial_files_left_on_failure(model, raster, tmp_path, monkeypatch):
 
     monkeypatch.setattr("pyogrio.write_dataframe", boom)
     out = tmp_path / "hits.gpkg"
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(writers.OutputWriteError, match="hits.gpkg: cannot be written"):
         run_search(raster, "red", model=model, tiling=TILING, out_gpkg=out)
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]

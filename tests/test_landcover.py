@@ -34,8 +34,8 @@ CLASSES = [
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return load_model(write_toy_model(tmp_path_factory.mktemp("toy") / "model"))
+def model(model_dir):
+    return load_model(model_dir)
 
 
 def test_default_class_list_ships_and_round_trips(tmp_path):
@@ -59,8 +59,9 @@ def test_class_file_errors(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(RsclipInputError, match=message):
             load_classes(tmp_path / name)
-    with pytest.raises(FileNotFoundError, match="--classes"):
+    with pytest.raises(FileNotFoundError, match="^classes: .*missing.yaml: no such file") as missing:
         load_classes(tmp_path / "missing.yaml")
+    assert missing.value.field == "classes"
 
 
 def test_class_file_shorthands(tmp_path):
@@ -88,7 +89,7 @@ def test_run_classify_outputs_reopened(model, tmp_path):
     raster = write_color_raster(tmp_path / "q.tif", 128, 128, nodata=0)
     out, conf, gpkg = tmp_path / "lc.tif", tmp_path / "conf.tif", tmp_path / "lc.gpkg"
     run = run_classify(raster, CLASSES, model=model, tiling=TilingConfig(tile_size=32), out_tif=out,
-                       confidence_tif=conf, polygons_gpkg=gpkg, threshold=0.9)
+                       confidence_tif=conf, polygons_gpkg=gpkg, threshold=0.9, detail="tile")
     with rasterio.open(out) as ds:
         assert ds.driver == "GTiff" and ds.dtypes[0] == "uint8" and ds.nodata == 0
         assert ds.crs.to_epsg() == 32633 and ds.transform.a == 32.0
@@ -109,10 +110,11 @@ def test_run_classify_outputs_reopened(model, tmp_path):
     polys = gpd.read_file(gpkg)
     assert polys.crs.to_epsg() == 32633
     assert set(polys["class_name"]) >= {"bare soil", "vegetation", "water"}
-    # areas: 1 m pixels, 32 m cells -> each polygon's area = its cells x 1024 m^2
+    # areas: 1 m pixels, 32 m cells -> each polygon's area = its cells x 1024 m^2 of map area; area_m2
+    # is the ground (ellipsoidal) area, within UTM's scale error (k = 0.9996 on the central meridian)
     cells = {s["name"]: s["cells"] for s in run.stats}
     for _, row in polys.iterrows():
-        assert row["area_m2"] == pytest.approx(cells[row["class_name"]] * 32 * 32)
+        assert row["area_m2"] == pytest.approx(cells[row["class_name"]] * 32 * 32, rel=2e-3)
         assert row["area"] == pytest.approx(row.geometry.area)
     assert polys["fraction"].sum() == pytest.approx(1.0)
 
@@ -121,10 +123,11 @@ def test_run_classify_refuses_existing_outputs_and_bad_threshold(model, tmp_path
     raster = write_color_raster(tmp_path / "q.tif", 64, 64)
     out = tmp_path / "lc.tif"
     out.write_bytes(b"keep me")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="exists \\(use overwrite to replace it\\)") as exists:
         run_classify(raster, CLASSES, model=model, out_tif=out)
+    assert exists.value.field == "output"
     assert out.read_bytes() == b"keep me"
-    with pytest.raises(RsclipInputError, match="--threshold"):
+    with pytest.raises(RsclipInputError, match="^threshold: must be a probability"):
         run_classify(raster, CLASSES, model=model, out_tif=tmp_path / "x.tif", threshold=2.0)
     with pytest.raises(RsclipInputError, match="empty class list"):
         run_classify(raster, [], model=model, out_tif=tmp_path / "x.tif")
@@ -143,7 +146,7 @@ def test_geographic_raster_areas_in_square_metres(model, tmp_path):
     # 0.0032 deg cells at 50 N: ~229 m x 356 m
     total = polys["area_m2"].sum()
     assert 4 * 200 * 330 < total < 4 * 260 * 380
-    assert run.result.codes.shape == (2, 2)
+    assert run.result.codes.shape == (16, 16)  # the default map: 8 cells across each of the 2 x 2 tiles
 
 
 def _stitch_rsscn7(root: Path, out: Path, per_class: int, cols: int) -> tuple:

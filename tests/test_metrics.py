@@ -7,9 +7,6 @@ import pytest
 
 from rsclip_core.evaluate.metrics import (
     MetricInputError,
-    build_prompts,
-    clean_class_name,
-    clean_class_names,
     ensemble_class_embeddings,
     retrieval_markdown,
     retrieval_metrics,
@@ -161,37 +158,7 @@ def test_zero_shot_top5_with_fewer_classes_and_bad_input():
         zero_shot_metrics(logits, np.array([0, 2]), ["x", "y"])
 
 
-@pytest.mark.parametrize(
-    "raw, clean",
-    [
-        ("aGrass", "grass"),
-        ("dRiverLake", "river lake"),
-        ("gParking", "parking"),
-        ("BaseballDiamond", "baseball diamond"),
-        ("storage_tanks", "storage tanks"),
-        ("dense-residential", "dense residential"),
-        ("Meadow", "meadow"),
-        ("airport", "airport"),
-        ("USAirport", "us airport"),
-    ],
-)
-def test_clean_class_name(raw, clean):
-    assert clean_class_name(raw) == clean
-
-
-def test_letter_prefix_dropped_only_when_all_names_carry_it():
-    rsscn7 = ["aGrass", "bField", "cIndustry", "dRiverLake", "eForest", "fResident", "gParking"]
-    assert clean_class_names(rsscn7) == ["grass", "field", "industry", "river lake", "forest", "resident", "parking"]
-    assert clean_class_names(["eForest", "desert"]) == ["e forest", "desert"]
-
-
-def test_prompts_and_ensemble():
-    assert build_prompts("river lake", ["{}.", "a satellite image of {}."]) == [
-        "river lake.",
-        "a satellite image of river lake.",
-    ]
-    with pytest.raises(MetricInputError, match="placeholder"):
-        build_prompts("x", ["no placeholder"])
+def test_prompt_ensemble():
     a = np.array([[1.0, 0.0], [0.0, 2.0]])
     b = np.array([[3.0, 0.0]])
     classes = ensemble_class_embeddings([a, b])

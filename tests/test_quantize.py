@@ -25,6 +25,7 @@ from PIL import Image
 
 from rsclip_core import spec
 from rsclip_core.export import ExportError, export_model
+from rsclip_core.inference.sessions import onnx_session
 from rsclip_core.export.quantize import (
     PARITY_TEXTS,
     QuantizationError,
@@ -68,7 +69,7 @@ def _props(path: Path) -> dict[str, str]:
 
 
 def _signature(path: Path) -> tuple:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     return ([(i.name, i.type, i.shape) for i in session.get_inputs()],
             [(o.name, o.type, o.shape) for o in session.get_outputs()])
 

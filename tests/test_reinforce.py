@@ -30,7 +30,7 @@ from rsclip_core.reinforce.shards import (
     load_manifest,
     write_shard,
 )
-from rsclip_core.reinforce.teachers import CallableTeacher, TeacherEnsemble
+from rsclip_core.teachers.base import CallableTeacher, TeacherEnsemble
 
 
 def tiny_teacher(name: str, dim: int, seed: int) -> CallableTeacher:

@@ -10,18 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from rsclip_core.data.readers import ImageTextRecord, read_karpathy_json
-from rsclip_core.reinforce.teacher_fit import (
-    EvalData,
-    FitConfig,
-    FitData,
-    HeadConfig,
-    TeacherFitError,
-    cached_image_features,
-    fit_heads,
-    load_teacher_checkpoint,
-    retrieval_from_features,
-    save_teacher_checkpoint,
-)
+from rsclip_core.teachers.fit import EvalData, FitConfig, FitData, cached_image_features, fit_heads, retrieval_from_features
+from rsclip_core.teachers.heads import HeadConfig, TeacherFitError, load_teacher_checkpoint, save_teacher_checkpoint
 from tests.conftest import shared_data_path
 
 
@@ -59,7 +49,7 @@ def test_fit_heads_learns_alignment_and_checkpoint_round_trips(tmp_path: Path) -
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_teacher_checkpoint(tmp_path / "missing.pt")
     with pytest.raises(TeacherFitError, match="head kind"):
-        from rsclip_core.reinforce.teacher_fit import build_head
+        from rsclip_core.teachers.heads import build_head
 
         build_head(4, 4, HeadConfig("conv"))
 
@@ -111,7 +101,7 @@ def test_teacher_cli_reports_bad_input(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_offline_teacher_on_real_towers(tmp_path: Path) -> None:
     """Real packaged towers + random heads: embeddings have the recorded dim and are normalised."""
-    from rsclip_core.reinforce.teachers import OfflineTeacher
+    from rsclip_core.teachers.offline import OfflineTeacher
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(8, 1280)), rng.normal(size=(8, 384))
@@ -126,3 +116,16 @@ def test_offline_teacher_on_real_towers(tmp_path: Path) -> None:
     e = t.encode_images([Image.open(r.image_path).convert("RGB") for r in rsicd])
     assert e.shape == (4, 32) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     assert t.encode_texts(rsicd[0].captions).shape == (5, 32)
+
+
+def test_teacher_feature_cache_defaults_to_the_work_dir(tmp_path: Path, monkeypatch) -> None:
+    from rsclip_core.cli.main import cli
+    from rsclip_core.cli.teacher_cmd import _feature_cache
+
+    monkeypatch.setenv("RSCLIP_WORK_DIR", str(tmp_path / "env"))
+    assert _feature_cache(None, None) == tmp_path / "env" / "teacher_features"
+    assert _feature_cache(None, tmp_path / "flag") == tmp_path / "flag" / "teacher_features"
+    assert _feature_cache(tmp_path / "mine", tmp_path / "flag") == tmp_path / "mine"
+    for command in ("fit", "eval"):
+        res = CliRunner().invoke(cli, ["teacher", command, "--help"])
+        assert "--work-dir" in res.output and "/work/cache" not in res.output

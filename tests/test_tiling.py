@@ -69,11 +69,16 @@ def test_aggregate_weights_average_overlapping_tiles():
 
 
 def test_tiling_config_rejects_bad_values():
-    for kwargs, name in [({"overlap": 1.0}, "--overlap"), ({"tile_size": 3}, "--tile"),
+    from rsclip_core.cli.map import cli_message
+
+    for kwargs, flag in [({"overlap": 1.0}, "--overlap"), ({"tile_size": 3}, "--tile"),
                          ({"resolution": -1}, "--resolution"), ({"bands": (1, 2)}, "--bands"),
                          ({"batch_size": 0}, "--batch-size")]:
-        with pytest.raises(RsclipInputError, match=name):
+        (field,) = kwargs
+        with pytest.raises(RsclipInputError, match=f"^{field.replace('_', ' ')}: ") as bad:
             TilingConfig(**kwargs).validate()
+        assert bad.value.field == field and "--" not in str(bad.value)
+        assert cli_message(bad.value).startswith(f"{flag}: ")
 
 
 # -- reading real rasters ------------------------------------------------------------------------
@@ -96,8 +101,9 @@ def test_landsat_rgb_byte_three_bands():
 
 def test_naip_four_bands_needs_band_mapping():
     path = shared_data_path("rasters", "opengeos_data", "m_4709963_se_14_1_20200831.tif")
-    with pytest.raises(RsclipInputError, match="--bands"):
+    with pytest.raises(RsclipInputError, match="^bands: .*without RGB colour") as no_rgb:
         RasterSource(path, TilingConfig(), image_size=64)
+    assert no_rgb.value.field == "bands"
     with RasterSource(path, TilingConfig(bands=(1, 2, 3), tile_size=64), image_size=32) as src:
         assert src.bands == (1, 2, 3)
         tiles = [t for _, t, _ in src.iter_tiles() if t is not None]
@@ -198,7 +204,7 @@ def test_single_band_needs_bands_then_works_as_grey(tmp_path):
     with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8",
                        crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 32)) as ds:
         ds.write(np.arange(32 * 32, dtype=np.uint16).reshape(1, 32, 32).astype(np.uint8))
-    with pytest.raises(RsclipInputError, match="--bands 1,1,1"):
+    with pytest.raises(RsclipInputError, match="pass bands 1,1,1 to use it as grey"):
         RasterSource(path, TilingConfig(), image_size=32)
     with RasterSource(path, TilingConfig(bands=(1,), tile_size=32), image_size=32) as src:
         tile, _ = src.read_tile((0, 0, 32, 32))

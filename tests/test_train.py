@@ -15,15 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from rsclip_core.data.augment import AugmentationConfig, sample_params
+from rsclip_core.data.augment import AugmentationConfig, reapply, sample_params
+from rsclip_core.preprocess import PreprocessConfig
 from rsclip_core.reinforce.shards import (
     SHARD_PATTERN,
     Manifest,
     ReinforcedSample,
-    TeacherInfo,
     save_manifest,
     write_shard,
 )
+from rsclip_core.teachers.base import TeacherInfo
 from rsclip_core.train.checkpoint import CheckpointError, load_trained_model, read_checkpoint
 from rsclip_core.train.data import (
     ItemConfig,
@@ -93,13 +94,7 @@ def make_reinforced_dataset(root: Path, n: int = 24, per_shard: int = 10, k: int
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU: one intra-op thread is ~10x faster than fighting over cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only add noise
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +133,8 @@ def test_store_indexes_all_samples_and_batches_are_disjoint(dataset: Path):
 
 def test_items_replay_stored_views_and_pick_matching_targets(dataset: Path):
     store = ShardStore(dataset)
-    cfg = ItemConfig(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, teachers=tuple(TEACHERS))
+    pre = PreprocessConfig(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, interpolation="bicubic")
+    cfg = ItemConfig(preprocess=pre, teachers=tuple(TEACHERS))
     ds = ReinforcedTrainSet(store, cfg, seed=7)
     item = ds[(0, 3)]
     again = ds[(0, 3)]
@@ -152,8 +148,12 @@ def test_items_replay_stored_views_and_pick_matching_targets(dataset: Path):
     # the image target is the one of the replayed view
     k = next(k for k in range(len(sample.aug_params)) if torch.allclose(
         item["t_img.ta"], torch.from_numpy(sample.image_emb["ta"][k])))
-    view = np.asarray(sample.augmented_view(k).resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    # ... produced at the student's 32 px with its interpolation in one resample of the stored crop
+    params = {**sample.aug_params[k], "size": [32, 32]}
+    view = np.asarray(reapply(sample.image(), params, interpolation="bicubic"), dtype=np.float32) / 255
     assert torch.allclose(item["image"], (torch.from_numpy(view).permute(2, 0, 1) - 0.5) / 0.25, atol=1e-5)
+    twice = np.asarray(sample.augmented_view(k).resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    assert not torch.allclose(item["image"], (torch.from_numpy(twice).permute(2, 0, 1) - 0.5) / 0.25, atol=1e-3)
     assert item["image"].shape == (3, 32, 32)
     # different epochs make different choices for some samples
     assert any(ds[(0, i)]["caption"] != ds[(1, i)]["caption"] for i in range(10))
@@ -298,7 +298,7 @@ def test_run_config_records_resolved_teacher_scales(dataset, tmp_path):
 def test_offline_teacher_scale_is_read_as_a_multiplier():
     import math
 
-    from rsclip_core.reinforce.teachers import offline_logit_scale
+    from rsclip_core.teachers.heads import offline_logit_scale
 
     assert offline_logit_scale({"logit_scale": math.log(22.6)}) == pytest.approx(22.6)
     assert offline_logit_scale({}) is None

@@ -66,7 +66,7 @@ def eval_cmd(
 
     \b
     Torch checkpoint:   rsclip eval --model mobileclip-s0-rs --checkpoint runs/x/model.pt --karpathy rsicd.json -o out
-    Exported model dir: rsclip eval --model-dir resources/models/default --folder my_scenes/ -o out
+    Exported model dir: rsclip eval --model-dir rsclip_core/resources/models/default --folder my_scenes/ -o out
     """
     from rsclip_core.evaluate import (
         EvalInputError,
@@ -74,7 +74,7 @@ def eval_cmd(
         ModelDirEncoder,
         evaluate_retrieval,
         evaluate_zero_shot,
-        read_image_folder,
+        read_classification_folder,
         read_karpathy_split,
         write_results,
     )
@@ -89,7 +89,7 @@ def eval_cmd(
         retrieval_set = None
         if karpathy is not None:
             retrieval_set = read_karpathy_split(karpathy, images or karpathy.parent / "images", split, limit)
-        zero_shot_sets = [read_image_folder(folder, limit) for folder in folders]
+        zero_shot_sets = [read_classification_folder(folder, limit) for folder in folders]
         if model_dir is not None:
             from rsclip_core.spec import ModelMetadata
 
@@ -98,9 +98,9 @@ def eval_cmd(
             default_templates = ModelMetadata.read(model_dir).prompt_templates
         else:
             encoder, label = _torch_encoder(model_name, checkpoint, device, not no_ema)
-            from rsclip_core.spec import DEFAULT_PROMPT_TEMPLATES
+            from rsclip_core.prompts import ZERO_SHOT_TEMPLATES
 
-            default_templates = list(DEFAULT_PROMPT_TEMPLATES)
+            default_templates = list(ZERO_SHOT_TEMPLATES)
         results: dict = {"model": label, "retrieval": {}, "zero_shot": {}}
         if retrieval_set is not None:
             results["retrieval"][retrieval_set.name] = evaluate_retrieval(

@@ -7,18 +7,41 @@ processes) and prints a summary. No tiling, preprocessing or writing logic lives
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-EXPECTED_ERRORS: tuple[type, ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+CLI_FLAGS: dict[str, str] = {
+    "raster": "RASTER",
+    "model": "-m/--model",
+    "classes": "--classes",
+    "output": "-o/--output",
+    "polygons": "--polygons",
+    "confidence": "--confidence",
+    "heatmap": "--heatmap",
+    "out_dir": "--out-dir",
+    "cache_dir": "--cache-dir",
+    "overwrite": "--overwrite",
+    "bands": "--bands",
+    "tile_size": "--tile",
+    "overlap": "--overlap",
+    "resolution": "--resolution",
+    "extent": "--extent",
+    "batch_size": "--batch-size",
+    "query": "QUERY",
+    "top_k": "--top-k",
+    "threshold": "--threshold",
+    "workers": "--workers",
+    "detail": "--detail",
+    "cells_per_tile": "--cells-per-tile",
+    "map_resolution": "--map-resolution",
+}
+"""How ``rsclip-map`` names each field of an inference error (`rsclip_core.inference.errors.FIELDS`)."""
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 MAIN_HELP = """Search rasters with text and map land cover zero-shot with an rsclip model.
 
@@ -26,12 +49,12 @@ MAIN_HELP = """Search rasters with text and map land cover zero-shot with an rsc
 Examples:
   rsclip-map info models/rsclip-s0
   rsclip-map search scene.tif "tennis courts" --top-k 50 -o hits.gpkg --heatmap heat.tif
-  rsclip-map classify scene.tif -m models/rsclip-s0 --classes resources/classes/landcover.yaml \\
+  rsclip-map classify scene.tif -m models/rsclip-s0 --classes my_classes.yaml \\
       -o landcover.tif --polygons landcover.gpkg
   rsclip-map classify tiles/ --out-dir maps/ --workers 2       # a whole folder, resumable
   rsclip-map index "naip/*.tif" --out-dir idx/ --bands 1,2,3  # embed once, query many times
 
-Without -m the model in $RSCLIP_MODEL or the bundled resources/models/default is used.
+Without -m the model in $RSCLIP_MODEL or the bundled model (inside the package) is used.
 """
 
 
@@ -79,11 +102,40 @@ def tiling_options(func: Callable) -> Callable:
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Where embedding indexes are kept [next to the outputs]."),
         click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars or tables (warnings and errors still print)."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def map_options(func: Callable) -> Callable:
+    """Options choosing how fine a map (land cover, heat-map) is."""
+    from rsclip_core.inference.maps import DETAILS
+
+    options = [
+        click.option("--detail", type=click.Choice(DETAILS),
+                     help="tile: one class per tile; dense: per-location embeddings inside each tile; windows: "
+                          "overlapping tiles (overlap 0.5 unless --overlap) soft-voted with tent weights; "
+                          "dense+windows: both [dense if the model has dense embeddings, else the tiles of "
+                          "--overlap blended (tiling unchanged); search heat-map: dense, else tile]."),
+        click.option("--cells-per-tile", type=int,
+                     help="Output cells across one tile [8 unless --detail tile; tile alone: one per tile stride]."),
+        click.option("--map-resolution", type=float,
+                     help="Output cell size in map units of the raster CRS (metres; overrides --cells-per-tile)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _map_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    if opts["cells_per_tile"] is not None and opts["cells_per_tile"] < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--cells-per-tile")
+    if opts["map_resolution"] is not None and not opts["map_resolution"] > 0:
+        raise click.BadParameter("must be > 0", param_hint="--map-resolution")
+    return {"detail": opts["detail"], "cells_per_tile": opts["cells_per_tile"],
+            "map_resolution": opts["map_resolution"]}
 
 
 def _tiling(opts: dict[str, Any]) -> Any:
@@ -96,9 +148,11 @@ def _tiling(opts: dict[str, Any]) -> Any:
 
 
 # -- errors, warnings, progress ---------------------------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def cli_message(exc: BaseException) -> str:
+    """An error or warning as ``rsclip-map`` shows it: one line, fields named by their flags."""
+    from rsclip_core.inference.errors import describe_error
+
+    return describe_error(exc, CLI_FLAGS)
 
 
 class _Fail:
@@ -107,18 +161,23 @@ class _Fail:
     def __enter__(self) -> _Fail:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if exc is not None and isinstance(exc, EXPECTED_ERRORS) and not isinstance(exc, click.ClickException):
-            raise click.ClickException(_one_line(exc)) from exc
-        return False
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        from rsclip_core.inference.errors import USER_ERRORS
+
+        if exc is not None and isinstance(exc, USER_ERRORS) and not isinstance(exc, click.ClickException):
+            raise click.ClickException(cli_message(exc)) from exc
 
 
 def _install_warning_format(quiet: bool) -> None:
-    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-        if not quiet:
-            click.echo(f"Warning: {message}", err=True)
+    """Warnings print as ``Warning: <line>`` on stderr, also with -q, above any progress bar."""
 
-    warnings.showwarning = show  # type: ignore[assignment]
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        from tqdm.auto import tqdm
+
+        text = cli_message(message) if isinstance(message, Warning) else message
+        tqdm.write(f"Warning: {text}", file=sys.stderr)  # clears the bar, prints, redraws it
+
+    warnings.showwarning = show
     warnings.filterwarnings("ignore", category=Warning, module="rasterio")  # NotGeoreferenced etc.
     warnings.filterwarnings("default", category=UserWarning, module="rsclip_core")
 
@@ -127,12 +186,15 @@ class _Bar:
     """A tqdm bar driven by the engine's ``progress(done, total)`` callback."""
 
     def __init__(self, desc: str, quiet: bool) -> None:
-        self.desc, self.quiet, self.bar = desc, quiet, None
+        self.desc, self.quiet = desc, quiet
+        self.bar: Any = None  # a tqdm bar (tqdm ships no type information)
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:  # created on first progress, so early errors print no empty bar
             from tqdm.auto import tqdm
 
+            if not self.quiet:
+                click.echo(f"{self.desc}: {total:,} tiles", err=True)
             self.bar = tqdm(total=total, desc=self.desc, unit="tile", disable=self.quiet, leave=False,
                             dynamic_ncols=True)
         if self.bar.total != total:
@@ -145,115 +207,44 @@ class _Bar:
             self.bar.close()
 
 
-# -- batch machinery ---------------------------------------------------------------------------
-@dataclass
-class JobResult:
-    raster: str
-    status: str  # done | skipped | failed
-    detail: str
-    seconds: float = 0.0
-
-
-_WORKER_MODEL: dict[str, Any] = {}
-
-
-def _worker_model(model_dir: str | None, threads: int | None) -> Any:
-    from rsclip_core.inference import load_model
-
-    key = f"{model_dir}|{threads}"
-    if key not in _WORKER_MODEL:
-        _WORKER_MODEL[key] = load_model(model_dir, threads=threads)
-    return _WORKER_MODEL[key]
-
-
-def classify_outputs(raster: Path, out_dir: Path) -> dict[str, Path]:
-    """Batch-mode output names for one raster."""
-    return {
-        "out_tif": out_dir / f"{raster.stem}.landcover.tif",
-        "confidence_tif": out_dir / f"{raster.stem}.confidence.tif",
-        "polygons_gpkg": out_dir / f"{raster.stem}.landcover.gpkg",
-    }
-
-
-def _run_job(kind: str, raster: str, params: dict[str, Any], model: Any = None,
-             progress: Callable[[int, int], None] | None = None) -> JobResult:
-    """One raster of a batch; never raises (failures are reported in the result)."""
-    from rsclip_core.inference import run_classify, run_index
-
-    start = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if model is None:
-                model = _worker_model(params["model_dir"], params.get("threads"))
-            if kind == "classify":
-                outputs = params["outputs"]
-                present = [Path(p).exists() for p in outputs.values() if p]
-                if not params["overwrite"] and all(present):
-                    return JobResult(raster, "skipped", "outputs exist")
-                # an incomplete set is what a stopped batch leaves: redo that raster's outputs
-                run = run_classify(raster, params["classes"], model=model, tiling=params["tiling"],
-                                   threshold=params["threshold"], cache_dir=params["cache_dir"],
-                                   overwrite=params["overwrite"] or any(present), progress=progress, **outputs)
-                top = max(run.stats, key=lambda s: s["cells"]) if run.stats else None
-                detail = str(run.out_tif) + (f" (mostly {top['name']}, {top['fraction']:.0%})" if top else "")
-            else:
-                run = run_index(raster, model=model, tiling=params["tiling"], cache_dir=params["cache_dir"],
-                                overwrite=params["overwrite"], progress=progress)
-                if run.reused:
-                    return JobResult(raster, "skipped", f"index exists: {run.index_path}",
-                                     time.perf_counter() - start)
-                detail = f"{run.index_path} ({len(run.index)} tiles)"
-        return JobResult(raster, "done", detail, time.perf_counter() - start)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # keep going: the batch reports it
-        reason = _one_line(exc)
-        if not isinstance(exc, EXPECTED_ERRORS):
-            reason = f"{type(exc).__name__}: {reason}"
-        return JobResult(raster, "failed", reason, time.perf_counter() - start)
-
-
-def _run_batch(kind: str, jobs: list[tuple[str, dict[str, Any]]], model: Any, workers: int, quiet: bool) -> list[JobResult]:
+# -- batches (the runner is rsclip_core.inference.batch) ------------------------------------------
+def _run_batch(kind: str, jobs: Sequence[Any], model: Any, workers: int, quiet: bool) -> list[Any]:
+    """Run a batch with progress bars; Ctrl-C ends with one line and exit status 130."""
     from tqdm.auto import tqdm
 
-    results: list[JobResult] = []
-    if workers <= 1 or len(jobs) <= 1:
-        for n, (raster, params) in enumerate(jobs, 1):
-            bar = _Bar(f"[{n}/{len(jobs)}] {Path(raster).name}", quiet)
-            try:
-                results.append(_run_job(kind, raster, params, model=model, progress=bar))
-            finally:
-                bar.close()
-        return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from rsclip_core.inference import BatchInterrupted, run_batch
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context("spawn")  # onnxruntime and GDAL are not fork-safe
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_run_job, kind, raster, dict(params, threads=threads)): raster
-                   for raster, params in jobs}
-        order = {raster: i for i, (raster, _) in enumerate(jobs)}
-        done: list[JobResult] = []
-        with tqdm(total=len(futures), desc=f"{kind} ({workers} workers)", unit="raster", disable=quiet) as bar:
-            for future in as_completed(futures):
-                done.append(future.result())
-                bar.update(1)
-        results = sorted(done, key=lambda r: order[r.raster])
-    return results
+    def tile_bar(n: int, total: int, raster: str) -> _Bar:
+        return _Bar(f"[{n}/{total}] {Path(raster).name}", quiet)
+
+    many = workers > 1 and len(jobs) > 1
+    bar = tqdm(total=len(jobs), desc=f"{kind} ({workers} workers)", unit="raster", disable=quiet or not many)
+    try:
+        return run_batch(kind, jobs, model=model, workers=workers, labels=CLI_FLAGS,
+                         tile_progress=None if many else tile_bar, on_result=lambda r: bar.update(1))
+    except BatchInterrupted as stop:
+        bar.close()
+        click.echo(f"Interrupted: {stop.finished} of {stop.total} rasters finished; "
+                   "rerun the same command to resume.", err=True)
+        sys.exit(INTERRUPTED_EXIT)
+    finally:
+        bar.close()
 
 
-def _summary(results: Sequence[JobResult], quiet: bool) -> None:
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+def _summary(results: Sequence[Any], quiet: bool) -> None:
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "cancelled")}
     if not quiet or counts["failed"]:
-        width = max([len(Path(r.raster).name) for r in results] + [6])
+        names = [Path(r.raster).name for r in results]
+        if len(set(names)) < len(names):  # same file name in several folders: show the paths
+            names = [r.raster for r in results]
+        width = max([len(n) for n in names] + [6])
         click.echo(f"{'raster'.ljust(width)}  {'status':8} {'time':>7}  detail")
-        for r in results:
+        for name, r in zip(names, results):
             if quiet and r.status != "failed":
                 continue
-            click.echo(f"{Path(r.raster).name.ljust(width)}  {r.status:8} {r.seconds:6.1f}s  {r.detail}")
-    click.echo(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed", err=quiet)
+            click.echo(f"{name.ljust(width)}  {r.status:8} {r.seconds:6.1f}s  {r.detail}")
+    cancelled = f", {counts['cancelled']} cancelled" if counts["cancelled"] else ""
+    click.echo(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed{cancelled}", err=quiet)
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -276,8 +267,11 @@ def cli() -> None:
               help="Confidence raster (COG, probability of the chosen class), single raster.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Batch: write <name>.landcover.tif, .confidence.tif and .landcover.gpkg here.")
-@click.option("--threshold", type=float, help="Cells below this probability become 'unclassified' (255).")
+@click.option("--threshold", type=float,
+              help="Cells whose best-class probability is below this become 'unclassified' (255). The "
+                   "probability is a softmax among the K classes, so it is always >= 1/K (chance level).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Rasters processed in parallel.")
+@map_options
 def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path | None,
              polygons: Path | None, confidence: Path | None, out_dir: Path | None,
              threshold: float | None, workers: int, **opts: Any) -> None:
@@ -286,10 +280,14 @@ def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path |
     \b
     One raster:   rsclip-map classify scene.tif --classes classes.yaml -o lc.tif --polygons lc.gpkg
     Many rasters: rsclip-map classify "tiles/*.tif" --out-dir maps/ --workers 2
-    A stopped batch resumes: rasters whose outputs all exist are skipped (unless --overwrite).
+    Rasters in different folders keep their sub-folders under --out-dir (a/x.tif -> maps/a/x.*).
+    A stopped batch (Ctrl-C: exit 130) resumes: rasters whose outputs all exist are skipped
+    (unless --overwrite).
     Output codes: 1..K classes in file order, 0 no data, 255 unclassified.
+    Confidence = probability of the chosen class among the K classes (>= 1/K; needs K >= 2).
+    Outputs never replace an input, and one run's outputs need distinct paths.
     """
-    from rsclip_core.inference import default_classes_path, list_rasters, load_classes, load_model
+    from rsclip_core.inference import default_classes_path, list_rasters, load_classes, load_model, plan_classify_batch
 
     _install_warning_format(opts["quiet"])
     with _Fail():
@@ -303,21 +301,21 @@ def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path |
         if output is not None and (len(paths) > 1 or out_dir is not None):
             raise click.UsageError("-o/--output takes one raster; use --out-dir for several")
         tiling = _tiling(opts)
+        map_kwargs = _map_kwargs(opts)
         model = load_model(opts["model_dir"])
         classes = load_classes(classes_file if classes_file is not None else default_classes_path(model))
         if output is not None:
-            _classify_single(paths[0], model, classes, tiling, output, polygons, confidence, threshold, opts)
+            _classify_single(paths[0], model, classes, tiling, output, polygons, confidence, threshold, opts,
+                             map_kwargs)
             return
         if polygons is not None or confidence is not None:
             raise click.UsageError("--polygons/--confidence name single-raster outputs; --out-dir writes all three")
         assert out_dir is not None
-        out_dir.mkdir(parents=True, exist_ok=True)
-        own = {".landcover", ".confidence"}
-        paths = [p for p in paths if Path(p.stem).suffix not in own]  # never map our own outputs
         params = {"model_dir": str(model.model_dir), "classes": classes, "tiling": tiling,
-                  "threshold": threshold, "cache_dir": opts["cache_dir"], "overwrite": opts["overwrite"]}
-        jobs = [(str(p), dict(params, outputs={k: str(v) for k, v in classify_outputs(p, out_dir).items()}))
-                for p in paths]
+                  "threshold": threshold, "cache_dir": opts["cache_dir"], "overwrite": opts["overwrite"],
+                  **map_kwargs}
+        jobs = plan_classify_batch(paths, out_dir, params)  # keeps sub-folders, refuses clashes
+        out_dir.mkdir(parents=True, exist_ok=True)
     results = _run_batch("classify", jobs, model, workers, opts["quiet"])
     _summary(results, opts["quiet"])
     if any(r.status == "failed" for r in results):
@@ -325,16 +323,21 @@ def classify(rasters: tuple[str, ...], classes_file: Path | None, output: Path |
 
 
 def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output: Path, polygons: Path | None,
-                     confidence: Path | None, threshold: float | None, opts: dict[str, Any]) -> None:
+                     confidence: Path | None, threshold: float | None, opts: dict[str, Any],
+                     map_kwargs: dict[str, Any]) -> None:
     from rsclip_core.inference import run_classify
 
     bar = _Bar(raster.name, opts["quiet"])
     try:
         run = run_classify(raster, classes, model=model, tiling=tiling, out_tif=output, polygons_gpkg=polygons,
                            confidence_tif=confidence, threshold=threshold, cache_dir=opts["cache_dir"],
-                           overwrite=opts["overwrite"], progress=bar)
+                           overwrite=opts["overwrite"], progress=bar, **map_kwargs)
     finally:
         bar.close()
+    from rsclip_core.inference.advice import classify_advice
+
+    for warning in classify_advice(run.index, model, [p for c in classes for p in c.prompts]):
+        click.echo(f"Warning: {warning}", err=True)
     if not opts["quiet"]:
         click.echo(f"{'code':>4}  {'class':24} {'cells':>7} {'share':>6} {'conf':>5}")
         for s in run.stats:
@@ -353,12 +356,14 @@ def _classify_single(raster: Path, model: Any, classes: Any, tiling: Any, output
 @tiling_options
 @click.option("--top-k", type=int, default=50, show_default=True, help="Number of hits.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Hits as a GeoPackage (rank, score, query, tile polygon).")
+              help="Hits as a GeoPackage: layer 'hits' (tight box where the query matches inside the tile, "
+                   "rank, score, the tile's bounds) and 'hit_points' (best-match points).")
 @click.option("--heatmap", type=click.Path(dir_okay=False, path_type=Path),
-              help="Score heat-map GeoTIFF (COG, one cell per tile stride).")
+              help="Score heat-map GeoTIFF (COG; sub-tile with dense embeddings, see --detail).")
 @click.option("--keep-overlapping", is_flag=True, help="Do not suppress hits overlapping a better one.")
 @click.option("--templates", "use_templates", is_flag=True,
               help="Embed the query through the model's prompt templates ('an aerial image of {}.') and average.")
+@map_options
 def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: Path | None,
            keep_overlapping: bool, use_templates: bool, **opts: Any) -> None:
     """Find the tiles of RASTER that best match the text QUERY.
@@ -377,6 +382,7 @@ def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: P
         if top_k < 1:
             raise click.BadParameter("must be >= 1", param_hint="--top-k")
         tiling = _tiling(opts)
+        map_kwargs = _map_kwargs(opts)
         model = load_model(opts["model_dir"])
         cache_dir = opts["cache_dir"]
         if cache_dir is None and output is None and heatmap is None:
@@ -386,15 +392,19 @@ def search(raster: Path, query: str, top_k: int, output: Path | None, heatmap: P
             run = run_search(raster, query, model=model, tiling=tiling, top_k=top_k, out_gpkg=output,
                              heatmap_tif=heatmap, cache_dir=cache_dir, overwrite=opts["overwrite"],
                              progress=bar, suppress_overlap=not keep_overlapping,
-                             templates=model.metadata.prompt_templates if use_templates else None)
+                             templates=model.metadata.prompt_templates if use_templates else None, **map_kwargs)
         finally:
             bar.close()
+    from rsclip_core.inference.advice import search_advice
+
+    for warning in search_advice(run.index, model, query, top_k):
+        click.echo(f"Warning: {warning}", err=True)
     if not opts["quiet"]:
         hits = run.hits
-        centres = hits.geometry.centroid if len(hits) else []
-        click.echo(f"{'rank':>4} {'score':>7}  centre")
-        for (_, row), c in zip(hits.iterrows(), centres):
-            click.echo(f"{row['rank']:>4} {row['score']:>7.4f}  {c.x:.3f}, {c.y:.3f}")
+        click.echo(f"{'rank':>4} {'score':>7} {'pctl':>6}  best match")
+        for _, row in hits.iterrows():
+            click.echo(f"{row['rank']:>4} {row['score']:>7.4f} {row['percentile']:>6.1f}  "
+                       f"{row['point_x']:.3f}, {row['point_y']:.3f}")
         for p in (run.out_gpkg, run.heatmap_tif):
             if p is not None:
                 click.echo(f"wrote {p}")
@@ -414,7 +424,7 @@ def index(rasters: tuple[str, ...], out_dir: Path | None, workers: int, **opts: 
     rsclip-map search naip/a.tif "solar panels" --cache-dir idx/ --bands 1,2,3
     Indexes are keyed by raster + model + tiling; existing ones are skipped (unless --overwrite).
     """
-    from rsclip_core.inference import list_rasters, load_model
+    from rsclip_core.inference import list_rasters, load_model, plan_index_batch
 
     _install_warning_format(opts["quiet"])
     with _Fail():
@@ -427,7 +437,7 @@ def index(rasters: tuple[str, ...], out_dir: Path | None, workers: int, **opts: 
         folder.mkdir(parents=True, exist_ok=True)
         params = {"model_dir": str(model.model_dir), "tiling": tiling, "cache_dir": str(folder),
                   "overwrite": opts["overwrite"]}
-        jobs = [(str(p), params) for p in paths]
+        jobs = plan_index_batch(paths, params)
     results = _run_batch("index", jobs, model, workers, opts["quiet"])
     _summary(results, opts["quiet"])
     if any(r.status == "failed" for r in results):

@@ -66,8 +66,8 @@ def _run(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[st
         report_markdown,
         storage_report,
     )
-    from rsclip_core.reinforce.captioners import CocaCaptioner
-    from rsclip_core.reinforce.teachers import TeacherEnsemble, load_teacher
+    from rsclip_core.reinforce.captioners import Captioner, CocaCaptioner
+    from rsclip_core.teachers.base import TeacherEnsemble, load_teacher
 
     if threads:
         torch.set_num_threads(threads)
@@ -88,7 +88,7 @@ def _run(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[st
         if not coca or ":" not in coca:
             raise ValueError("--captioner coca needs --coca ARCH:/path/to/weights")
         arch, path = coca.split(":", 1)
-        cap = CocaCaptioner(arch, path)
+        cap: Captioner = CocaCaptioner(arch, path)
     else:
         bank = [r for r in all_records if not bank_split or r.split == bank_split]
         if not bank:
@@ -107,7 +107,7 @@ def _run(dataset: Path, out_dir: Path, image_root: Path | None, splits: tuple[st
     click.echo(f"wrote {len(result.shards_written)} shards ({result.samples_written} samples, "
                f"{len(result.images_skipped)} skipped, {result.images_per_second:.2f} images/s); "
                f"{len(result.shards_skipped_existing)} shards were already done")
-    from rsclip_core.reinforce.shards import atomic_write_bytes
+    from rsclip_core.workdir import atomic_write_bytes
 
     report = storage_report(out_dir)
     atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())

@@ -8,15 +8,17 @@ from typing import Any
 
 import click
 
-DEFAULT_CACHE = "/work/cache/teacher_features"
-ZERO_SHOT_TEMPLATES = (
-    "an aerial image of {}.",
-    "a satellite photo of {}.",
-    "a remote sensing image of {}.",
-    "an overhead view of {}.",
-    "a top-down aerial view of {}.",
-    "an aerial photograph showing {}.",
-)
+
+
+CACHE_HELP = "Feature cache (default: <work dir>/teacher_features)."
+WORK_DIR_HELP = "Work-file root (default: $RSCLIP_WORK_DIR, else ~/.cache/rsclip)."
+
+
+def _feature_cache(cache: Path | None, work_dir: Path | None) -> Path:
+    """``--cache`` if given, else the ``teacher_features`` stage of the work dir."""
+    from rsclip_core.workdir import stage_dir
+
+    return cache if cache is not None else stage_dir("teacher_features", work_dir)
 
 
 @click.group("teacher")
@@ -36,7 +38,7 @@ def _rsicd_splits(rsicd_json: Path, val_images: int | None) -> dict[str, Any]:
 def _eval_data(records: list[Any], tower: str, cache: Path, name: str, image_size: int):
     import numpy as np
 
-    from rsclip_core.reinforce.teacher_fit import EvalData, cached_image_features, cached_text_features
+    from rsclip_core.teachers.fit import EvalData, cached_image_features, cached_text_features
 
     feats = cached_image_features(records, tower, cache, name, view=0, image_size=image_size)
     captions = [c for r in records for c in r.captions]
@@ -50,7 +52,8 @@ def _eval_data(records: list[Any], tower: str, cache: Path, name: str, image_siz
 @click.option("--rsicd", "rsicd_json", type=click.Path(path_type=Path), required=True,
               help="Karpathy JSON (train split fits, val split selects; test is never used here).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True, help="Checkpoint .pt to write.")
-@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=None, help=CACHE_HELP)
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None, help=WORK_DIR_HELP)
 @click.option("--image-size", type=int, default=224, show_default=True)
 @click.option("--aug-views", type=int, default=0, show_default=True,
               help="Extra replayable augmented views per train image (feature augmentation).")
@@ -65,24 +68,26 @@ def _eval_data(records: list[Any], tower: str, cache: Path, name: str, image_siz
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--label-caption-prob", type=float, default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path, image_size: int, aug_views: int,
-            val_images: int, head: str, hidden: int, dropout: float, embed_dim: int, epochs: int,
-            batch_size: int, lr: float, weight_decay: float, label_caption_prob: float, seed: int) -> None:
+def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path | None, work_dir: Path | None,
+            image_size: int, aug_views: int, val_images: int, head: str, hidden: int, dropout: float,
+            embed_dim: int, epochs: int, batch_size: int, lr: float, weight_decay: float,
+            label_caption_prob: float, seed: int) -> None:
     """Fit projection heads on locked, cached tower features (CLIP loss; best RSICD-val mR kept)."""
+    cache = _feature_cache(cache, work_dir)
     try:
         import numpy as np
         import torch
 
-        from rsclip_core.data.readers import DEFAULT_CAPTION_TEMPLATES, class_name_from_folder
-        from rsclip_core.reinforce.teacher_fit import (
+        from rsclip_core.data.readers import clean_class_name
+        from rsclip_core.prompts import CAPTION_TEMPLATES, fill_prompts
+        from rsclip_core.teachers.fit import (
             FitConfig,
             FitData,
-            HeadConfig,
             cached_image_features,
             cached_text_features,
             fit_heads,
-            save_teacher_checkpoint,
         )
+        from rsclip_core.teachers.heads import HeadConfig, save_teacher_checkpoint
 
         torch.set_num_threads(2)
         splits = _rsicd_splits(rsicd_json, val_images)
@@ -94,9 +99,9 @@ def fit_cmd(image_tower: str, rsicd_json: Path, out_path: Path, cache: Path, ima
         labels = sorted({r.label for r in train if r.label})
         label_feats = None
         if labels:
-            prompts = [t.format(class_name_from_folder(lab)) for lab in labels for t in DEFAULT_CAPTION_TEMPLATES]
+            prompts = [p for lab in labels for p in fill_prompts(clean_class_name(lab), CAPTION_TEMPLATES)]
             label_feats = cached_text_features(prompts, cache, progress=False).reshape(
-                len(labels), len(DEFAULT_CAPTION_TEMPLATES), -1)
+                len(labels), len(CAPTION_TEMPLATES), -1)
         image_label = np.array([labels.index(r.label) if r.label else -1 for r in train], dtype=np.int64)
         data = FitData(views, cached_text_features(captions, cache), owner, label_feats, image_label)
         val = _eval_data(splits["val"], image_tower, cache, "rsicd-val", image_size)
@@ -119,20 +124,15 @@ def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_
     """RSICD-test retrieval + RSSCN7 zero-shot for each checkpoint and for their ensemble."""
     import numpy as np
 
-    from rsclip_core.data.readers import read_image_folder, read_karpathy_json
+    from rsclip_core.data.readers import clean_class_names, read_image_folder, read_karpathy_json
     from rsclip_core.evaluate.metrics import (
-        build_prompts,
-        clean_class_names,
         ensemble_class_embeddings,
         retrieval_metrics,
         zero_shot_metrics,
     )
-    from rsclip_core.reinforce.teacher_fit import (
-        cached_image_features,
-        cached_text_features,
-        encode_with_heads,
-        load_teacher_checkpoint,
-    )
+    from rsclip_core.prompts import ZERO_SHOT_TEMPLATES, fill_prompts
+    from rsclip_core.teachers.fit import cached_image_features, cached_text_features, encode_with_heads
+    from rsclip_core.teachers.heads import load_teacher_checkpoint
 
     test = read_karpathy_json(rsicd_json, splits=["test"])
     captions = [c for r in test for c in r.captions]
@@ -159,7 +159,7 @@ def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_
         joint["txt"].append(txt)
         if scn:
             simg = encode_with_heads(heads, cached_image_features(scn, tower, cache, "rsscn7", 0, size), "image")
-            prompts = [encode_with_heads(heads, cached_text_features(build_prompts(n, ZERO_SHOT_TEMPLATES), cache,
+            prompts = [encode_with_heads(heads, cached_text_features(fill_prompts(n, ZERO_SHOT_TEMPLATES), cache,
                                                                      progress=False), "text") for n in names]
             cls = ensemble_class_embeddings(prompts)
             zs = zero_shot_metrics(simg @ cls.T, scn_labels, names)
@@ -203,18 +203,20 @@ def results_markdown(results: dict[str, Any], command: str) -> str:
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--rsicd", "rsicd_json", type=click.Path(path_type=Path), required=True)
 @click.option("--rsscn7", "rsscn7_dir", type=click.Path(path_type=Path), default=None)
-@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=None, help=CACHE_HELP)
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None, help=WORK_DIR_HELP)
 @click.option("--out", "out_md", type=click.Path(path_type=Path), default=None,
               help="Write markdown here (and the JSON next to it).")
 @click.option("--ensemble/--no-ensemble", default=True, show_default=True,
               help="Also score the checkpoints together (mean cosine), as the reinforcement ensemble.")
-def eval_cmd(checkpoints: tuple[Path, ...], rsicd_json: Path, rsscn7_dir: Path | None, cache: Path,
-             out_md: Path | None, ensemble: bool) -> None:
+def eval_cmd(checkpoints: tuple[Path, ...], rsicd_json: Path, rsscn7_dir: Path | None, cache: Path | None,
+             work_dir: Path | None, out_md: Path | None, ensemble: bool) -> None:
     """RSICD-test R@1/5/10 + mR and RSSCN7 zero-shot of fitted teachers (and their ensemble)."""
     import sys
 
-    from rsclip_core.reinforce.shards import atomic_write_bytes
+    from rsclip_core.workdir import atomic_write_bytes
 
+    cache = _feature_cache(cache, work_dir)
     try:
         results = evaluate_teacher_features(list(checkpoints), rsicd_json, rsscn7_dir, cache, ensemble=ensemble)
     except (ValueError, FileNotFoundError) as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -74,7 +74,7 @@ def config_options() -> list[click.Option]:
 
 def _with_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(config_options()):  # click lists parameters in reverse order of attachment
-        command.__click_params__ = [*getattr(command, "__click_params__", []), option]  # type: ignore[attr-defined]
+        cast(Any, command).__click_params__ = [*getattr(command, "__click_params__", []), option]  # click's own attribute
     return command
 
 

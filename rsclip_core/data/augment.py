@@ -15,6 +15,14 @@ Parameter layout (short keys keep ``paug.json`` small)::
      "ra": [[op, magnitude], ...],           # RandAugment ops, magnitude in [0, 10] (signed ops: +-)
      "cj": [brightness, contrast, saturation, hue, order]   # colour jitter factors, or absent
     }
+
+The crop-resize is THE preprocessing resample (:func:`rsclip_core.preprocess.resample`): one
+resample of the stored crop box. ``reapply(image, params)`` replays the view as stored (at
+``size``, :data:`STORED_VIEW_INTERPOLATION`: what the teachers embedded); ``reapply(image, params,
+size=S, interpolation=...)`` produces the same crop directly at a model's ``S x S`` input with
+that model's interpolation (training), instead of resizing the stored view a second time.
+Ops after the crop (flips, quarter turns, RandAugment, colour jitter) run at the output size;
+the translations are relative to it.
 """
 
 from __future__ import annotations
@@ -26,9 +34,13 @@ from typing import Any, Callable
 
 from PIL import Image, ImageEnhance, ImageOps
 
+from rsclip_core.preprocess import PreprocessConfig, PreprocessConfigError, crop_box, resample
+
 AugParams = dict[str, Any]
 
-_RESAMPLE = Image.Resampling.BILINEAR
+#: the interpolation stored views were (and are) resampled with: replaying without arguments is bit-identical
+STORED_VIEW_INTERPOLATION = "bilinear"
+_RESAMPLE = Image.Resampling.BILINEAR  # inside the RandAugment ops (rotate, shear, translate)
 _FILL = (128, 128, 128)
 
 
@@ -126,7 +138,7 @@ class AugmentationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentationConfig:
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kwargs)
 
 
@@ -223,20 +235,32 @@ def _color_jitter(img: Image.Image, cj: list[Any]) -> Image.Image:
 _ROTATIONS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
 
-def reapply(image: Image.Image, params: AugParams) -> Image.Image:
-    """Replay stored augmentation ``params`` on the original ``image`` (RGB); deterministic."""
+def reapply(image: Image.Image, params: AugParams, size: int | None = None,
+            interpolation: str = STORED_VIEW_INTERPOLATION) -> Image.Image:
+    """Replay stored augmentation ``params`` on the original ``image`` (RGB); deterministic.
+
+    ``size`` (square side) replaces the stored output size: the crop box is resampled straight
+    to ``size x size`` with ``interpolation`` (one resample), the rest of the ops follow.
+    """
     try:
         top, left, h, w = (int(v) for v in params["crop"])
         out_h, out_w = (int(v) for v in params["size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise AugmentationParamsError(f"augmentation params need 'crop' and 'size': {params!r}") from exc
+    if size is not None:
+        if out_h != out_w:
+            raise AugmentationParamsError(f"stored view size {[out_h, out_w]} is not square: cannot replay at {size}")
+        out_h = out_w = int(size)
     if image.mode != "RGB":
         image = image.convert("RGB")
     if h <= 0 or w <= 0 or top < 0 or left < 0 or top + h > image.height or left + w > image.width:
         raise AugmentationParamsError(
             f"crop box {params['crop']} does not fit an image of {image.width}x{image.height}"
         )
-    img = image.resize((out_w, out_h), _RESAMPLE, box=(left, top, left + w, top + h))
+    try:
+        img = resample(image, (left, top, left + w, top + h), (out_w, out_h), interpolation)
+    except PreprocessConfigError as exc:
+        raise AugmentationParamsError(str(exc)) from exc
     if params.get("hf"):
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if params.get("vf"):
@@ -259,7 +283,15 @@ def augment(image: Image.Image, rng: random.Random, config: AugmentationConfig) 
     return reapply(image, params), params
 
 
-def center_view_params(width: int, height: int, output_size: int) -> AugParams:
-    """Parameters of the plain (un-augmented) view: the largest central square, resized."""
-    side = min(width, height)
-    return {"crop": [(height - side) // 2, (width - side) // 2, side, side], "size": [output_size, output_size]}
+def center_view_params(width: int, height: int, output_size: int, resize_mode: str = "shortest") -> AugParams:
+    """Parameters of the plain (un-augmented) view: the preprocessing crop box
+    (:func:`rsclip_core.preprocess.crop_box`: the largest central square, or the whole image for
+    ``squash``), resized to ``output_size``."""
+    left, top, right, bottom = crop_box(width, height, resize_mode)
+    return {"crop": [top, left, bottom - top, right - left], "size": [output_size, output_size]}
+
+
+def model_view(image: Image.Image, params: AugParams, cfg: PreprocessConfig) -> Image.Image:
+    """The view of ``params`` as a model with preprocessing ``cfg`` sees it (``cfg.image_size``,
+    ``cfg.interpolation``, one resample of the stored crop)."""
+    return reapply(image, params, size=cfg.image_size, interpolation=cfg.interpolation)

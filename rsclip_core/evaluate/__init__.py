@@ -1,25 +1,21 @@
 """rsclip_core.evaluate: retrieval and zero-shot evaluation (torch-free unless a torch model is used).
 
-- ``metrics``: numpy metric functions (``retrieval_metrics``, ``zero_shot_metrics``), class-name
-  cleaning and prompt ensembles.
+- ``metrics``: numpy metric functions (``retrieval_metrics``, ``zero_shot_metrics``) and prompt
+  ensembles (templates: ``rsclip_core.prompts``; class-name cleaning: ``rsclip_core.data.readers``).
 - ``encoders``: the ``Encoder`` abstraction (``TorchEncoder``, ``ModelDirEncoder``, ``FunctionEncoder``).
-- ``runners``: dataset readers, ``evaluate_retrieval`` / ``evaluate_zero_shot`` and report writers.
+- ``runners``: evaluation sets built from ``rsclip_core.data.readers`` (``read_karpathy_split``,
+  ``read_classification_folder``), ``evaluate_retrieval`` / ``evaluate_zero_shot`` and report writers.
 """
 
 from rsclip_core.evaluate.encoders import (
     Encoder,
     EvalInputError,
     FunctionEncoder,
-    ImageGeometry,
     ModelDirEncoder,
     TorchEncoder,
-    load_image,
 )
 from rsclip_core.evaluate.metrics import (
     MetricInputError,
-    build_prompts,
-    clean_class_name,
-    clean_class_names,
     retrieval_metrics,
     zero_shot_metrics,
 )
@@ -28,7 +24,7 @@ from rsclip_core.evaluate.runners import (
     RetrievalSet,
     evaluate_retrieval,
     evaluate_zero_shot,
-    read_image_folder,
+    read_classification_folder,
     read_karpathy_split,
     write_results,
 )
@@ -38,18 +34,13 @@ __all__ = [
     "Encoder",
     "EvalInputError",
     "FunctionEncoder",
-    "ImageGeometry",
     "MetricInputError",
     "ModelDirEncoder",
     "RetrievalSet",
     "TorchEncoder",
-    "build_prompts",
-    "clean_class_name",
-    "clean_class_names",
     "evaluate_retrieval",
     "evaluate_zero_shot",
-    "load_image",
-    "read_image_folder",
+    "read_classification_folder",
     "read_karpathy_split",
     "retrieval_metrics",
     "write_results",

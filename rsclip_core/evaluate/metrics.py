@@ -12,7 +12,6 @@ constant similarity matrix scores exactly at chance. The same holds for zero-sho
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -175,44 +174,7 @@ def zero_shot_metrics(logits: Any, labels: Any, class_names: Sequence[str]) -> d
     }
 
 
-# ---------------------------------------------------------------- class names and prompts
-
-_LETTER_PREFIX = re.compile(r"^([a-z])(?=[A-Z])")
-_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def clean_class_name(name: str, drop_letter_prefix: bool = True) -> str:
-    """A folder name as natural text: ``"dRiverLake"`` -> ``"river lake"``, ``"storage_tanks"`` ->
-    ``"storage tanks"``, ``"BaseballDiamond"`` -> ``"baseball diamond"``.
-
-    ``drop_letter_prefix`` removes RSSCN7's ordering prefix (one lower-case letter directly followed
-    by an upper-case one: ``aGrass``, ``gParking``).
-    """
-    text = name.strip()
-    if drop_letter_prefix:
-        text = _LETTER_PREFIX.sub("", text)
-    text = _CAMEL_BOUNDARY.sub(" ", text)
-    text = re.sub(r"[_\-\s]+", " ", text)
-    return text.strip().lower()
-
-
-def clean_class_names(names: Sequence[str]) -> list[str]:
-    """Clean a dataset's class names; RSSCN7-style letter prefixes are dropped only when *every*
-    name carries one (so a lone ``"eForest"`` in some other dataset is not mangled by accident)."""
-    all_prefixed = bool(names) and all(_LETTER_PREFIX.match(name.strip()) for name in names)
-    return [clean_class_name(name, drop_letter_prefix=all_prefixed) for name in names]
-
-
-def build_prompts(class_name: str, templates: Sequence[str]) -> list[str]:
-    """Fill every prompt template (``"a satellite image of {}."``) with ``class_name``."""
-    if not templates:
-        raise MetricInputError("templates: at least one prompt template is needed")
-    prompts = []
-    for template in templates:
-        if "{}" not in template:
-            raise MetricInputError(f"templates: {template!r} has no '{{}}' placeholder for the class name")
-        prompts.append(template.replace("{}", class_name))
-    return prompts
+# ---------------------------------------------------------------- prompt ensembles
 
 
 def l2_normalize(array: Any, axis: int = -1) -> np.ndarray:

@@ -1,14 +1,13 @@
 """Evaluation runners: read a dataset, embed it with any ``Encoder``, score it, write reports.
 
-Torch-free (the readers here only parse JSON and list folders), so ``rsclip eval --model-dir``
-works on the light inference install.
+Datasets are read by ``rsclip_core.data.readers`` (torch-free, PIL only to decode images), so
+``rsclip eval --model-dir`` works on the light inference install.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,20 +16,23 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from rsclip_core.evaluate.encoders import Encoder, EvalInputError, load_images
+from rsclip_core.data.readers import (
+    DatasetFormatError,
+    karpathy_dataset_name,
+    read_karpathy_json,
+    scan_class_folders,
+)
+from rsclip_core.evaluate.encoders import Encoder, EvalInputError
 from rsclip_core.evaluate.metrics import (
-    build_prompts,
-    clean_class_names,
     ensemble_class_embeddings,
     retrieval_markdown,
     retrieval_metrics,
     zero_shot_markdown,
     zero_shot_metrics,
 )
-from rsclip_core.spec import DEFAULT_PROMPT_TEMPLATES
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-
+from rsclip_core.preprocess import load_images
+from rsclip_core.prompts import ZERO_SHOT_TEMPLATES, fill_prompts
+from rsclip_core.workdir import atomic_write_text
 
 @dataclass
 class RetrievalSet:
@@ -54,67 +56,31 @@ class ClassificationSet:
 
 
 def read_karpathy_split(
-    json_path: str | Path, images_dir: str | Path, split: str = "test", limit: int | None = None
+    json_path: str | Path, images_dir: str | Path | None = None, split: str = "test", limit: int | None = None
 ) -> RetrievalSet:
-    """A Karpathy-format split (``images[].filename/split/sentences[].raw``) as a ``RetrievalSet``.
+    """A Karpathy-format split as a ``RetrievalSet`` (read by ``rsclip_core.data.readers``).
 
-    ``limit`` keeps the first ``limit`` images of the split (with all their captions).
+    Images without captions are left out; ``limit`` keeps the first ``limit`` images of the split
+    (with all their captions); every listed image must exist.
     """
-    json_path, images_dir = Path(json_path), Path(images_dir)
-    if not json_path.is_file():
-        raise EvalInputError(f"{json_path}: Karpathy JSON not found")
-    if not images_dir.is_dir():
-        raise EvalInputError(f"{images_dir}: images folder not found")
-    try:
-        data = json.loads(json_path.read_text())
-        entries = data["images"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise EvalInputError(f"{json_path}: not a Karpathy-format JSON ({exc})") from exc
-    paths: list[Path] = []
-    captions: list[str] = []
-    owners: list[int] = []
-    for entry in entries:
-        if entry.get("split") != split:
-            continue
-        if limit is not None and len(paths) >= limit:
-            break
-        texts = [s["raw"].strip() for s in entry.get("sentences", []) if s.get("raw", "").strip()]
-        if not texts:
-            continue
-        path = images_dir / entry["filename"]
-        if not path.is_file():
-            raise EvalInputError(f"{path}: image listed in {json_path} not found")
-        owners.extend([len(paths)] * len(texts))
-        captions.extend(texts)
-        paths.append(path)
-    if not paths:
-        available = sorted({str(e.get("split")) for e in entries})
-        raise EvalInputError(f"{json_path}: no images in split {split!r} (splits: {', '.join(available)})")
-    name = f"{data.get('dataset', json_path.stem)}-{split}"
-    return RetrievalSet(name, paths, captions, np.asarray(owners, dtype=np.int64))
+    records = read_karpathy_json(json_path, images_dir, splits=[split], check_images=True)
+    records = [r for r in records if r.captions][:limit]
+    if not records:
+        raise DatasetFormatError(f"{json_path}: no captioned images in split {split!r}")
+    captions = [c for r in records for c in r.captions]
+    owners = [i for i, r in enumerate(records) for _ in r.captions]
+    name = f"{karpathy_dataset_name(json_path)}-{split}"
+    return RetrievalSet(name, [r.image_path for r in records], captions, np.asarray(owners, dtype=np.int64))
 
 
-def read_image_folder(root: str | Path, limit_per_class: int | None = None) -> ClassificationSet:
-    """An image-folder dataset (one sub-folder per class) with cleaned class names."""
-    root = Path(root)
-    if not root.is_dir():
-        raise EvalInputError(f"{root}: image folder dataset not found")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise EvalInputError(f"{root}: no class sub-folders")
-    paths: list[Path] = []
-    labels: list[int] = []
-    for index, folder in enumerate(folders):
-        files = sorted(
-            p for p in (root / folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if limit_per_class is not None:
-            files = files[:limit_per_class]
-        paths.extend(files)
-        labels.extend([index] * len(files))
-    if not paths:
-        raise EvalInputError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-    return ClassificationSet(root.name, paths, np.asarray(labels, dtype=np.int64), folders, clean_class_names(folders))
+def read_classification_folder(root: str | Path, limit_per_class: int | None = None) -> ClassificationSet:
+    """An image-folder dataset (one sub-folder per class, read by ``rsclip_core.data.readers``) with
+    cleaned class names, as a ``ClassificationSet``."""
+    classes = scan_class_folders(root, limit_per_class)
+    paths = [path for c in classes for path in c.images]
+    labels = [index for index, c in enumerate(classes) for _ in c.images]
+    return ClassificationSet(Path(root).name, paths, np.asarray(labels, dtype=np.int64),
+                             [c.folder for c in classes], [c.name for c in classes])
 
 
 def embed_image_files(
@@ -123,7 +89,7 @@ def embed_image_files(
     """L2-normalised embeddings of image files, batch by batch."""
     chunks = []
     for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress):
-        chunks.append(encoder.encode_images(load_images(paths[start : start + batch_size], encoder.geometry)))
+        chunks.append(encoder.encode_images(load_images(paths[start : start + batch_size], encoder.preprocess)))
     return np.concatenate(chunks).astype(np.float32)
 
 
@@ -149,17 +115,17 @@ def evaluate_retrieval(
 
 
 def zero_shot_classifier(
-    encoder: Encoder, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_PROMPT_TEMPLATES
+    encoder: Encoder, class_names: Sequence[str], templates: Sequence[str] = ZERO_SHOT_TEMPLATES
 ) -> np.ndarray:
     """[n_classes, D] unit vectors: each class's prompt-ensemble embedding."""
-    per_class = [encoder.encode_text(build_prompts(name, templates)) for name in class_names]
+    per_class = [encoder.encode_text(fill_prompts(name, templates)) for name in class_names]
     return ensemble_class_embeddings(per_class)
 
 
 def evaluate_zero_shot(
     encoder: Encoder,
     dataset: ClassificationSet,
-    templates: Sequence[str] = DEFAULT_PROMPT_TEMPLATES,
+    templates: Sequence[str] = ZERO_SHOT_TEMPLATES,
     batch_size: int = 64,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -173,20 +139,6 @@ def evaluate_zero_shot(
 
 
 # ---------------------------------------------------------------- reports
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_confusion_matrix(result: dict[str, Any], path: str | Path, title: str | None = None) -> Path:

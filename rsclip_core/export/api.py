@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from torch import nn
 
@@ -31,8 +31,17 @@ from rsclip_core.export.errors import (
     ParityError,
     UnknownModelError,
 )
-from rsclip_core.export.onnx_export import DEFAULT_OPSET, Exporter, export_onnx_image, export_onnx_text
+from rsclip_core.export.onnx_export import (
+    DEFAULT_OPSET,
+    Exporter,
+    dense_metadata_fields,
+    export_onnx_image,
+    export_onnx_text,
+)
 from rsclip_core.export.parity import DEFAULT_ATOL, DEFAULT_MIN_COSINE, check_parity, check_reparam_parity
+
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
 
 ClassesArg = Union[str, Path, Sequence[Any], None]
 Log = Callable[[str], None]
@@ -48,7 +57,7 @@ def _silent(_: str) -> None:
     pass
 
 
-def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
+def load_model(name: str, checkpoint: str | Path | None = None) -> RSClipModel:
     """``create_model(name, checkpoint)`` with one-line errors for the usual mistakes."""
     from rsclip_core.models import CheckpointError, create_model, list_models
 
@@ -67,10 +76,15 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     if name not in names:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(names)}")
     if checkpoint is not None and name.startswith("teacher-"):
-        from rsclip_core.export.offline_teacher import is_teacher_checkpoint, model_from_teacher_checkpoint
+        from rsclip_core.teachers.base import TeacherError
+        from rsclip_core.teachers.heads import is_teacher_checkpoint
+        from rsclip_core.teachers.offline import load_offline_teacher
 
         if is_teacher_checkpoint(checkpoint):  # heads fitted by `rsclip teacher fit` on the packaged towers
-            return model_from_teacher_checkpoint(name, checkpoint)
+            try:
+                return load_offline_teacher(checkpoint, name)
+            except TeacherError as exc:
+                raise CheckpointMismatchError(_first_line(exc, limit=400)) from exc
     try:
         # A checkpoint replaces every weight: never load the towers' pretrained weights first.
         return create_model(name, checkpoint=checkpoint, pretrained_towers=False)
@@ -123,7 +137,7 @@ def _sha256(path: Path) -> str:
 
 
 def build_metadata(
-    model: nn.Module,
+    model: RSClipModel,
     *,
     tokenizer_fields: dict[str, Any],
     resolution_m: float | None = None,
@@ -131,27 +145,23 @@ def build_metadata(
     source: dict[str, Any] | None = None,
 ) -> spec.ModelMetadata:
     """``ModelMetadata`` for an RSClipModel; ``logit_scale`` is stored exponentiated (multiplier)."""
-    pre = model.preprocess
     fields = {k: v for k, v in tokenizer_fields.items() if k in spec.ModelMetadata.__dataclass_fields__}
     fields.pop("context_length", None)
     return spec.ModelMetadata(
         model_name=str(model.name),
         embed_dim=int(model.embed_dim),
-        image_size=int(pre.image_size),
-        mean=[float(v) for v in pre.mean],
-        std=[float(v) for v in pre.std],
+        **spec.ModelMetadata.preprocess_fields(model.preprocess),
         context_length=int(model.context_length),
         logit_scale=float(model.logit_scale.detach().exp().item()),
-        interpolation=str(pre.interpolation),
-        resize_mode=str(pre.resize_mode),
         default_classes=spec.CLASSES_FILE if has_classes else None,
         resolution_m=None if resolution_m is None else float(resolution_m),
         source=dict(source or {}),
+        **dense_metadata_fields(model),
         **fields,
     )
 
 
-def write_tokenizer(model: nn.Module, path: Path) -> dict[str, Any]:
+def write_tokenizer(model: RSClipModel, path: Path) -> dict[str, Any]:
     """Write the inference ``tokenizer.json`` of ``model``; returns its ``ModelMetadata`` fields."""
     from rsclip_core.inference.tokenizer import TextTokenizer
     from rsclip_core.models.tokenizer import save_inference_tokenizer
@@ -230,7 +240,7 @@ def export_model(
     elif isinstance(model_or_name, nn.Module):
         if checkpoint is not None:
             raise ExportError("checkpoint= is only used with a model name, not a model instance")
-        train_model = copy.deepcopy(model_or_name)
+        train_model = cast("RSClipModel", copy.deepcopy(model_or_name))  # exported through its RSClipModel API
     else:
         raise ExportError(f"model_or_name must be a model name or an RSClipModel, got {type(model_or_name).__name__}")
     train_model.eval()
@@ -342,7 +352,7 @@ def _synthetic_images(folder: Path) -> list[Path]:
     for i in range(8):
         small = rng.uniform(0, 255, size=(8, 8, 3)).astype("uint8")
         path = folder / f"{i}.png"
-        Image.fromarray(small).resize((96, 96), Image.BICUBIC).save(path)
+        Image.fromarray(small).resize((96, 96), Image.Resampling.BICUBIC).save(path)
         paths.append(path)
     return paths
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from rsclip_core import spec
 from rsclip_core.export.errors import ExportError
 from rsclip_core.export.onnx_export import example_tokens
 from rsclip_core.export.wrappers import PixelImageEncoder, TextEncoder
+
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
 
 MAX_TEXT_BATCH = 256
 
@@ -79,7 +82,7 @@ def _describe(mlmodel, metadata: spec.ModelMetadata, props: dict[str, str], grap
 
 
 def export_coreml(
-    model: nn.Module,
+    model: RSClipModel,
     out_dir: str | Path,
     metadata: spec.ModelMetadata,
     *,

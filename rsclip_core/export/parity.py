@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from rsclip_core import spec
 from rsclip_core.export.errors import ParityError
-from rsclip_core.export.onnx_export import example_images, example_tokens
+from rsclip_core.export.onnx_export import forward_dense, example_images, example_tokens
+
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_COSINE = 0.9999
@@ -84,7 +87,50 @@ def compare_embeddings(
     return ParityResult(name, diff, float(cosine.min()), atol, min_cosine)
 
 
-def _torch_embeddings(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _locations(dense: np.ndarray) -> np.ndarray:
+    """[N, D, h, w] -> L2-normalised rows [N*h*w, D]."""
+    rows = np.moveaxis(np.asarray(dense, dtype=np.float64), 1, -1).reshape(-1, dense.shape[1])
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def check_dense_mean(dense: np.ndarray, embedding: np.ndarray, *, atol: float = DEFAULT_ATOL,
+                     min_cosine: float = DEFAULT_MIN_COSINE) -> ParityResult:
+    """The identity of a GAP + linear head: L2-normalised spatial mean of ``dense`` == ``embedding``."""
+    mean = np.asarray(dense, dtype=np.float64).mean(axis=(2, 3))
+    mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    return compare_embeddings("dense-mean", np.asarray(embedding, dtype=np.float64), mean,
+                              atol=atol, min_cosine=min_cosine)
+
+
+def check_dense_graph(model_dir: str | Path, *, batch: int = 3, seed: int = 0, atol: float = DEFAULT_ATOL,
+                      min_cosine: float = DEFAULT_MIN_COSINE, raise_on_failure: bool = True) -> ParityReport:
+    """Check ``image.onnx``'s ``dense`` output against its own ``embedding`` (no torch model needed).
+
+    Runs standardised random images through the graph and compares the L2-normalised spatial mean of
+    ``dense`` with ``embedding``; also checks the grid matches the metadata's ``dense_grid``.
+    """
+    from rsclip_core.inference.sessions import onnx_session
+
+    model_dir = Path(model_dir)
+    meta = spec.ModelMetadata.read(model_dir)
+    if meta.dense_output is None:
+        raise ParityError(f"{model_dir / spec.METADATA_FILE}: no dense_output")
+    session = onnx_session(model_dir / spec.IMAGE_ONNX)
+    rng = np.random.default_rng(seed)
+    pixels = rng.random((batch, 3, meta.image_size, meta.image_size), dtype=np.float32)
+    from rsclip_core.preprocess import standardise
+
+    images = standardise(pixels, meta.preprocess)
+    embedding, dense = session.run([spec.EMBEDDING_OUTPUT, meta.dense_output], {spec.IMAGE_INPUT: images})
+    if list(dense.shape[2:]) != list(meta.dense_grid or []):
+        raise ParityError(f"{model_dir}: dense grid {list(dense.shape[2:])} != metadata dense_grid {meta.dense_grid}")
+    report = ParityReport([check_dense_mean(dense, embedding, atol=atol, min_cosine=min_cosine)])
+    if raise_on_failure:
+        report.raise_if_failed(str(model_dir))
+    return report
+
+
+def _torch_embeddings(model: RSClipModel, images: torch.Tensor, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         image = model.encode_image(images, normalize=True).float().numpy()
         text = model.encode_text(tokens, normalize=True).float().numpy()
@@ -92,7 +138,7 @@ def _torch_embeddings(model: nn.Module, images: torch.Tensor, tokens: torch.Tens
 
 
 def check_parity(
-    model: nn.Module,
+    model: RSClipModel,
     model_dir: str | Path,
     *,
     batch: int = 3,
@@ -106,18 +152,15 @@ def check_parity(
     ``model`` is the torch model the graphs were exported from (reparameterized, eval). Uses a
     batch size different from the tracing one so the dynamic batch axis is exercised too.
     """
-    import onnxruntime as ort
+    from rsclip_core.inference.sessions import onnx_session
 
     model_dir = Path(model_dir)
     images = example_images(model, batch=batch, seed=seed)
     tokens = example_tokens(model, batch=batch)
     ref_image, ref_text = _torch_embeddings(model.eval(), images, tokens)
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    image_session = ort.InferenceSession(str(model_dir / spec.IMAGE_ONNX), options, providers=providers)
-    text_session = ort.InferenceSession(str(model_dir / spec.TEXT_ONNX), options, providers=providers)
+    image_session = onnx_session(model_dir / spec.IMAGE_ONNX)
+    text_session = onnx_session(model_dir / spec.TEXT_ONNX)
     onnx_image = image_session.run([spec.EMBEDDING_OUTPUT], {spec.IMAGE_INPUT: images.numpy()})[0]
     onnx_text = text_session.run([spec.EMBEDDING_OUTPUT], {spec.TEXT_INPUT: tokens.numpy().astype(np.int64)})[0]
 
@@ -127,14 +170,22 @@ def check_parity(
             compare_embeddings("onnx-text", ref_text, onnx_text, atol=atol, min_cosine=min_cosine),
         ]
     )
+    if spec.DENSE_OUTPUT in {o.name for o in image_session.get_outputs()}:
+        with torch.no_grad():
+            ref_dense = forward_dense(model, images).float().numpy()
+        onnx_dense = image_session.run([spec.DENSE_OUTPUT], {spec.IMAGE_INPUT: images.numpy()})[0]
+        # compared per location after L2 normalisation (how inference uses them)
+        report.results.append(compare_embeddings(
+            "onnx-dense", _locations(ref_dense), _locations(onnx_dense), atol=atol, min_cosine=min_cosine))
+        report.results.append(check_dense_mean(onnx_dense, onnx_image, atol=atol, min_cosine=min_cosine))
     if raise_on_failure:
         report.raise_if_failed(str(model_dir))
     return report
 
 
 def check_reparam_parity(
-    train_model: nn.Module,
-    reparam_model: nn.Module,
+    train_model: RSClipModel,
+    reparam_model: RSClipModel,
     *,
     batch: int = 3,
     seed: int = 0,

@@ -9,8 +9,8 @@
   activations; the stem and first stages (the first ``KEEP_FLOAT_CONVS`` convolutions, at most a
   quarter of them) stay float, they are where the error starts. Activation ranges are
   calibrated (MinMax) on a folder of images, preprocessed exactly as
-  ``rsclip eval --model-dir`` / inference do: :func:`rsclip_core.evaluate.encoders.load_image` with
-  the model's geometry, then the metadata's mean/std.
+  ``rsclip eval --model-dir`` / inference do: :func:`rsclip_core.preprocess.load_images` and
+  :func:`rsclip_core.preprocess.standardise` with the metadata's ``preprocess`` config.
 
 ``metadata_props`` of the fp32 graph are copied onto the quantized one (onnxruntime drops some).
 Quantized graphs cannot match fp32 to 1e-4; :func:`quantization_report` measures the cosine
@@ -29,11 +29,12 @@ from typing import Any, Literal
 import numpy as np
 
 from rsclip_core import spec
+from rsclip_core.data.readers import IMAGE_EXTENSIONS
 from rsclip_core.export.errors import ExportError
+from rsclip_core.preprocess import load_images, standardise
 
 QuantizeMode = Literal["none", "int8-text", "int8"]
 QUANTIZE_MODES: tuple[str, ...] = ("none", "int8-text", "int8")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 TEXT_OP_TYPES = ("MatMul", "Gemm", "Gather")
 IMAGE_OP_TYPES = ("Conv", "MatMul", "Gemm")
 DEFAULT_CALIBRATION_LIMIT = 256
@@ -77,9 +78,9 @@ def list_calibration_images(folder: str | Path, limit: int = DEFAULT_CALIBRATION
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise QuantizationError(f"{folder}: calibration image folder not found")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise QuantizationError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) for calibration")
+        raise QuantizationError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) for calibration")
     if len(files) > limit:
         picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
         files = [files[i] for i in sorted(set(picks.tolist()))]
@@ -88,12 +89,8 @@ def list_calibration_images(folder: str | Path, limit: int = DEFAULT_CALIBRATION
 
 def preprocess_images(paths: Sequence[str | Path], metadata: spec.ModelMetadata) -> np.ndarray:
     """Image files -> float32 [N, 3, S, S] standardised input of ``image.onnx`` (as inference does)."""
-    from rsclip_core.evaluate.encoders import ImageGeometry, load_images
-
-    pixels = load_images(list(paths), ImageGeometry.from_any(metadata))  # [0, 1], model geometry
-    mean = np.asarray(metadata.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(metadata.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+    cfg = metadata.preprocess
+    return standardise(load_images(list(paths), cfg), cfg)
 
 
 class ImageCalibrationReader:
@@ -243,14 +240,6 @@ class QuantizationParity:
                 f"retrieval top-1 agreement {100 * self.top1_agreement:.1f}% (n={self.n})")
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _run(session: Any, name: str, x: np.ndarray, batch: int = 32) -> np.ndarray:
     parts = [session.run([spec.EMBEDDING_OUTPUT], {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
     out = np.concatenate(parts).astype(np.float32)
@@ -273,16 +262,17 @@ def quantization_report(fp32_dir: str | Path, int8_dir: str | Path, images: Sequ
     Image rows: cosine(fp32, int8) and whether each fp32 *text* query retrieves the same image
     from the int8 image embeddings as from the fp32 ones; text rows: the same the other way round.
     """
+    from rsclip_core.inference.sessions import onnx_session
     from rsclip_core.inference.tokenizer import TextTokenizer
 
     fp32_dir, int8_dir = Path(fp32_dir), Path(int8_dir)
     metadata = spec.ModelMetadata.read(fp32_dir)
     x = preprocess_images(images, metadata)
     tokens = np.asarray(TextTokenizer.from_model_dir(fp32_dir, metadata)(list(texts)), dtype=np.int64)
-    img32 = _run(_session(fp32_dir / spec.IMAGE_ONNX), spec.IMAGE_INPUT, x)
-    img8 = _run(_session(int8_dir / spec.IMAGE_ONNX), spec.IMAGE_INPUT, x)
-    txt32 = _run(_session(fp32_dir / spec.TEXT_ONNX), spec.TEXT_INPUT, tokens)
-    txt8 = _run(_session(int8_dir / spec.TEXT_ONNX), spec.TEXT_INPUT, tokens)
+    img32 = _run(onnx_session(fp32_dir / spec.IMAGE_ONNX), spec.IMAGE_INPUT, x)
+    img8 = _run(onnx_session(int8_dir / spec.IMAGE_ONNX), spec.IMAGE_INPUT, x)
+    txt32 = _run(onnx_session(fp32_dir / spec.TEXT_ONNX), spec.TEXT_INPUT, tokens)
+    txt8 = _run(onnx_session(int8_dir / spec.TEXT_ONNX), spec.TEXT_INPUT, tokens)
     return [
         compare_embeddings("image", img32, img8, queries=txt32),
         compare_embeddings("text", txt32, txt8, queries=img32),

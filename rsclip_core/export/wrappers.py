@@ -8,9 +8,13 @@ single named input, so these wrappers expose exactly one of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
 
 
 class ImageEncoder(nn.Module):
@@ -20,7 +24,7 @@ class ImageEncoder(nn.Module):
     from the model directory's metadata (``rsclip_core.spec``).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: RSClipModel) -> None:
         super().__init__()
         self.model = model
 
@@ -35,7 +39,10 @@ class PixelImageEncoder(nn.Module):
     phone can pass a pixel buffer directly.
     """
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
+    def __init__(self, model: RSClipModel, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1))
@@ -51,7 +58,7 @@ class TextEncoder(nn.Module):
     Integer inputs of any width are widened to int64 first (Core ML feeds int32).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: RSClipModel) -> None:
         super().__init__()
         self.model = model
 

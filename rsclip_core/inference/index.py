@@ -24,10 +24,18 @@ from rsclip_core.inference.errors import RsclipCancelled, RsclipInputError, Rscl
 from rsclip_core.inference.model import EmbeddingModel
 from rsclip_core.inference.raster import RasterSource, raster_fingerprint, windows_to_polygons
 from rsclip_core.inference.tiling import TileGrid, TilingConfig
+from rsclip_core.inference.writers import (
+    OutputWriteError,
+    ensure_writable_dir,
+    partial_path,
+    remove_stale_partials,
+)
 
 INDEX_SUFFIX = ".rsclip-index.npz"
 INDEX_VERSION = 1
 CHECKPOINT_SECONDS = 30.0  # how often an index build saves its progress (when it has a cache dir)
+MAX_SANE_TILES = 50_000  # above this many planned tiles (or 20x the non-overlapping count) a run warns
+MAX_OVERLAP_FACTOR = 20.0
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -50,6 +58,7 @@ class EmbeddingIndex:
     tiling: dict[str, Any]
     model_name: str
     n_grid_tiles: int = 0  # tiles planned (including skipped ones)
+    dense: np.ndarray | None = None  # float16 [N, gh, gw, D], L2-normalised per location (models with dense)
     _emb32: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -89,8 +98,19 @@ class EmbeddingIndex:
         return self.grid.windows(self.tile_rc)
 
     def geometries(self) -> np.ndarray:
-        """Shapely polygons of the tiles in the raster CRS."""
-        return windows_to_polygons(self.windows(), self.affine)
+        """Shapely polygons of the tiles in the raster CRS, clipped to the processing region.
+
+        Edge tiles are read padded past the raster, but their polygons end at its edge.
+        """
+        return windows_to_polygons(self.grid.clip_windows(self.windows()), self.affine)
+
+    @property
+    def region_bounds(self) -> tuple[float, float, float, float]:
+        """``(minx, miny, maxx, maxy)`` of the processing region (the raster or the requested extent)."""
+        g, t = self.grid, self.affine
+        xs = (t.a * g.col0 + t.c, t.a * g.col1 + t.c)
+        ys = (t.e * g.row0 + t.f, t.e * g.row1 + t.f)
+        return (min(xs), min(ys), max(xs), max(ys))
 
     def scores(self, text_embedding: np.ndarray) -> np.ndarray:
         """Cosine similarity of every tile with one or more text embeddings: [N] or [N, Q]."""
@@ -115,10 +135,11 @@ class EmbeddingIndex:
             "model_name": self.model_name,
             "n_grid_tiles": self.n_grid_tiles,
         }
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}.npz")
+        tmp = partial_path(path)
+        extra = {} if self.dense is None else {"dense": self.dense}
         try:
-            np.savez(tmp, embeddings=self.embeddings, tile_rc=self.tile_rc,
-                     valid_fraction=self.valid_fraction, meta=np.array(json.dumps(meta)))
+            _savez(tmp, str(path.parent), embeddings=self.embeddings, tile_rc=self.tile_rc,
+                   valid_fraction=self.valid_fraction, meta=np.array(json.dumps(meta)), **extra)
             os.replace(tmp, path)
         finally:
             if tmp.exists():
@@ -132,6 +153,7 @@ class EmbeddingIndex:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 arrays = {k: data[k] for k in ("embeddings", "tile_rc", "valid_fraction")}
+                dense = data["dense"] if "dense" in data.files else None
         except FileNotFoundError:
             raise
         except Exception as exc:
@@ -146,13 +168,38 @@ class EmbeddingIndex:
             transform=tuple(meta["transform"]),
             crs_wkt=meta["crs_wkt"],
             raster_path=meta["raster_path"],
-            raster_size=tuple(meta["raster_size"]),  # type: ignore[arg-type]
+            raster_size=(int(meta["raster_size"][0]), int(meta["raster_size"][1])),
             key=meta["key"],
             fingerprints=meta["fingerprints"],
             tiling=meta["tiling"],
             model_name=meta["model_name"],
             n_grid_tiles=int(meta.get("n_grid_tiles", 0)),
+            dense=dense,
         )
+
+
+def _savez(tmp: Path, what: str, **arrays: Any) -> None:
+    """``np.savez`` to ``tmp`` (a ``.npz`` name); write failures become one clear `OutputWriteError`."""
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OutputWriteError(f"{what}: cannot write the index {tmp.name} ({reason})", field="cache_dir") from exc
+
+
+def check_tile_count(source: RasterSource) -> None:
+    """Warn when a tiling plans so many tiles that the run will take very long (e.g. overlap 0.99)."""
+    from rsclip_core.inference.tiling import plan_grid
+
+    n = len(source.tile_rc)
+    base = plan_grid(source.region, source.tile_w, source.tile_h, 0.0).n_tiles
+    factor = n / max(1, base) if source.extent_geometry is None else source.grid.n_tiles / max(1, base)
+    if n > MAX_SANE_TILES or factor > MAX_OVERLAP_FACTOR:
+        warnings.warn(
+            f"{source.path}: {n:,} tiles planned ({factor:.0f}x the {base:,} tiles without overlap, "
+            f"overlap {source.tiling.overlap:g}); this will take long: lower the overlap or the tile count",
+            RsclipWarning, stacklevel=3)
 
 
 def index_key(raster_fp: str, model_fp: str, tiling_hash: str) -> str:
@@ -208,7 +255,8 @@ def build_index(
     same raster, model and tiling resumes where the last one stopped.
     """
     with open_raster(raster, model, tiling) as source:
-        key = index_key(raster_fingerprint(raster), model.fingerprint, source.tiling_hash())
+        raster_fp = raster_fingerprint(raster)
+        key = index_key(raster_fp, model.fingerprint, source.tiling_hash())
         path = index_path_for(raster, key, cache_dir) if cache_dir is not None else None
         if path is not None and path.is_file():
             try:
@@ -219,8 +267,14 @@ def build_index(
                     return cached
             except RsclipInputError:
                 pass
-        checkpoint = path.with_name(f".{path.name[:-4]}.resume.npz") if path is not None else None
-        index = _embed(source, model, key, progress, cancel, checkpoint)
+        checkpoint: Path | None = None
+        if path is not None:  # before the work: a cache that cannot be written fails now, not after
+            checkpoint = path.with_name(f".{path.name[:-4]}.resume.npz")
+            ensure_writable_dir(path.parent, "cache_dir")
+            remove_stale_partials(path)
+            remove_stale_partials(checkpoint)
+        check_tile_count(source)
+        index = _embed(source, model, key, progress, cancel, checkpoint, raster_fp)
     if len(index) == 0:
         warnings.warn(f"{raster}: no tile has enough valid pixels (all nodata, transparent or blank?)",
                       RsclipWarning, stacklevel=2)
@@ -232,44 +286,56 @@ def build_index(
 
 
 def _save_checkpoint(path: Path, key: str, next_start: int, embeddings: np.ndarray, fractions: np.ndarray,
-                     kept: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}.npz")
+                     kept: np.ndarray, dense: np.ndarray | None = None) -> None:
+    tmp = partial_path(path)
+    extra = {} if dense is None else {"dense": dense}
     try:
-        np.savez(tmp, key=np.array(key), next_start=np.array(next_start), embeddings=embeddings,
-                 fractions=fractions, kept=kept)
+        _savez(tmp, str(path.parent), key=np.array(key), next_start=np.array(next_start),
+               embeddings=embeddings, fractions=fractions, kept=kept, **extra)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _load_checkpoint(path: Path | None, key: str, embeddings: np.ndarray) -> dict | None:
+def _load_checkpoint(path: Path | None, key: str, embeddings: np.ndarray,
+                     dense: np.ndarray | None = None) -> dict | None:
     """The saved progress of an interrupted build, if it matches this raster/model/tiling."""
     if path is None or not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in ("key", "next_start", "embeddings", "fractions", "kept")}
+            state["dense"] = data["dense"] if "dense" in data.files else None
     except Exception:
         return None
     if str(state["key"]) != key or state["embeddings"].shape != embeddings.shape:
+        return None
+    if dense is not None and (state["dense"] is None or state["dense"].shape != dense.shape):
         return None
     return state
 
 
 def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: ProgressFn | None,
-           cancel: CancelFn | None, checkpoint: Path | None = None) -> EmbeddingIndex:
+           cancel: CancelFn | None, checkpoint: Path | None = None,
+           raster_fp: str | None = None) -> EmbeddingIndex:
     rc_all = source.tile_rc
     total = len(rc_all)
     batch = int(source.tiling.batch_size)
     embeddings = np.zeros((total, model.embed_dim), dtype=np.float16)
     fractions = np.zeros(total, dtype=np.float32)
     kept = np.zeros(total, dtype=bool)
+    dense = None
+    if model.has_dense:
+        gh, gw = model.metadata.dense_grid or (1, 1)
+        dense = np.zeros((total, gh, gw, model.embed_dim), dtype=np.float16)
     windows = source.grid.windows(rc_all)
     first = 0
-    state = _load_checkpoint(checkpoint, key, embeddings)
+    state = _load_checkpoint(checkpoint, key, embeddings, dense)
     if state is not None:
         embeddings[:] = state["embeddings"]
+        if dense is not None:
+            dense[:] = state["dense"]
         fractions[:] = state["fractions"]
         kept[:] = state["kept"]
         first = int(state["next_start"])
@@ -297,19 +363,25 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Prog
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsclip-read") as pool:
         pending = pool.submit(read_batch, starts[0]) if starts else None
         for n, start in enumerate(starts):
-            idx, tiles = pending.result()  # type: ignore[union-attr]
+            assert pending is not None  # submitted before the loop and at the end of each turn
+            idx, tiles = pending.result()
             if cancel is not None and cancel():
                 if checkpoint is not None and start > first:
-                    _save_checkpoint(checkpoint, key, start, embeddings, fractions, kept)
+                    _save_checkpoint(checkpoint, key, start, embeddings, fractions, kept, dense)
                 raise RsclipCancelled(f"{source.path}: cancelled after {start} of {total} tiles")
             pending = pool.submit(read_batch, starts[n + 1]) if n + 1 < len(starts) else None
-            if tiles:
+            if tiles and dense is not None:
+                emb, cells = model.encode_images_dense(np.stack(tiles))
+                embeddings[idx] = emb.astype(np.float16)
+                dense[idx] = cells.astype(np.float16)
+                kept[idx] = True
+            elif tiles:
                 emb = model.encode_images(np.stack(tiles))
                 embeddings[idx] = emb.astype(np.float16)
                 kept[idx] = True
             done = min(start + batch, total)
             if checkpoint is not None and done < total and time.monotonic() - last_save > CHECKPOINT_SECONDS:
-                _save_checkpoint(checkpoint, key, done, embeddings, fractions, kept)
+                _save_checkpoint(checkpoint, key, done, embeddings, fractions, kept, dense)
                 last_save = time.monotonic()
             if progress is not None:
                 progress(done, total)
@@ -319,14 +391,15 @@ def _embed(source: RasterSource, model: EmbeddingModel, key: str, progress: Prog
         tile_rc=rc_all[kept],
         valid_fraction=fractions[kept],
         grid=source.grid,
-        transform=tuple(ds.transform)[:6],
+        transform=tuple(source.transform)[:6],
         crs_wkt=ds.crs.to_wkt() if ds.crs is not None else None,
         raster_path=str(Path(source.path).resolve()),
         raster_size=(ds.width, ds.height),
         key=key,
-        fingerprints={"raster": raster_fingerprint(source.path), "model": model.fingerprint,
+        fingerprints={"raster": raster_fp or raster_fingerprint(source.path), "model": model.fingerprint,
                       "tiling": source.tiling_hash()},
         tiling=source.describe(),
         model_name=model.metadata.model_name,
         n_grid_tiles=total,
+        dense=None if dense is None else np.ascontiguousarray(dense[kept]),
     )

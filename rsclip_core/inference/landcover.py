@@ -17,14 +17,13 @@ import numpy as np
 
 from rsclip_core.inference.errors import RsclipFileNotFoundError, RsclipInputError
 from rsclip_core.inference.index import EmbeddingIndex
-from rsclip_core.inference.model import REPO_ROOT, EmbeddingModel
+from rsclip_core.inference.model import EmbeddingModel
 from rsclip_core.inference.tiling import aggregate_to_cells
 
 NODATA_CODE = 0
 UNCLASSIFIED_CODE = 255
 UNCLASSIFIED_COLOR = (128, 128, 128)
 MAX_CLASSES = 254
-DEFAULT_CLASSES_FILE = REPO_ROOT / "resources" / "classes" / "landcover.yaml"
 
 
 @dataclass
@@ -50,7 +49,8 @@ def _parse_color(value: Any, name: str) -> tuple[int, int, int]:
         if len(text) != 6:
             raise RsclipInputError(f"class {name!r}: colour {value!r} is not #rrggbb")
         try:
-            return tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+            red, green, blue = (int(text[i:i + 2], 16) for i in (0, 2, 4))
+            return red, green, blue
         except ValueError as exc:
             raise RsclipInputError(f"class {name!r}: colour {value!r} is not #rrggbb") from exc
     try:
@@ -59,7 +59,7 @@ def _parse_color(value: Any, name: str) -> tuple[int, int, int]:
         raise RsclipInputError(f"class {name!r}: colour {value!r} is not [r, g, b] or #rrggbb") from exc
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
         raise RsclipInputError(f"class {name!r}: colour {value!r} needs 3 values in 0..255")
-    return rgb  # type: ignore[return-value]
+    return rgb[0], rgb[1], rgb[2]
 
 
 def default_classes_path(model: EmbeddingModel | None = None) -> Path:
@@ -68,40 +68,73 @@ def default_classes_path(model: EmbeddingModel | None = None) -> Path:
         candidate = model.model_dir / model.metadata.default_classes
         if candidate.is_file():
             return candidate
-    return DEFAULT_CLASSES_FILE
+    from rsclip_core import resources
+
+    return resources.default_classes_file()
 
 
-def parse_classes(data: Any, origin: str = "classes") -> list[LandCoverClass]:
-    """Classes from parsed YAML/JSON: a list of {name, prompts, color} or {"classes": [...]}."""
+def parse_classes(data: Any, origin: str | None = None) -> list[LandCoverClass]:
+    """Classes from parsed YAML/JSON: a list of {name, prompts, color} or {"classes": [...]}.
+
+    ``origin`` (e.g. the class file) prefixes error messages; errors name the ``classes`` field.
+    """
     if isinstance(data, dict) and "classes" in data:
         data = data["classes"]
     if isinstance(data, dict):  # {name: {prompts, color}} or {name: [prompts]}
         data = [dict(name=k, **(v if isinstance(v, dict) else {"prompts": v})) for k, v in data.items()]
     if not isinstance(data, list):
-        raise RsclipInputError(f"{origin}: expected a list of classes (name, prompts, color)")
+        raise RsclipInputError(f"{_at(origin)}expected a list of classes (name, prompts, color)", field="classes")
     classes = []
+    item: Any
     for i, item in enumerate(data):
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict) or not str(item.get("name", "")).strip():
-            raise RsclipInputError(f"{origin}: class #{i + 1} has no name")
+            raise RsclipInputError(f"{_at(origin)}class #{i + 1} has no name", field="classes")
         prompts = item.get("prompts", [])
         if isinstance(prompts, str):
             prompts = [prompts]
-        classes.append(LandCoverClass(item["name"], list(prompts), item.get("color", item.get("colour", _auto_color(i)))))
+        color: Any = item.get("color", item.get("colour", _auto_color(i)))  # validated by LandCoverClass
+        classes.append(LandCoverClass(item["name"], list(prompts), color))
     validate_classes(classes, origin)
     return classes
 
 
-def validate_classes(classes: Sequence[LandCoverClass], origin: str = "classes") -> None:
+def _at(origin: str | None) -> str:
+    return f"{origin}: " if origin else ""
+
+
+def validate_classes(classes: Sequence[LandCoverClass], origin: str | None = None) -> None:
+    """Refuse an empty, too long or ambiguous class list (errors name the ``classes`` field)."""
     if not classes:
-        raise RsclipInputError(f"{origin}: empty class list")
+        raise RsclipInputError(f"{_at(origin)}empty class list", field="classes")
     if len(classes) > MAX_CLASSES:
-        raise RsclipInputError(f"{origin}: at most {MAX_CLASSES} classes, got {len(classes)}")
+        raise RsclipInputError(f"{_at(origin)}at most {MAX_CLASSES} classes, got {len(classes)}", field="classes")
     names = [c.name for c in classes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise RsclipInputError(f"{origin}: duplicate class names {dupes}")
+        raise RsclipInputError(f"{_at(origin)}duplicate class names {dupes}", field="classes")
+
+
+def check_class_count(classes: Sequence[LandCoverClass], threshold: float | None = None) -> None:
+    """Refuse a single class; warn when a threshold cannot mark anything unclassified.
+
+    The confidence of a cell is the softmax probability of its best class among the K classes,
+    so it is always >= 1/K: with one class every cell is that class at confidence 1.00, and a
+    threshold <= 1/K has no effect.
+    """
+    k = len(classes)
+    if k == 1:
+        raise RsclipInputError(
+            f"classes: only one class ({classes[0].name!r}): every cell would be it at confidence 1.00; "
+            "give at least 2 classes (confidence is the probability among the K classes, never below 1/K)")
+    if threshold is not None and k > 1 and float(threshold) <= 1.0 / k:
+        import warnings
+
+        from rsclip_core.inference.errors import RsclipWarning
+
+        warnings.warn(f"threshold {threshold:g} has no effect with {k} classes: the best class's probability "
+                      f"is always >= 1/{k} = {1.0 / k:.3f}", RsclipWarning, stacklevel=3)
 
 
 def _auto_color(i: int) -> tuple[int, int, int]:
@@ -114,8 +147,12 @@ def load_classes(path: str | os.PathLike | None = None) -> list[LandCoverClass]:
     """Read a class file (.yaml/.yml/.json); default: `default_classes_path()`."""
     path = Path(path) if path is not None else default_classes_path()
     if not path.is_file():
-        raise RsclipFileNotFoundError(f"--classes {path}: no such file")
-    text = path.read_text(encoding="utf-8")
+        raise RsclipFileNotFoundError(f"{path}: no such file", field="classes")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RsclipInputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                               f"{exc.start}); save the class file as UTF-8", field="classes") from exc
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -124,8 +161,8 @@ def load_classes(path: str | os.PathLike | None = None) -> list[LandCoverClass]:
 
             data = yaml.safe_load(text)
     except Exception as exc:
-        raise RsclipInputError(f"--classes {path}: cannot parse ({str(exc).splitlines()[0]})") from exc
-    return parse_classes(data, f"--classes {path}")
+        raise RsclipInputError(f"{path}: cannot parse ({str(exc).splitlines()[0]})", field="classes") from exc
+    return parse_classes(data, str(path))
 
 
 def save_classes(classes: Sequence[LandCoverClass], path: str | os.PathLike) -> Path:
@@ -157,11 +194,15 @@ class LandCoverResult:
     transform: Any  # affine of the cell grid
     crs_wkt: str | None
     threshold: float | None
+    region_bounds: tuple[float, float, float, float] | None = None  # what the outputs cover exactly
+    coverage: np.ndarray | None = None  # float [rows, cols]: fraction of each cell inside the region
 
     def class_stats(self) -> list[dict[str, Any]]:
-        """Cells, area (map units^2) and fraction of mapped area per class (plus unclassified)."""
+        """Cells, area (map units^2, edge cells counted by their part inside the region) and
+        fraction of mapped area per class (plus unclassified)."""
         cell_area = abs(self.transform.a * self.transform.e)
-        mapped = int((self.codes != NODATA_CODE).sum())
+        cover = self.coverage if self.coverage is not None else np.ones(self.codes.shape)
+        mapped_area = float(cover[self.codes != NODATA_CODE].sum())
         rows = []
         entries = [(i + 1, c.name) for i, c in enumerate(self.classes)] + [(UNCLASSIFIED_CODE, "unclassified")]
         for code, name in entries:
@@ -173,8 +214,8 @@ class LandCoverResult:
                 "code": code,
                 "name": name,
                 "cells": cells,
-                "area": cells * cell_area,
-                "fraction": cells / mapped if mapped else 0.0,
+                "area": float(cover[self.codes == code].sum()) * cell_area,
+                "fraction": float(cover[self.codes == code].sum()) / mapped_area if mapped_area else 0.0,
                 "mean_confidence": float(conf.mean()) if cells else float("nan"),
             })
         return rows
@@ -196,15 +237,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCoverClass],
-             threshold: float | None = None, *, templates: Sequence[str] | None = None) -> LandCoverResult:
+             threshold: float | None = None, *, templates: Sequence[str] | None = None,
+             detail: str = "tile", cells_per_tile: int | None = None,
+             map_resolution: float | None = None) -> LandCoverResult:
     """Zero-shot classify every tile (softmax over ``logit_scale * cosine``) and map the cells.
 
-    Cells average the probabilities of all tiles covering them (weighted by overlap); a cell
-    whose best probability is below ``threshold`` becomes 255 (unclassified).
+    ``detail="tile"`` without a map resolution: one cell per tile stride, cells average the
+    probabilities of all tiles covering them (weighted by overlap). Any other ``detail``
+    (``dense``, ``windows``, ``dense+windows``, see `rsclip_core.inference.maps`) or a
+    ``cells_per_tile``/``map_resolution`` maps at that finer resolution, exactly over the region.
+    A cell whose best probability is below ``threshold`` becomes 255 (unclassified).
     """
+    from rsclip_core.inference.maps import check_detail
+
     validate_classes(classes)
+    check_detail(detail)
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise RsclipInputError(f"--threshold: must be a probability in [0, 1], got {threshold}")
+        raise RsclipInputError(f"must be a probability in [0, 1], got {threshold}", field="threshold")
+    check_class_count(classes, threshold)
     text = class_text_embeddings(model, classes, templates)
     if len(index):
         probs = softmax(model.logit_scale * index.scores(text))
@@ -213,6 +263,9 @@ def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCov
     tile_codes = (probs.argmax(axis=1) + 1).astype(np.uint8) if len(probs) else np.zeros(0, np.uint8)
     if threshold is not None and len(probs):
         tile_codes[probs.max(axis=1) < threshold] = UNCLASSIFIED_CODE
+    if detail != "tile" or cells_per_tile is not None or map_resolution is not None:
+        return _classify_fine(index, model, classes, threshold, text, probs, tile_codes, detail,
+                              cells_per_tile, map_resolution)
     sums, weights = aggregate_to_cells(index.grid, index.tile_rc, probs)
     has = weights > 0
     cell_probs = np.zeros(sums.shape, dtype=np.float32)
@@ -228,4 +281,33 @@ def classify(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCov
         classes=list(classes), tile_probs=probs, tile_codes=tile_codes, codes=codes,
         confidence=confidence, transform=index.cell_transform, crs_wkt=index.crs_wkt,
         threshold=None if threshold is None else float(threshold),
+        region_bounds=index.region_bounds, coverage=index.grid.cell_coverage(),
+    )
+
+
+def _classify_fine(index: EmbeddingIndex, model: EmbeddingModel, classes: list[LandCoverClass],
+                   threshold: float | None, text: np.ndarray, probs: np.ndarray, tile_codes: np.ndarray,
+                   detail: str, cells_per_tile: int | None, map_resolution: float | None) -> LandCoverResult:
+    """Land cover on a `maps.MapGrid` finer than the tiles, blended band by band (bounded memory)."""
+    from rsclip_core.inference.maps import map_grid, probability_values, render, uses_tent
+
+    grid = map_grid(index, cells_per_tile=cells_per_tile, map_resolution=map_resolution)
+    codes = np.zeros((grid.n_rows, grid.n_cols), dtype=np.uint8)
+    confidence = np.full((grid.n_rows, grid.n_cols), np.nan, dtype=np.float32)
+    if len(index):
+        values = probability_values(index, text, model.logit_scale, detail)
+        for r0, mean, covered in render(index, grid, values, len(classes), tent=uses_tent(index)):
+            r1 = r0 + mean.shape[1]
+            band_codes = (mean.argmax(axis=0) + 1).astype(np.uint8)
+            band_conf = mean.max(axis=0)
+            if threshold is not None:
+                band_codes[band_conf < threshold] = UNCLASSIFIED_CODE
+            band_codes[~covered] = NODATA_CODE
+            band_conf[~covered] = np.nan
+            codes[r0:r1], confidence[r0:r1] = band_codes, band_conf
+    return LandCoverResult(
+        classes=list(classes), tile_probs=probs, tile_codes=tile_codes, codes=codes,
+        confidence=confidence, transform=grid.transform(index.affine), crs_wkt=index.crs_wkt,
+        threshold=None if threshold is None else float(threshold),
+        region_bounds=index.region_bounds, coverage=np.ones(codes.shape),
     )

@@ -1,7 +1,8 @@
 """Loading an exported model directory (``rsclip_core.spec``) and running it with onnxruntime.
 
-`EmbeddingModel` takes RGB pixels in [0, 1] and applies the metadata's mean/std itself (the
-image graph expects standardised input, see ``rsclip_core.export``); text goes through the
+`EmbeddingModel` takes RGB pixels in [0, 1] and standardises them itself with the metadata's
+preprocessing (:func:`rsclip_core.preprocess.standardise`; the image graph expects standardised
+input, see ``rsclip_core.export``); text goes through the
 model's own ``tokenizer.json``. Everything returned is float32, L2-normalised.
 """
 
@@ -16,28 +17,32 @@ from typing import Any
 import numpy as np
 
 from rsclip_core import spec
+from rsclip_core.prompts import PromptTemplateError, fill_prompts
 from rsclip_core.inference.errors import InvalidModelError, RsclipFileNotFoundError, RsclipInputError
+from rsclip_core.inference.sessions import onnx_session
+from rsclip_core.preprocess import standardise
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_MODEL_DIR = REPO_ROOT / "resources" / "models" / "default"
 MODEL_ENV = "RSCLIP_MODEL"
 TEXT_BATCH = 64
 
 
 def default_model_dir() -> Path:
-    """``$RSCLIP_MODEL`` if set, else the bundled ``resources/models/default``; clear error otherwise."""
+    """``$RSCLIP_MODEL`` if set, else the bundled model (``rsclip_core.resources``); clear error otherwise."""
+    from rsclip_core import resources
+
     env = os.environ.get(MODEL_ENV)
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():
             raise RsclipFileNotFoundError(f"{MODEL_ENV}={env}: no such model directory")
         return path
-    if (BUNDLED_MODEL_DIR / spec.METADATA_FILE).is_file():
-        return BUNDLED_MODEL_DIR
-    raise RsclipInputError(
-        f"no model given and no bundled default model in {BUNDLED_MODEL_DIR}: "
-        f"pass -m MODEL_DIR (an exported rsclip model directory) or set {MODEL_ENV}"
-    )
+    try:
+        return resources.bundled_model_dir()
+    except resources.ResourceMissingError as exc:
+        raise RsclipInputError(
+            f"no model given and no bundled default model ({exc}): "
+            f"pass -m MODEL_DIR (an exported rsclip model directory) or set {MODEL_ENV}"
+        ) from exc
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -55,9 +60,8 @@ class EmbeddingModel:
         self.image_session = image_session
         self.text_session = text_session
         self.tokenizer = tokenizer
-        self._mean = np.asarray(metadata.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self._inv_std = (1.0 / np.asarray(metadata.std, dtype=np.float32)).reshape(1, 3, 1, 1)
-        self._identity_norm = bool(np.all(self._mean == 0.0) and np.all(self._inv_std == 1.0))
+        self.preprocess = metadata.preprocess
+        self._identity_norm = self.preprocess.mean == (0.0, 0.0, 0.0) and self.preprocess.std == (1.0, 1.0, 1.0)
         self._fingerprint: str | None = None
 
     @property
@@ -97,9 +101,30 @@ class EmbeddingModel:
         if self._identity_norm:
             x = np.ascontiguousarray(images)
         else:
-            x = np.ascontiguousarray((images - self._mean) * self._inv_std, dtype=np.float32)
+            x = standardise(images, self.preprocess)
         out = self.image_session.run([spec.EMBEDDING_OUTPUT], {spec.IMAGE_INPUT: x})[0]
         return self._check(out, len(images), "image")
+
+    @property
+    def has_dense(self) -> bool:
+        """The image graph has the ``dense`` per-location output (metadata ``dense_output``)."""
+        return self.metadata.dense_output is not None
+
+    def encode_images_dense(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like `encode_images`, plus the dense embeddings ``[N, gh, gw, D]`` L2-normalised per location."""
+        images = np.asarray(images, dtype=np.float32)
+        if not self.has_dense:
+            raise InvalidModelError(f"{self.model_dir}: the image graph has no dense output (re-export the model)")
+        S = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (S, S):
+            raise RsclipInputError(f"encode_images_dense: expected float32 [N, 3, {S}, {S}], got {images.shape}")
+        x = np.ascontiguousarray(images) if self._identity_norm else standardise(images, self.preprocess)
+        out, dense = self.image_session.run([spec.EMBEDDING_OUTPUT, self.metadata.dense_output], {spec.IMAGE_INPUT: x})
+        grid = tuple(self.metadata.dense_grid or ())
+        if dense.ndim != 4 or dense.shape[:2] != (len(images), self.embed_dim) or tuple(dense.shape[2:]) != grid:
+            raise InvalidModelError(f"{self.model_dir}: dense output has shape {dense.shape}, expected "
+                                    f"({len(images)}, {self.embed_dim}, {grid[0]}, {grid[1]})")
+        return self._check(out, len(images), "image"), l2_normalize(np.moveaxis(dense, 1, -1))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Strings -> [N, D] L2-normalised; empty strings are rejected."""
@@ -121,7 +146,10 @@ class EmbeddingModel:
         if not names:
             raise RsclipInputError("encode_prompts: no names given")
         templates = list(templates if templates is not None else self.metadata.prompt_templates) or ["{}"]
-        texts = [t.format(n) if "{}" in t else f"{t} {n}" for n in names for t in templates]
+        try:
+            texts = [prompt for n in names for prompt in fill_prompts(n, templates)]
+        except PromptTemplateError as exc:
+            raise RsclipInputError(str(exc)) from exc
         emb = self.encode_text(texts).reshape(len(names), len(templates), -1).mean(axis=1)
         return l2_normalize(emb)
 
@@ -138,30 +166,20 @@ class EmbeddingModel:
 
 
 def _session(path: Path, providers: Sequence[str] | None, threads: int | None) -> Any:
-    import onnxruntime as ort
-
     if not path.is_file():
         raise InvalidModelError(f"{path}: missing (is {path.parent} an exported rsclip model directory?)")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), sess_options=options,
-                                    providers=list(providers or ["CPUExecutionProvider"]))
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidModelError(f"{path}: not a loadable ONNX model ({first})") from exc
+    return onnx_session(path, providers=providers, threads=threads)
 
 
-def _check_io(session: Any, path: Path, input_name: str, rank: int, static: dict) -> None:
+def _check_io(session: Any, path: Path, input_name: str, rank: int, static: dict, dense: str | None = None) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if input_name not in inputs:
         raise InvalidModelError(f"{path}: expected input {input_name!r}, found {sorted(inputs)}")
     if spec.EMBEDDING_OUTPUT not in outputs:
         raise InvalidModelError(f"{path}: expected output {spec.EMBEDDING_OUTPUT!r}, found {sorted(outputs)}")
+    if dense is not None and dense not in outputs:
+        raise InvalidModelError(f"{path}: metadata says dense_output {dense!r}, the graph has {sorted(outputs)}")
     shape = inputs[input_name].shape
     if len(shape) != rank:
         raise InvalidModelError(f"{path}: input {input_name!r} has rank {len(shape)}, expected {rank}")
@@ -189,7 +207,7 @@ def load_model(model_dir: str | os.PathLike | None = None, *, providers: Sequenc
         raise InvalidModelError(f"{path / spec.METADATA_FILE}: invalid metadata ({exc})") from exc
     image = _session(path / spec.IMAGE_ONNX, providers, threads)
     _check_io(image, path / spec.IMAGE_ONNX, spec.IMAGE_INPUT, 4,
-              {1: 3, 2: metadata.image_size, 3: metadata.image_size})
+              {1: 3, 2: metadata.image_size, 3: metadata.image_size}, metadata.dense_output)
     text = _session(path / spec.TEXT_ONNX, providers, threads)
     _check_io(text, path / spec.TEXT_ONNX, spec.TEXT_INPUT, 2, {1: metadata.context_length})
     tok_path = path / metadata.tokenizer
@@ -216,6 +234,15 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         }
     from dataclasses import asdict
 
+    for name, session in (("image.onnx", model.image_session), ("text.onnx", model.text_session)):
+        for out in session.get_outputs():
+            if out.name == model.metadata.dense_output:
+                continue
+            dim = out.shape[-1] if out.shape else None
+            if isinstance(dim, int) and dim != model.metadata.embed_dim:
+                raise InvalidModelError(
+                    f"{model.model_dir}: rsclip.json says embed_dim {model.metadata.embed_dim} but {name} "
+                    f"outputs {out.name} with {dim} dims; re-export the model")
     return {
         "model_dir": str(model.model_dir),
         "metadata": asdict(model.metadata),

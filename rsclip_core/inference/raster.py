@@ -21,28 +21,52 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from rsclip_core.inference.errors import RsclipFileNotFoundError, RsclipInputError, RsclipWarning
 from rsclip_core.inference.tiling import TileGrid, TilingConfig, clip_window, plan_grid
+from rsclip_core.preprocess import GDAL_RESAMPLING
 
-RESAMPLING = {
-    "bicubic": Resampling.cubic,
-    "cubic": Resampling.cubic,
-    "bilinear": Resampling.bilinear,
-    "nearest": Resampling.nearest,
-    "lanczos": Resampling.lanczos,
-}
+#: model interpolation name -> GDAL resampling on read (names from rsclip_core.preprocess)
+RESAMPLING = {name: Resampling[gdal] for name, gdal in GDAL_RESAMPLING.items()}
 STRETCH_SAMPLE_SIDE = 1024  # longest side of the decimated read used for the percentile stretch
 GDAL_ENV = {"GDAL_CACHEMAX": 128}  # MB: keeps the block cache (and so peak RSS) bounded
 
 
+FINGERPRINT_FULL_BYTES = 64 << 20  # files up to this size are hashed whole
+FINGERPRINT_HEAD_BYTES = 1 << 20  # larger ones: the first MiB (header, tile offsets) ...
+FINGERPRINT_BLOCKS = 64  # ... plus this many evenly spaced blocks ...
+FINGERPRINT_BLOCK_BYTES = 64 << 10  # ... of this size, and the last block
+
+
 def raster_fingerprint(path: str | os.PathLike) -> str:
-    """Identity of a raster file: resolved path + size + modification time (cheap, no hashing)."""
+    """Identity of a raster's content: resolved path + size + a hash of its bytes.
+
+    Files up to `FINGERPRINT_FULL_BYTES` are hashed whole; larger ones by their header plus
+    sampled blocks (about 5 MiB read), so a raster rewritten in place with the same size and
+    modification time no longer reuses a stale index. GDAL side files that change the pixels'
+    meaning (``.aux.xml``, ``.msk``, ``.ovr``) add their size and time.
+    """
     p = Path(path).resolve()
-    st = p.stat()
-    return hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    size = p.stat().st_size
+    digest = hashlib.blake2b(f"{p}|{size}".encode(), digest_size=16)
+    with open(p, "rb") as fh:
+        if size <= FINGERPRINT_FULL_BYTES:
+            for chunk in iter(lambda: fh.read(4 << 20), b""):
+                digest.update(chunk)
+        else:
+            digest.update(fh.read(FINGERPRINT_HEAD_BYTES))
+            step = (size - FINGERPRINT_BLOCK_BYTES) / FINGERPRINT_BLOCKS
+            for k in range(1, FINGERPRINT_BLOCKS + 1):
+                fh.seek(int(k * step))
+                digest.update(fh.read(FINGERPRINT_BLOCK_BYTES))
+    for suffix in (".aux.xml", ".msk", ".ovr"):
+        side = p.with_name(p.name + suffix)
+        if side.is_file():
+            st = side.stat()
+            digest.update(f"|{suffix}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 class RasterSource:
@@ -91,7 +115,21 @@ class RasterSource:
                 f"warp it north-up first (gdalwarp {self.path.name} north_up.tif)"
             )
         self.crs = ds.crs
-        if ds.crs is None:
+        self.transform = t
+        if ds.crs is None and t.is_identity:
+            # no georeferencing at all (JPEG/PNG): GDAL's identity transform has y growing
+            # downwards, which GIS software draws upside down; use x = column, y = -row (what
+            # QGIS shows for such images), so outputs are upright and line up with the input
+            from affine import Affine
+
+            self.transform = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+            warnings.warn(
+                f"{self.path}: raster is not georeferenced; outputs use pixel coordinates "
+                "(x = column, y = -row, as QGIS shows the image)",
+                RsclipWarning,
+                stacklevel=3,
+            )
+        elif ds.crs is None:
             warnings.warn(
                 f"{self.path}: raster has no CRS; working in pixel/georeference units without a CRS",
                 RsclipWarning,
@@ -118,18 +156,20 @@ class RasterSource:
             bands = self.tiling.bands
             bad = [b for b in bands if b > ds.count]
             if bad:
-                raise RsclipInputError(f"--bands {','.join(map(str, bands))}: {self.path} has only {ds.count} band(s)")
-            return (bands[0],) * 3 if len(bands) == 1 else tuple(bands)  # type: ignore[return-value]
+                raise RsclipInputError(f"asked for {','.join(map(str, bands))} but {self.path} has only {ds.count} band(s)",
+                                       field="bands")
+            return (bands[0],) * 3 if len(bands) == 1 else (bands[0], bands[1], bands[2])  # 1 or 3 (TilingConfig)
         interp = list(ds.colorinterp)
         if all(c in interp for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
-            return tuple(interp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue))  # type: ignore[return-value]
+            red, green, blue = (interp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue))
+            return red, green, blue
         if ds.count == 3:
             return (1, 2, 3)
         if ds.count == 4 and interp[3] == ColorInterp.alpha:
             return (1, 2, 3)
-        hint = "--bands 1,1,1 to use it as grey" if ds.count == 1 else "--bands R,G,B, e.g. --bands 1,2,3"
+        hint = "{bands} 1,1,1 to use it as grey" if ds.count == 1 else "{bands} R,G,B, e.g. {bands} 1,2,3"
         raise RsclipInputError(
-            f"{self.path}: {ds.count} band(s) without RGB colour interpretation; pass {hint}"
+            f"{self.path}: {ds.count} band(s) without RGB colour interpretation; pass {hint}", field="bands"
         )
 
     def _compute_stretch(self) -> np.ndarray:
@@ -144,8 +184,12 @@ class RasterSource:
             return np.array([[0.0, high]] * 3, dtype=np.float64)
         scale = max(ds.width, ds.height) / STRETCH_SAMPLE_SIDE
         shape = (max(1, int(round(ds.height / max(scale, 1.0)))), max(1, int(round(ds.width / max(scale, 1.0)))))
-        with rasterio.Env(**GDAL_ENV):
-            data = ds.read(list(self.bands), out_shape=(3,) + shape, masked=True, resampling=Resampling.nearest)
+        try:
+            with rasterio.Env(**GDAL_ENV):
+                data = ds.read(list(self.bands), out_shape=(3,) + shape, masked=True,
+                               resampling=Resampling.nearest)
+        except RasterioError as exc:
+            raise self._read_error(exc, "overview read for the value stretch") from exc
         out = np.zeros((3, 2), dtype=np.float64)
         p_low, p_high = self.tiling.percentiles
         for i in range(3):
@@ -174,17 +218,17 @@ class RasterSource:
         elif _is_bbox(extent):
             bounds = tuple(float(v) for v in extent)
             if not (bounds[2] > bounds[0] and bounds[3] > bounds[1]):
-                raise RsclipInputError(f"--extent: need minx,miny,maxx,maxy with max > min, got {extent}")
+                raise RsclipInputError(f"need minx,miny,maxx,maxy with max > min, got {extent}", field="extent")
         else:
             from shapely import union_all
             from shapely.geometry.base import BaseGeometry
 
             geoms = list(extent) if not isinstance(extent, BaseGeometry) else [extent]
             if not geoms or not all(isinstance(g, BaseGeometry) for g in geoms):
-                raise RsclipInputError("--extent: expected a bbox, shapely geometries or a vector file path")
+                raise RsclipInputError("expected a bbox, shapely geometries or a vector file path", field="extent")
             self.extent_geometry = union_all(geoms)
             bounds = self.extent_geometry.bounds
-        inv = ~ds.transform
+        inv = ~self.transform
         xs = np.array([bounds[0], bounds[2], bounds[0], bounds[2]])
         ys = np.array([bounds[1], bounds[1], bounds[3], bounds[3]])
         cols = inv.a * xs + inv.b * ys + inv.c  # affine's `*` on tuples is deprecated, `@` too new
@@ -194,7 +238,7 @@ class RasterSource:
         col1 = min(ds.width, int(math.ceil(max(cols) - 1e-9)))
         row1 = min(ds.height, int(math.ceil(max(rows) - 1e-9)))
         if col1 <= col0 or row1 <= row0:
-            raise RsclipInputError(f"--extent: {tuple(round(b, 6) for b in bounds)} does not overlap {self.path}")
+            raise RsclipInputError(f"{tuple(round(b, 6) for b in bounds)} does not overlap {self.path}", field="extent")
         return (col0, row0, col1, row1)
 
     def _tile_source_size(self) -> tuple[int, int]:
@@ -221,12 +265,17 @@ class RasterSource:
             return rc
         import shapely
 
-        geoms = windows_to_polygons(self.grid.windows(rc), self.dataset.transform)
+        geoms = windows_to_polygons(self.grid.windows(rc), self.transform)
         shapely.prepare(self.extent_geometry)
         keep = shapely.intersects(self.extent_geometry, geoms)
         if not keep.any():
-            raise RsclipInputError(f"--extent: the given polygons do not overlap {self.path}")
+            raise RsclipInputError(f"the given polygons do not overlap {self.path}", field="extent")
         return rc[keep]
+
+    def _read_error(self, exc: BaseException, where: str) -> RsclipInputError:
+        """One clear line for pixels that cannot be read (truncated or corrupt file)."""
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return RsclipInputError(f"{self.path}: cannot read pixels ({where}): file truncated or corrupt? ({detail})")
 
     # -- description -----------------------------------------------------------------------
     def describe(self) -> dict:
@@ -270,7 +319,10 @@ class RasterSource:
             return None, 0.0
         win = Window(c0, r0, cw, ch)
         shape = (3, y1 - y0, x1 - x0)
-        raw = ds.read(list(self.bands), window=win, out_shape=shape, resampling=self.resampling)
+        try:
+            raw = ds.read(list(self.bands), window=win, out_shape=shape, resampling=self.resampling)
+        except RasterioError as exc:
+            raise self._read_error(exc, f"window col {c0}, row {r0}, {cw}x{ch} px") from exc
         inner_valid: np.ndarray | None = None  # None = every pixel of the read part is valid
         if self.nodata_only:
             inner_valid = np.logical_or.reduce(
@@ -278,8 +330,11 @@ class RasterSource:
                 or [np.ones(shape[1:], dtype=bool)], axis=0)
         elif self.has_mask:
             mask_bands = [self.bands[0]] if self.per_dataset_mask else list(self.bands)
-            masks = ds.read_masks(mask_bands, window=win, out_shape=(len(mask_bands),) + shape[1:],
-                                  resampling=Resampling.nearest)
+            try:
+                masks = ds.read_masks(mask_bands, window=win, out_shape=(len(mask_bands),) + shape[1:],
+                                      resampling=Resampling.nearest)
+            except RasterioError as exc:
+                raise self._read_error(exc, f"mask of window col {c0}, row {r0}, {cw}x{ch} px") from exc
             inner_valid = np.logical_and.reduce(masks > 0, axis=0)
         if raw.dtype.kind == "f":
             finite = np.isfinite(raw).all(axis=0)
@@ -351,18 +406,18 @@ def _read_vector_extent(path: Path, raster_crs: Any) -> Any:
     from shapely import union_all
 
     if not path.exists():
-        raise RsclipFileNotFoundError(f"--extent {path}: no such file")
+        raise RsclipFileNotFoundError(f"{path}: no such file", field="extent")
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises DataSourceError and friends
-        raise RsclipInputError(f"--extent {path}: not a readable vector file ({exc})") from exc
+        raise RsclipInputError(f"{path}: not a readable vector file ({exc})", field="extent") from exc
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if frame.empty:
-        raise RsclipInputError(f"--extent {path}: contains no geometries")
+        raise RsclipInputError(f"{path}: contains no geometries", field="extent")
     if raster_crs is not None and frame.crs is not None:
         frame = frame.to_crs(raster_crs)
     elif raster_crs is not None and frame.crs is None:
-        warnings.warn(f"--extent {path}: no CRS, assuming the raster's", RsclipWarning, stacklevel=4)
+        warnings.warn(RsclipWarning(f"{path}: no CRS, assuming the raster's", field="extent"), stacklevel=4)
     return union_all(list(frame.geometry.values))
 
 

@@ -7,7 +7,11 @@ the reader pads them and marks the padding invalid).
 
 Output rasters (land-cover codes, confidence, search heat-map) use a *cell* grid whose cell is one
 tile stride: each cell receives the overlap-area-weighted average of every tile covering it, so
-overlapping tiles vote instead of the last one winning.
+overlapping tiles vote instead of the last one winning. The cell grid starts at the region's
+top-left corner and has ``ceil(region / stride)`` cells per axis, so it is the region snapped
+outward by less than one cell on the right and bottom edges (`TileGrid.cell_coverage` gives the
+fraction of each edge cell inside the region); vector outputs (tile polygons, class polygons)
+are clipped to the region exactly (`TileGrid.clip_windows`).
 """
 
 from __future__ import annotations
@@ -55,20 +59,20 @@ class TilingConfig:
     def validate(self) -> TilingConfig:
         """Check values; raise `RsclipInputError` naming the option at fault. Returns self."""
         if self.tile_size is not None and (int(self.tile_size) != self.tile_size or self.tile_size < 8):
-            raise RsclipInputError(f"--tile: tile size must be an integer >= 8 pixels, got {self.tile_size}")
+            raise RsclipInputError(f"must be an integer >= 8 pixels, got {self.tile_size}", field="tile_size")
         if not 0.0 <= float(self.overlap) < 1.0:
-            raise RsclipInputError(f"--overlap: must be a fraction in [0, 1), got {self.overlap}")
+            raise RsclipInputError(f"must be a fraction in [0, 1), got {self.overlap}", field="overlap")
         if self.resolution is not None and not float(self.resolution) > 0:
-            raise RsclipInputError(f"--resolution: must be > 0 metres per pixel, got {self.resolution}")
+            raise RsclipInputError(f"must be > 0 metres per pixel, got {self.resolution}", field="resolution")
         if self.bands is not None:
             bands = tuple(int(b) for b in self.bands)
             if len(bands) not in (1, 3) or min(bands) < 1:
                 raise RsclipInputError(
-                    f"--bands: give 3 band numbers (1-based) for R,G,B or 1 for grey, got {self.bands}"
+                    f"give 3 band numbers (1-based) for R,G,B or 1 for grey, got {self.bands}", field="bands"
                 )
             self.bands = bands
         if int(self.batch_size) < 1:
-            raise RsclipInputError(f"--batch-size: must be >= 1, got {self.batch_size}")
+            raise RsclipInputError(f"must be >= 1, got {self.batch_size}", field="batch_size")
         if not 0.0 <= float(self.min_valid_fraction) <= 1.0:
             raise RsclipInputError(f"min_valid_fraction: must be in [0, 1], got {self.min_valid_fraction}")
         if isinstance(self.stretch, str):
@@ -136,6 +140,25 @@ class TileGrid:
         out[:, 3] = self.tile_h
         return out
 
+    def clip_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Windows intersected with the region ``[col0, col1) x [row0, row1)`` (edge tiles cut)."""
+        w = np.asarray(windows, dtype=np.int64).reshape(-1, 4).copy()
+        x0 = np.clip(w[:, 0], self.col0, self.col1)
+        y0 = np.clip(w[:, 1], self.row0, self.row1)
+        x1 = np.clip(w[:, 0] + w[:, 2], self.col0, self.col1)
+        y1 = np.clip(w[:, 1] + w[:, 3], self.row0, self.row1)
+        w[:, 0], w[:, 1], w[:, 2], w[:, 3] = x0, y0, x1 - x0, y1 - y0
+        return w
+
+    def cell_coverage(self) -> np.ndarray:
+        """float64 [cell rows, cell cols]: fraction of each output cell inside the region (1 but at the edges)."""
+        def axis(start: int, end: int, stride: int, n: int) -> np.ndarray:
+            left = start + np.arange(n) * stride
+            return np.clip((end - left) / stride, 0.0, 1.0)
+
+        return np.outer(axis(self.row0, self.row1, self.stride_y, self.n_cell_rows),
+                        axis(self.col0, self.col1, self.stride_x, self.n_cell_cols))
+
     def cell_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """Fraction of a cell covered by a tile, for the cells a tile spans (x then y)."""
         return _cover_weights(self.tile_w, self.stride_x), _cover_weights(self.tile_h, self.stride_y)
@@ -163,9 +186,9 @@ def plan_grid(
     """
     col0, row0, col1, row1 = (int(v) for v in region)
     if col1 <= col0 or row1 <= row0:
-        raise RsclipInputError(f"extent: empty processing region {region}")
+        raise RsclipInputError(f"empty processing region {region}", field="extent")
     if tile_w < 1 or tile_h < 1:
-        raise RsclipInputError(f"--tile: tile of {tile_w}x{tile_h} source pixels is empty")
+        raise RsclipInputError(f"tile of {tile_w}x{tile_h} source pixels is empty", field="tile_size")
     stride_x = max(1, int(round(tile_w * (1.0 - overlap))))
     stride_y = max(1, int(round(tile_h * (1.0 - overlap))))
     n_cols = 1 + max(0, math.ceil((col1 - col0 - tile_w) / stride_x))

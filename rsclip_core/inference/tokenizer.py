@@ -90,9 +90,10 @@ def build_clip_bpe_tokenizer(bpe_vocab_gz: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"{path}: CLIP BPE merges file not found")
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    if len(merges) != 49152 - 256 - 2 or any(len(m) != 2 for m in merges):
+    pairs = [line.split() for line in lines[1 : 49152 - 256 - 2 + 1]]
+    if len(pairs) != 49152 - 256 - 2 or any(len(m) != 2 for m in pairs):
         raise TokenizerError(f"{path}: not a CLIP BPE merges file (expected 48894 merge pairs)")
+    merges = [(m[0], m[1]) for m in pairs]
     byte_symbols = list(bytes_to_unicode().values())
     vocab_list = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
     vocab_list += [CLIP_SOT, CLIP_EOT]

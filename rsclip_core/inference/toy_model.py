@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rsclip_core import spec
+
+if TYPE_CHECKING:
+    import onnx
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 # word -> RGB direction of the embedding space (other words embed to zero and only dilute)
@@ -28,7 +32,7 @@ EXTRA_WORDS = ["a", "an", "of", "image", "satellite", "aerial", "remote", "sensi
                "top-down", "view", "the", "and", "."]
 
 
-def _save(model: object, path: Path) -> None:
+def _save(model: onnx.ModelProto, path: Path) -> None:
     import onnx
 
     onnx.checker.check_model(model)
@@ -45,16 +49,40 @@ def _normalize_nodes(src: str, dst: str) -> list:
     ]
 
 
-def image_graph(image_size: int, embed_dim: int) -> object:
-    """``image`` [N, 3, S, S] -> mean colour -> [N, D] (first three dims = RGB, plus a bias)."""
+def image_graph(image_size: int, embed_dim: int, dense_grid: int | None = None) -> onnx.ModelProto:
+    """``image`` [N, 3, S, S] -> mean colour -> [N, D] (first three dims = RGB, plus a bias).
+
+    With ``dense_grid`` g the colour is first averaged over g x g cells (the "feature map") and the
+    graph also outputs ``dense`` [N, D, g, g]: the projection of every cell (un-normalised), as
+    exported rsclip image graphs do (``rsclip_core.spec``).
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     weight = np.zeros((3, embed_dim), dtype=np.float32)
     weight[0, 0] = weight[1, 1] = weight[2, 2] = 1.0
     bias = np.zeros(embed_dim, dtype=np.float32)
     bias[3 % embed_dim] = 0.05  # keeps black tiles off the zero vector
+    features = spec.IMAGE_INPUT
+    dense_nodes: list = []
+    outputs = [helper.make_tensor_value_info(spec.EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", embed_dim])]
+    if dense_grid is not None:
+        if image_size % int(dense_grid):
+            raise ValueError(f"dense_grid {dense_grid} does not divide image_size {image_size}")
+        cell = image_size // int(dense_grid)
+        features = "cells"
+        dense_nodes = [
+            helper.make_node("AveragePool", [spec.IMAGE_INPUT], ["cells"], kernel_shape=[cell, cell],
+                             strides=[cell, cell]),
+            helper.make_node("Transpose", ["cells"], ["cells_nhwc"], perm=[0, 2, 3, 1]),
+            helper.make_node("MatMul", ["cells_nhwc", "w"], ["cells_proj"]),
+            helper.make_node("Add", ["cells_proj", "b"], ["cells_feat"]),
+            helper.make_node("Transpose", ["cells_feat"], [spec.DENSE_OUTPUT], perm=[0, 3, 1, 2]),
+        ]
+        outputs.append(helper.make_tensor_value_info(spec.DENSE_OUTPUT, TensorProto.FLOAT,
+                                                     ["batch", embed_dim, dense_grid, dense_grid]))
     nodes = [
-        helper.make_node("GlobalAveragePool", [spec.IMAGE_INPUT], ["pooled"]),
+        *dense_nodes,
+        helper.make_node("GlobalAveragePool", [features], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "w"], ["proj"]),
         helper.make_node("Add", ["proj", "b"], ["feat"]),
@@ -63,14 +91,14 @@ def image_graph(image_size: int, embed_dim: int) -> object:
     graph = helper.make_graph(
         nodes, "toy_image",
         [helper.make_tensor_value_info(spec.IMAGE_INPUT, TensorProto.FLOAT, ["batch", 3, image_size, image_size])],
-        [helper.make_tensor_value_info(spec.EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", embed_dim])],
+        outputs,
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b"),
          numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "eps")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def text_graph(vocab: dict[str, int], context_length: int, embed_dim: int) -> object:
+def text_graph(vocab: dict[str, int], context_length: int, embed_dim: int) -> onnx.ModelProto:
     """``tokens`` [N, ctx] -> mean of word vectors -> [N, D]."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -108,12 +136,15 @@ def write_toy_model(model_dir: str | Path, *, image_size: int = 32, context_leng
                     embed_dim: int = 8, mean: Sequence[float] = (0.0, 0.0, 0.0),
                     std: Sequence[float] = (1.0, 1.0, 1.0), logit_scale: float = 100.0,
                     interpolation: str = "bilinear", model_name: str = "toy-colour",
-                    classes: list | None = None) -> Path:
-    """Write a complete model directory (rsclip.json, image.onnx, text.onnx, tokenizer.json)."""
+                    classes: list | None = None, dense_grid: int | None = None) -> Path:
+    """Write a complete model directory (rsclip.json, image.onnx, text.onnx, tokenizer.json).
+
+    ``dense_grid`` g adds the ``dense`` image output on a g x g grid (see `image_graph`).
+    """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     vocab = write_toy_tokenizer(model_dir / spec.TOKENIZER_FILE)
-    _save(image_graph(image_size, embed_dim), model_dir / spec.IMAGE_ONNX)
+    _save(image_graph(image_size, embed_dim, dense_grid), model_dir / spec.IMAGE_ONNX)
     _save(text_graph(vocab, context_length, embed_dim), model_dir / spec.TEXT_ONNX)
     meta = spec.ModelMetadata(
         model_name=model_name, embed_dim=embed_dim, image_size=image_size, mean=list(mean), std=list(std),
@@ -121,6 +152,10 @@ def write_toy_model(model_dir: str | Path, *, image_size: int = 32, context_leng
         tokenizer_kind="wordpiece", pad_id=vocab["[PAD]"], sot_id=vocab["[CLS]"], eot_id=vocab["[SEP]"],
         source={"kind": "toy model for tests (rsclip_core.inference.toy_model)"},
     )
+    if dense_grid is not None:
+        meta.dense_output = spec.DENSE_OUTPUT
+        meta.dense_grid = [int(dense_grid), int(dense_grid)]
+        meta.dense_stride = image_size // int(dense_grid)
     if classes is not None:
         (model_dir / spec.CLASSES_FILE).write_text(json.dumps({"classes": classes}, indent=2))
         meta.default_classes = spec.CLASSES_FILE

@@ -1,5 +1,5 @@
 """Torch models: registry of JSON configs, MCi/EfficientNet-Lite image towers, MCt/transformer/MiniLM
-text towers, teachers and tokenizers. See docs/design.md ("Torch models")."""
+text towers and tokenizers (teachers: ``rsclip_core.teachers``). See docs/design.md ("Torch models")."""
 
 from rsclip_core.models.factory import (
     CheckpointError,
@@ -14,37 +14,25 @@ from rsclip_core.models.factory import (
     tokenizer_spec,
 )
 from rsclip_core.models.model import (
-    PreprocessConfig,
     RSClipModel,
     TokenizerSpec,
     lock_towers,
     unlock_towers,
-)
-from rsclip_core.models.teachers import (
-    OpenClipTeacher,
-    TeacherError,
-    create_offline_teacher,
-    load_open_clip_teacher,
 )
 from rsclip_core.models.tokenizer import get_tokenizer, save_inference_tokenizer
 
 __all__ = [
     "CheckpointError",
     "ModelConfigError",
-    "OpenClipTeacher",
-    "PreprocessConfig",
     "RSClipModel",
-    "TeacherError",
     "TokenizerSpec",
     "create_model",
-    "create_offline_teacher",
     "extract_state_dict",
     "get_model_config",
     "get_tokenizer",
     "image_transform",
     "list_models",
     "load_checkpoint",
-    "load_open_clip_teacher",
     "lock_towers",
     "preprocess_config",
     "save_inference_tokenizer",

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rsclip_core.models.model import PreprocessConfig, RSClipModel, TokenizerSpec
+from rsclip_core.models.model import RSClipModel, TokenizerSpec
+from rsclip_core.preprocess import PreprocessConfig, PreprocessConfigError, image_to_input
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg", "preprocess", "tokenizer")
@@ -45,6 +47,7 @@ def _validate(config: dict[str, Any], origin: str) -> dict[str, Any]:
         raise ModelConfigError(f"{origin}: vision_cfg needs image_size")
     if "context_length" not in config["tokenizer"] or "kind" not in config["tokenizer"]:
         raise ModelConfigError(f"{origin}: tokenizer needs kind and context_length")
+    preprocess_config(config, origin)  # one clear line for a bad preprocess block
     return config
 
 
@@ -77,15 +80,15 @@ def _model_name(name: str) -> str:
     return Path(name).stem if name.endswith(".json") else name
 
 
-def preprocess_config(config: dict[str, Any]) -> PreprocessConfig:
-    pre = config["preprocess"]
-    return PreprocessConfig(
-        image_size=int(config["vision_cfg"]["image_size"]),
-        mean=tuple(float(v) for v in pre.get("mean", (0.0, 0.0, 0.0))),
-        std=tuple(float(v) for v in pre.get("std", (1.0, 1.0, 1.0))),
-        interpolation=pre.get("interpolation", "bilinear"),
-        resize_mode=pre.get("resize_mode", "shortest"),
-    )
+def preprocess_config(config: dict[str, Any], origin: str = "model config") -> PreprocessConfig:
+    """The :class:`~rsclip_core.preprocess.PreprocessConfig` of a model config (``vision_cfg.image_size``
+    + the ``preprocess`` block)."""
+    try:
+        return PreprocessConfig.from_dict(
+            {**config["preprocess"], "image_size": config["vision_cfg"]["image_size"]}, origin
+        )
+    except PreprocessConfigError as exc:
+        raise ModelConfigError(str(exc)) from exc
 
 
 def tokenizer_spec(config: dict[str, Any]) -> TokenizerSpec:
@@ -213,37 +216,18 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], ori
         raise CheckpointError(f"{origin}: checkpoint does not fit model {name!r}: " + "; ".join(parts))
 
 
-def _to_rgb(image: Any) -> Any:
-    return image.convert("RGB")
-
-
-def image_transform(preprocess_cfg: PreprocessConfig | dict[str, Any], train: bool = False) -> Any:
-    """torchvision transform PIL image -> standardised tensor; ``train`` adds random crop + flips."""
-    from torchvision import transforms as T
-
-    cfg = preprocess_cfg if isinstance(preprocess_cfg, PreprocessConfig) else PreprocessConfig(**preprocess_cfg)
-    modes = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
-    if cfg.interpolation not in modes:
-        raise ModelConfigError(f"interpolation {cfg.interpolation!r} is not one of {sorted(modes)}")
-    size = cfg.image_size
-    interp = modes[cfg.interpolation]
-    if train:
-        geometry = [
-            T.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=interp),
-            T.RandomHorizontalFlip(),
-            T.RandomVerticalFlip(),  # overhead imagery has no canonical "up"
-        ]
-    elif cfg.resize_mode == "squash":
-        geometry = [T.Resize((size, size), interpolation=interp)]
-    elif cfg.resize_mode == "shortest":
-        geometry = [T.Resize(size, interpolation=interp), T.CenterCrop(size)]
+def image_transform(preprocess_cfg: PreprocessConfig | dict[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> standardised float32 tensor ``[3, S, S]``: a torch wrapper over
+    :func:`rsclip_core.preprocess.image_to_input` (the one preprocessing definition)."""
+    if isinstance(preprocess_cfg, PreprocessConfig):
+        cfg = preprocess_cfg
     else:
-        raise ModelConfigError(f"resize_mode {cfg.resize_mode!r} is not one of ['shortest', 'squash']")
-    return T.Compose(
-        [
-            T.Lambda(_to_rgb),
-            *geometry,
-            T.ToTensor(),
-            T.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
-        ]
-    )
+        try:
+            cfg = PreprocessConfig.from_dict(dict(preprocess_cfg))
+        except PreprocessConfigError as exc:
+            raise ModelConfigError(str(exc)) from exc
+
+    def transform(image: Any) -> torch.Tensor:
+        return torch.from_numpy(image_to_input(image, cfg))
+
+    return transform

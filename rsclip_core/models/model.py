@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsclip_core.preprocess import PreprocessConfig
 from rsclip_core.spec import tokenizer_metadata_fields
-
-
-@dataclass
-class PreprocessConfig:
-    """How pixels must be prepared for the image tower (mirrored into the export's metadata)."""
-
-    image_size: int
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    interpolation: str = "bilinear"  # bilinear | bicubic
-    resize_mode: str = "shortest"  # shortest (resize short side + centre crop) | squash
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        return data
 
 
 @dataclass
@@ -143,7 +128,7 @@ def _layer_groups(module: nn.Module) -> list[tuple[str, nn.Module]]:
                 else:
                     groups.append((f"{name}.{sub_name}", sub))
         elif name == "encoder" and hasattr(child, "layer"):  # Hugging Face BERT-like
-            groups += [(f"encoder.layer.{n}", m) for n, m in child.layer.named_children()]
+            groups += [(f"encoder.layer.{n}", m) for n, m in child.get_submodule("layer").named_children()]
         else:
             groups.append((name, child))
     merged: list[tuple[str, nn.Module]] = []

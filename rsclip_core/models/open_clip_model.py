@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from rsclip_core.models.factory import CheckpointError, ModelConfigError, check_state_dict, extract_state_dict
-from rsclip_core.models.model import PreprocessConfig, RSClipModel, TokenizerSpec
+from rsclip_core.models.model import RSClipModel, TokenizerSpec
 from rsclip_core.models.pretrained import CheckpointEntry, UnknownEntryError, resolve_entry
+from rsclip_core.preprocess import PreprocessConfig
 
 PREFIX = "open_clip:"
 # keys in some files that are no model weights (OpenAI archive attributes, non-persistent buffers, old HF ids)

@@ -87,8 +87,12 @@ def save_inference_tokenizer(model: RSClipModel | TokenizerSpec, path: str | Pat
     tmp = Path(tmp_name)
     try:
         if spec.kind == "clip-bpe":
+            if spec.bpe_vocab is None:
+                raise ValueError("clip-bpe tokenizer spec has no bpe_vocab file")
             build_clip_bpe_tokenizer(spec.bpe_vocab).save(str(tmp))
         elif spec.kind == "wordpiece":
+            if spec.tokenizer_json is None:
+                raise ValueError("wordpiece tokenizer spec has no tokenizer_json file")
             shutil.copyfile(spec.tokenizer_json, tmp)
         else:
             raise ValueError(f"unknown tokenizer kind {spec.kind!r}")

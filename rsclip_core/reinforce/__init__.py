@@ -2,10 +2,9 @@
 
 * :mod:`.shards` — on-disk format, :class:`~.shards.ReinforcedSample` (the one type handed to the
   trainer), :func:`~.shards.iter_samples`, :func:`~.shards.load_manifest`, :func:`~.shards.list_shards`.
-* :mod:`.teachers` — teacher protocol, open_clip / rsclip-config teachers, the ensemble.
 * :mod:`.captioners` — ``Captioner`` protocol, open_clip CoCa, offline neighbour + scene-label captioner.
 * :mod:`.builder` — ``build_reinforced_dataset`` (deterministic, ``--shard i/n``, atomic, resumable).
-* :mod:`.teacher_fit` — LiT-style fitting / evaluation of the offline teachers.
 
-Submodules are imported explicitly (torch stays out of ``import rsclip_core.reinforce``).
+Teachers (protocol, ensemble, offline and open_clip teachers, fitting) live in
+:mod:`rsclip_core.teachers`. Submodules are imported explicitly (torch stays out of ``import rsclip_core.reinforce``).
 """

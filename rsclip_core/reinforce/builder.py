@@ -35,13 +35,13 @@ from rsclip_core.reinforce.shards import (
     Manifest,
     ReinforcedSample,
     ShardFormatError,
-    atomic_write_bytes,
     list_shards,
     load_manifest,
     save_manifest,
     write_shard,
 )
-from rsclip_core.reinforce.teachers import TeacherEnsemble
+from rsclip_core.teachers.base import TeacherEnsemble
+from rsclip_core.workdir import atomic_write_bytes
 
 
 class BuildError(ValueError):
@@ -136,7 +136,8 @@ def build_caption_bank(
         if len(kept) != len(keys):
             raise BuildError(f"{cache_path}: caption bank cache does not match the bank records; delete it")
     else:
-        kept, img_rows = [], {n: [] for n in names}
+        kept = []
+        img_rows: dict[str, list[Any]] = {n: [] for n in names}
         bar = tqdm(total=len(bank), desc="caption bank", unit="img", disable=not progress)
         for b in range(0, len(bank), batch_size):
             views, recs = [], []
@@ -356,7 +357,10 @@ def storage_report(out_dir: str | Path) -> dict[str, Any]:
                         n += 1
                     parts[ext] = parts.get(ext, 0) + m.size
                     if ext == "npz":
-                        data = tar.extractfile(m).read()
+                        member = tar.extractfile(m)
+                        if member is None:  # not a regular file (skipped above): nothing to read
+                            continue
+                        data = member.read()
                         with zipfile.ZipFile(io.BytesIO(data)) as z:
                             for info in z.infolist():
                                 npz_parts[info.filename[:-4]] = npz_parts.get(info.filename[:-4], 0) + info.compress_size

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rsclip_core.data.readers import DEFAULT_CAPTION_TEMPLATES, ImageTextRecord, class_name_from_folder
+from rsclip_core.data.readers import ImageTextRecord, clean_class_name
+from rsclip_core.prompts import CAPTION_TEMPLATES, fill_prompts
 
 
 class CaptionerError(ValueError):
@@ -120,7 +121,7 @@ class NeighbourCaptioner:
 
     def __init__(self, bank: Sequence[ImageTextRecord], bank_embeddings: np.ndarray,
                  caption_embeddings: np.ndarray, num_neighbours: int = 10, label_captions: int = 1,
-                 templates: Sequence[str] = DEFAULT_CAPTION_TEMPLATES) -> None:
+                 templates: Sequence[str] = CAPTION_TEMPLATES) -> None:
         if len(bank) == 0:
             raise CaptionerError("the neighbour captioner needs a non-empty caption bank")
         self.keys = [r.key for r in bank]
@@ -170,9 +171,9 @@ class NeighbourCaptioner:
                 if len(out) >= num_captions - n_label:
                     break
         if n_label:
-            label = class_name_from_folder(str(record.label))  # "DenseResidential" -> "dense residential"
+            label = clean_class_name(str(record.label))  # "DenseResidential" -> "dense residential"
             templates = rng.sample(self.templates, k=min(n_label, len(self.templates)))
-            out += [t.format(label) for t in templates]
+            out += fill_prompts(label, templates)
         while len(out) < num_captions:  # tiny banks: repeat what we have (or fall back to a template)
-            out.append(out[len(out) % max(1, len(out))] if out else self.templates[0].format("a scene"))
+            out.append(out[len(out) % max(1, len(out))] if out else fill_prompts("a scene", self.templates[:1])[0])
         return out[:num_captions]

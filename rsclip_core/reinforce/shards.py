@@ -48,9 +48,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+
+from rsclip_core.teachers.base import TeacherInfo
+from rsclip_core.workdir import atomic_target, atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -131,7 +134,7 @@ class ReinforcedSample:
             for teacher, emb in getattr(self, kind).items():
                 arrays[f"{kind}.{teacher}"] = float_to_bf16_bits(emb)
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **cast(dict[str, Any], arrays))
         meta = {"captions": self.captions, "label": self.label, "split": self.split, "source": self.source}
         return {
             "__key__": self.key,
@@ -188,16 +191,6 @@ def _as_bytes(value: Any) -> bytes:
 
 
 @dataclass
-class TeacherInfo:
-    name: str
-    dim: int
-    kind: str  # "rsclip" (create_model config) or "open_clip"
-    checkpoint: str | None = None
-    arch: str | None = None
-    logit_scale: float | None = None  # the teacher's own learned temperature (multiplier), the KD default
-
-
-@dataclass
 class Manifest:
     """Dataset-level facts, identical for every ``--shard i/n`` worker (written atomically by each)."""
 
@@ -235,17 +228,6 @@ class Manifest:
                                   "source", "shard_size", "num_shards", "augmentation", "format_version")}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename (never a half-written file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_manifest(directory: str | Path, manifest: Manifest) -> Path:
     path = Path(directory) / MANIFEST_NAME
     atomic_write_bytes(path, json.dumps(manifest.to_dict(), indent=2).encode())
@@ -279,27 +261,20 @@ def write_shard(path: str | Path, samples: Iterable[ReinforcedSample]) -> int:
 
     Members get a fixed mtime/uid so the same samples give byte-identical shards.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in samples:
-                    for name, data in _members(sample.to_wds()):
-                        info = tarfile.TarInfo(name)
-                        info.size = len(data)
-                        info.mtime = 0
-                        info.mode = 0o644
-                        info.uname = info.gname = "rsclip"
-                        tar.addfile(info, io.BytesIO(data))
-                    count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                for name, data in _members(sample.to_wds()):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    info.mtime = 0
+                    info.mode = 0o644
+                    info.uname = info.gname = "rsclip"
+                    tar.addfile(info, io.BytesIO(data))
+                count += 1
+        f.flush()
+        os.fsync(f.fileno())
     return count
 
 

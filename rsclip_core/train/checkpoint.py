@@ -17,13 +17,14 @@ EMA weights when the run kept them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+
+from rsclip_core.workdir import atomic_target
 
 CHECKPOINT_FORMAT = "rsclip-train"
 CHECKPOINT_VERSION = 1
@@ -36,14 +37,8 @@ class CheckpointError(ValueError):
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` through a temp file + ``os.replace``: a crash never leaves a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -65,6 +60,17 @@ RESUME_KEYS = ("model", "mode", "batch_size", "accum_steps", "seed", "lam", "syn
 """Config fields a resumed run must share with its checkpoint (they change the data order or the state's shapes)."""
 
 
+def _header(config: dict[str, Any], image_size: int, step: int) -> dict[str, Any]:
+    """The fields ``last.pt`` and ``model.pt`` share: format, version, model name, resolution, step."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_name": config["model"],
+        "image_size": image_size,
+        "step": step,
+    }
+
+
 def resumable_checkpoint(
     *,
     config: dict[str, Any],
@@ -82,11 +88,7 @@ def resumable_checkpoint(
 ) -> dict[str, Any]:
     """The full training state of ``last.pt`` (``config`` is the resolved ``TrainConfig.to_dict()``)."""
     return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_name": config["model"],
-        "image_size": image_size,
-        "step": step,
+        **_header(config, image_size, step),
         "data_position": list(data_position),
         "model": model,
         "ema": ema,
@@ -103,11 +105,7 @@ def resumable_checkpoint(
 def weights_checkpoint(*, config: dict[str, Any], image_size: int, step: int, model: dict[str, Any]) -> dict[str, Any]:
     """The final weights of ``model.pt`` (the EMA's where the run kept one): what evaluation and export read."""
     return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_name": config["model"],
-        "image_size": image_size,
-        "step": step,
+        **_header(config, image_size, step),
         "model": model,
         "ema": None,
         "config": config,
@@ -128,7 +126,8 @@ def check_resumable(state: dict[str, Any], config: dict[str, Any], world_size: i
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states of this process, in types ``torch.load(weights_only=True)`` reads."""
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    legacy_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    name, keys, pos, has_gauss, cached_gaussian = legacy_state
     numpy_state = {
         "name": name,
         "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -178,7 +177,7 @@ def _with_image_size(model: Any, image_size: int | None) -> Any:
     preprocess = getattr(model, "preprocess", None)
     if preprocess is None or getattr(preprocess, "image_size", None) == image_size:
         return model
-    if dataclasses.is_dataclass(preprocess):
+    if dataclasses.is_dataclass(preprocess) and not isinstance(preprocess, type):
         model.preprocess = dataclasses.replace(preprocess, image_size=image_size)
     elif isinstance(preprocess, dict):
         model.preprocess = {**preprocess, "image_size": image_size}

@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 MODES = ("clip", "reinforced", "online")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -128,7 +128,7 @@ class TrainConfig:
             cfg.grad_clip = None
         if cfg.image_size is not None and cfg.image_size < 16:
             raise TrainConfigError(f"--image-size: must be >= 16, got {cfg.image_size}")
-        cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
+        cfg.betas = cast("tuple[float, float]", tuple(cfg.betas))  # a list when read from JSON/YAML
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,8 +180,8 @@ def field_type(name: str) -> tuple[str, bool]:
 
 def field_default(name: str) -> Any:
     f = FIELDS[name]
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return None if f.default is dataclasses.MISSING else f.default
 
 
@@ -217,7 +217,7 @@ def _coerce(base: str, value: Any) -> Any:
 
 def check_values(values: dict[str, Any], source: str) -> dict[str, Any]:
     """``values`` with every key a TrainConfig field and every value of its type (ints accepted as floats)."""
-    checked = {}
+    checked: dict[str, Any] = {}
     for key, value in values.items():
         if key not in FIELDS:
             raise TrainConfigError(f"{source}: unknown key {key!r} (TrainConfig fields: {', '.join(FIELDS)})")

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rsclip_core.data.augment import model_view
+from rsclip_core.preprocess import PreprocessConfig, standardise, to_pixels
 from rsclip_core.reinforce.shards import ReinforcedSample, ShardFormatError, list_shards, load_manifest
 
 
@@ -145,25 +147,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 @dataclass
 class ItemConfig:
-    """What one training item is made of."""
+    """What one training item is made of (``preprocess``: the student's, see :mod:`rsclip_core.preprocess`)."""
 
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    preprocess: PreprocessConfig
     teachers: tuple[str, ...]
     synthetic: bool = True
     stored_embeddings: bool = True  # False in online distillation: teachers embed the view live
     keep_view: bool = False  # also return the uint8 view (online teachers need it)
-
-
-def image_to_tensor(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """A PIL view as a standardised float tensor ``[3, size, size]``."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (array - mean_t) / std_t
 
 
 def build_item(sample: ReinforcedSample, rng: random.Random, cfg: ItemConfig) -> dict[str, Any]:
@@ -173,14 +163,16 @@ def build_item(sample: ReinforcedSample, rng: random.Random, cfg: ItemConfig) ->
     if not sample.captions:
         raise TrainDataError(f"sample {sample.key!r}: no real captions")
     k = rng.randrange(len(sample.aug_params))
-    view = sample.augmented_view(k)
+    original = sample.image()
+    # the stored crop straight at the student's size and interpolation (one resample)
+    view = model_view(original, sample.aug_params[k], cfg.preprocess)
     j = rng.randrange(len(sample.captions))
     item: dict[str, Any] = {
-        "image": image_to_tensor(view, cfg.image_size, cfg.mean, cfg.std),
+        "image": torch.from_numpy(standardise(to_pixels(view), cfg.preprocess)),
         "caption": sample.captions[j],
     }
-    if cfg.keep_view:
-        item["view"] = np.asarray(view, dtype=np.uint8)
+    if cfg.keep_view:  # online teachers embed the view as stored (their own size and interpolation)
+        item["view"] = np.asarray(sample.augmented_view(k, original), dtype=np.uint8)
     s = None
     if cfg.synthetic:
         if not sample.syn_captions:

@@ -23,10 +23,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -53,6 +53,10 @@ from rsclip_core.train.data import (
     make_collate,
 )
 from rsclip_core.train.loss import NegativeQueue, reinforced_loss
+from rsclip_core.workdir import atomic_write_text
+
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
 
 LOG_FILE = "train_log.jsonl"
 LAST_CHECKPOINT = "last.pt"
@@ -61,7 +65,7 @@ CONFIG_FILE = "train_config.json"
 
 
 class OnlineTeacher(Protocol):
-    """A teacher run live (mode ``online``), the ``rsclip_core.reinforce.teachers.Teacher`` protocol:
+    """A teacher run live (mode ``online``), the ``rsclip_core.teachers.base.Teacher`` protocol:
     PIL views and caption strings -> L2-normalised float32 numpy ``[N, dim]``."""
 
     name: str
@@ -173,7 +177,7 @@ def _recorded_teacher_scale(info: Any) -> float | None:
     if getattr(info, "logit_scale", None):
         return float(info.logit_scale)
     if info.kind == "offline" and info.checkpoint and Path(info.checkpoint).is_file():
-        from rsclip_core.reinforce.teachers import offline_logit_scale
+        from rsclip_core.teachers.heads import offline_logit_scale
 
         return offline_logit_scale(torch.load(info.checkpoint, map_location="cpu", weights_only=True))
     return None
@@ -209,9 +213,7 @@ def _truncate_log(path: Path, keep_through_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= keep_through_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
@@ -230,8 +232,8 @@ class _Run:
     store: ShardStore
     teachers: list[str]
     teacher_scales: dict[str, float]
-    model: torch.nn.Module
-    wrapped: torch.nn.Module
+    model: RSClipModel
+    wrapped: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
     ema: Any
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -245,7 +247,7 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
-    model: torch.nn.Module | None = None,
+    model: RSClipModel | None = None,
     tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
     online_teachers: Sequence[OnlineTeacher] | None = None,
     stop_after_steps: int | None = None,
@@ -316,7 +318,7 @@ def _build_run(
     store: ShardStore,
     teachers: list[str],
     resume_state: dict[str, Any] | None,
-    model: torch.nn.Module | None,
+    model: RSClipModel | None,
     tokenizer: Callable[[list[str]], torch.Tensor] | None,
     online_teachers: Sequence[OnlineTeacher] | None,
 ) -> tuple[_Run, Callable[[list[str]], torch.Tensor], Sequence[OnlineTeacher] | None]:
@@ -377,7 +379,7 @@ def _resolve_online_teachers(
     if cfg.mode != "online":
         return online_teachers
     if online_teachers is None:
-        from rsclip_core.train.online import load_online_teachers
+        from rsclip_core.teachers.online import load_online_teachers
 
         online_teachers = load_online_teachers(store.manifest, teachers, cfg.online_teacher_specs)
     names = [t.name for t in online_teachers or []]
@@ -397,7 +399,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         run.queues[kind].load_state_dict(queue_state)
     set_rng_state(state["rng"][run.ddp.rank])
     run.step = int(state["step"])
-    run.position = tuple(state["data_position"])  # type: ignore[assignment]
+    run.position = (int(state["data_position"][0]), int(state["data_position"][1]))
 
 
 def _build_batches(
@@ -408,9 +410,7 @@ def _build_batches(
     preprocess = model.preprocess
     image_size = run.image_size
     item_cfg = ItemConfig(
-        image_size=image_size,
-        mean=tuple(preprocess.mean),
-        std=tuple(preprocess.std),
+        preprocess=preprocess.replace(image_size=image_size),
         teachers=tuple(teachers) if cfg.lam > 0 else (),
         synthetic=bool(cfg.synthetic),
         stored_embeddings=cfg.mode == "reinforced",
@@ -507,7 +507,8 @@ def _optimizer_step(
         run.position = (epoch, in_epoch + 1) if in_epoch + 1 < sampler.steps_per_epoch else (epoch + 1, 0)
         if cfg.mode == "online":
             _add_online_targets(batch, online_teachers, bool(cfg.synthetic))
-        sync_ctx = wrapped.no_sync() if (wrapped is not model and micro < cfg.accum_steps - 1) else _nullctx()
+        ddp_wrapped = wrapped if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else None
+        sync_ctx = ddp_wrapped.no_sync() if (ddp_wrapped is not None and micro < cfg.accum_steps - 1) else _nullctx()
         with sync_ctx:
             parts = _micro_step(wrapped, batch, cfg, run.teachers, run.teacher_scales, run.queues, run.ddp, run.device,
                                 amp_dtype)
@@ -594,6 +595,12 @@ class _nullctx:
         return None
 
 
+def _queued(queue: NegativeQueue, prefix: str, teachers: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The queued ``<prefix>.<teacher>`` embeddings of each teacher the queue holds."""
+    found = {t: queue.get(f"{prefix}.{t}") for t in teachers}
+    return {t: emb for t, emb in found.items() if emb is not None}
+
+
 def _micro_step(
     wrapped: torch.nn.Module,
     batch: dict[str, Any],
@@ -641,8 +648,8 @@ def _micro_step(
             cfg.lam,
             extra_image=queue.get("img") if use_queue else None,
             extra_text=queue.get("txt") if use_queue else None,
-            extra_teacher_image={t: queue.get(f"t_img.{t}") for t in t_img} if use_queue else None,
-            extra_teacher_text={t: queue.get(f"t_txt.{t}") for t in t_txt} if use_queue else None,
+            extra_teacher_image=_queued(queue, "t_img", t_img) if use_queue else None,
+            extra_teacher_text=_queued(queue, "t_txt", t_txt) if use_queue else None,
         )
         if cfg.queue_size > 0:
             entries = {"img": image_all, "txt": text_all}

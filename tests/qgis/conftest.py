@@ -48,6 +48,20 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dense_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny colour model with a ``dense`` image output (4 x 4 cells), written by scripts/test_qgis.sh."""
+    env = os.environ.get("RSCLIP_QGIS_TEST_DENSE_MODEL")
+    if env and (Path(env) / "rsclip.json").is_file():
+        return Path(env)
+    try:
+        from rsclip_core.inference.toy_model import write_toy_model
+
+        return write_toy_model(tmp_path_factory.mktemp("dense-model"), dense_grid=4)
+    except ImportError:
+        pytest.fail("no dense test model: run the suite with scripts/test_qgis.sh")
+
+
+@pytest.fixture(scope="session")
 def raster_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``$RSCLIP_QGIS_TEST_RASTER``, else a real Landsat GeoTIFF from ../shared/data, else a generated one."""
     env = os.environ.get("RSCLIP_QGIS_TEST_RASTER")

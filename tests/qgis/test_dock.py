@@ -168,7 +168,7 @@ def test_cancel_stops_the_run_without_adding_layers(dock):
     before = set(QgsProject.instance().mapLayers())
     task = dock.start_search()
     assert task is not None, dock.last_error
-    task.cancel()
+    task.cancel()  # QGIS's own task-manager cancel
     wait_until(lambda: task not in dock.tasks, 60)
     assert set(QgsProject.instance().mapLayers()) == before
     assert "Cancelled" in dock.status_label.text()

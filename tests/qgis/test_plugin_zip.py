@@ -126,13 +126,22 @@ def test_zip_contents(plugin_zip):
         "rsclip/icon.png",
         "rsclip/LICENSE",
         "rsclip/vendor/rsclip_core/spec.py",
+        "rsclip/vendor/rsclip_core/prompts.py",
+        "rsclip/vendor/rsclip_core/preprocess.py",
         "rsclip/vendor/rsclip_core/inference/runs.py",
-        "rsclip/vendor/resources/classes/landcover.yaml",
+        "rsclip/vendor/rsclip_core/resources/__init__.py",
+        "rsclip/vendor/rsclip_core/resources/classes/landcover.yaml",
     ):
         assert required in names
-    allowed = ("rsclip_core/__init__.py", "rsclip_core/spec.py", "rsclip_core/py.typed")
+    if (REPO_ROOT / "rsclip_core" / "resources" / "models" / "default" / "rsclip.json").is_file():
+        assert "rsclip/vendor/rsclip_core/resources/models/default/image.onnx" in names
+    assert "rsclip/vendor/rsclip_core/resources/samples/naip_m_4709963_se_14_1_20200831.tif" in names
+    assert not [n for n in names if ".mlpackage/" in n]
+    allowed = ("rsclip_core/__init__.py", "rsclip_core/spec.py", "rsclip_core/prompts.py", "rsclip_core/preprocess.py",
+               "rsclip_core/py.typed")
     torch_side = [
-        n for n in names if "/rsclip_core/" in n and "/inference/" not in n and not n.endswith(allowed)
+        n for n in names
+        if "/rsclip_core/" in n and "/inference/" not in n and "/resources/" not in n and not n.endswith(allowed)
     ]
     assert torch_side == []
     assert not [n for n in names if "__pycache__" in n or "/deps/" in n]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from qgis.core import QgsMapRendererParallelJob, QgsMapSettings, QgsProject
+from qgis.core import QgsApplication, QgsMapRendererParallelJob, QgsMapSettings, QgsProject
 from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
 from qgis_helpers import REPO_ROOT, run_dock_task
@@ -52,28 +52,32 @@ def test_dock_screenshot_with_results(dock, raster_layer, tmp_path):
     project = QgsProject.instance()
     hits = dock.last_hits_layer
     landcover = next(x for x in project.mapLayers().values() if x.name().startswith("rsclip land cover:"))
-    landcover.renderer().setOpacity(0.6)
+    assert landcover.renderer().opacity() < 1  # styled translucent by the plugin itself
 
+    # Laptop size: the whole picture is 1366x768, the dock at the height it gets next to the map.
+    screen = QSize(1366, 768)
+    title_h, panel_w = 30, 430
+    panel_h = screen.height() - title_h - 20
     extent = raster_layer.extent()
-    map_h = 620
-    map_w = int(map_h * extent.width() / extent.height())
+    free_w = (screen.width() - panel_w - 40) // 2
+    scale = min(free_w / extent.width(), panel_h / extent.height())
+    map_w, map_h = int(extent.width() * scale), int(extent.height() * scale)
     size = QSize(map_w, map_h)
     search_map = _render([hits, raster_layer], raster_layer.crs(), extent, size)
     lc_map = _render([landcover, raster_layer], raster_layer.crs(), extent, size)
 
-    dock.resize(500, map_h + 60)
     dock.tabs.setCurrentIndex(0)
-    dock.widget().adjustSize()
-    dock.widget().resize(500, map_h + 60)
+    dock.resize(panel_w, panel_h)
+    dock.widget().resize(panel_w, panel_h)
+    QgsApplication.processEvents()
+    dock.scroll.ensureWidgetVisible(dock.zoom_button)  # scrolled down to the Search tab, as a user would
+    assert dock.minimumSizeHint().height() <= panel_h  # the dock fits (it scrolls)
     panel = dock.widget().grab().toImage()
 
-    title_h = 30
-    width = 2 * map_w + panel.width() + 40
-    height = max(map_h, panel.height()) + title_h + 20
-    canvas = QImage(width, height, QImage.Format_ARGB32)
+    canvas = QImage(screen, QImage.Format_ARGB32)
     canvas.fill(QColor(245, 245, 245))
     painter = QPainter(canvas)
-    painter.setFont(QFont("Sans", 11))
+    painter.setFont(QFont("Sans", 10))
     painter.setPen(QColor(30, 30, 30))
     painter.drawText(
         10,
@@ -83,11 +87,12 @@ def test_dock_screenshot_with_results(dock, raster_layer, tmp_path):
         Qt.AlignVCenter,
         f"Search: '{dock.query_edit.text()}' (top {hits.featureCount()})",
     )
-    painter.drawText(20 + map_w, 5, map_w, title_h, Qt.AlignVCenter, "Zero-shot land cover (default classes)")
-    painter.drawText(30 + 2 * map_w, 5, panel.width(), title_h, Qt.AlignVCenter, "rsclip dock")
+    x_lc, x_panel = 20 + map_w, screen.width() - panel_w - 10
+    painter.drawText(x_lc, 5, map_w, title_h, Qt.AlignVCenter, "Zero-shot land cover (default classes)")
+    painter.drawText(x_panel, 5, panel_w, title_h, Qt.AlignVCenter, "rsclip dock")
     painter.drawImage(10, title_h + 10, search_map)
-    painter.drawImage(20 + map_w, title_h + 10, lc_map)
-    painter.drawImage(30 + 2 * map_w, title_h + 10, panel)
+    painter.drawImage(x_lc, title_h + 10, lc_map)
+    painter.drawImage(x_panel, title_h + 10, panel)
     painter.end()
 
     target = (
@@ -106,3 +111,4 @@ def test_dock_screenshot_with_results(dock, raster_layer, tmp_path):
     assert len(np.unique(lc_pixels // 32, axis=0)) >= 3
     panel_pixels = _to_array(panel)
     assert panel_pixels.std() > 10 and panel.width() >= 400
+    assert (canvas.width(), canvas.height()) == (1366, 768)

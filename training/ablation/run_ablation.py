@@ -113,10 +113,10 @@ def evaluate_variant(args: argparse.Namespace, name: str, cfg: TrainConfig, weig
         TorchEncoder,
         evaluate_retrieval,
         evaluate_zero_shot,
-        read_image_folder,
+        read_classification_folder,
         read_karpathy_split,
     )
-    from rsclip_core.evaluate.runners import atomic_write_text
+    from rsclip_core.workdir import atomic_write_text
     from rsclip_core.models import get_tokenizer
     from rsclip_core.train.checkpoint import load_trained_model
 
@@ -125,7 +125,7 @@ def evaluate_variant(args: argparse.Namespace, name: str, cfg: TrainConfig, weig
     t0 = time.perf_counter()
     rsicd = read_karpathy_split(args.rsicd, args.rsicd_images or args.rsicd.parent / "images", "test")
     retrieval = evaluate_retrieval(encoder, rsicd, args.eval_batch_size)
-    zero_shot = evaluate_zero_shot(encoder, read_image_folder(args.rsscn7, args.rsscn7_per_class),
+    zero_shot = evaluate_zero_shot(encoder, read_classification_folder(args.rsscn7, args.rsscn7_per_class),
                                    batch_size=args.eval_batch_size)
     result = {"variant": name, "retrieval": retrieval, "zero_shot": zero_shot,
               "eval_seconds": time.perf_counter() - t0}
@@ -148,7 +148,7 @@ def _scales_text(args: argparse.Namespace) -> str:
 
 def write_table(args: argparse.Namespace, rows: dict[str, dict[str, Any]], timing: dict[str, Any]) -> str:
     """The markdown table of the evaluated variants (settings quoted from the first variant's resolved recipe)."""
-    from rsclip_core.evaluate.runners import atomic_write_text
+    from rsclip_core.workdir import atomic_write_text
     from rsclip_core.reinforce.shards import load_manifest
     from rsclip_core.train.data import ShardStore
 

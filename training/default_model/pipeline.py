@@ -14,9 +14,9 @@ Stages (``--stages``, comma-separated, in this order):
   evaluate   candidates on RSICD val (selection) + test and RSSCN7 zero-shot; image-encoder latency
   select     the default: best val mR among candidates meeting the speed target (>= 8x ViT-B-32)
   baseline   plain-CLIP twin of the selected shape, same steps/data/seed; evaluated the same way
-  export     reparameterize + ONNX (fp16) -> resources/models/default; Core ML -> build/default-coreml
+  export     reparameterize + ONNX (fp16) -> rsclip_core/resources/models/default; Core ML -> build/default-coreml
   measure    the shipped files themselves: RSICD test, RSSCN7, latency next to ViT-B-32, sizes
-  card       resources/models/MODEL_CARD.md + training/results/default_model.md from the JSON results
+  card       rsclip_core/resources/models/MODEL_CARD.md + training/results/default_model.md from the JSON results
   pictures   scripts/demo.sh with the shipped model on the sample raster -> docs/img/demo_*.png (README)
 
 Two candidates can train at once on a 2-core machine: run two ``--stages train --candidates X``
@@ -99,9 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lite2.pt + lite0.pt (stage teachers; default: <work-dir>/teachers)")
     p.add_argument("--reinforced", type=Path, default=None, help="default: <work-dir>/reinforced/rsicd-train")
     p.add_argument("--work", type=Path, default=None, help="runs, evaluations, exports (default: <work-dir>/default_model)")
-    p.add_argument("--output", type=Path, default=REPO / "resources" / "models" / "default")
+    p.add_argument("--output", type=Path, default=REPO / "rsclip_core" / "resources" / "models" / "default")
     p.add_argument("--coreml-output", type=Path, default=REPO / "build" / "default-coreml")
-    p.add_argument("--card", type=Path, default=REPO / "resources" / "models" / "MODEL_CARD.md")
+    p.add_argument("--card", type=Path, default=REPO / "rsclip_core" / "resources" / "models" / "MODEL_CARD.md")
     p.add_argument("--results", type=Path, default=REPO / "training" / "results" / "default_model.md")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig value for every training run, over the recipes (repeatable): "
@@ -125,7 +125,7 @@ def read_json(path: Path) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    from rsclip_core.evaluate.runners import atomic_write_text
+    from rsclip_core.workdir import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
@@ -186,13 +186,18 @@ def train_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def evaluate_encoder(args: argparse.Namespace, encoder: Any, splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
-    from rsclip_core.evaluate import evaluate_retrieval, evaluate_zero_shot, read_image_folder, read_karpathy_split
+    from rsclip_core.evaluate import (
+        evaluate_retrieval,
+        evaluate_zero_shot,
+        read_classification_folder,
+        read_karpathy_split,
+    )
 
     result: dict[str, Any] = {}
     for split in splits:
         data = read_karpathy_split(args.rsicd, args.rsicd.parent / "images", split)
         result[f"rsicd_{split}"] = evaluate_retrieval(encoder, data, 128)
-    zs = evaluate_zero_shot(encoder, read_image_folder(args.rsscn7), batch_size=128)
+    zs = evaluate_zero_shot(encoder, read_classification_folder(args.rsscn7), batch_size=128)
     result["rsscn7"] = {k: zs[k] for k in ("top1", "top5", "mean_per_class", "per_class") if k in zs}
     return result
 
@@ -332,7 +337,7 @@ def stage_export(args: argparse.Namespace, chosen: Run) -> None:
 
     ckpt = args.work / chosen.name / "model.pt"
     model_name = chosen.config(args).model
-    classes = REPO / "resources" / "classes" / "landcover.yaml"
+    classes = REPO / "rsclip_core" / "resources" / "classes" / "landcover.yaml"
     # int8 text graph: its fp16 version is 31 MB, 25 MB of it the token embedding; the image graph stays fp16
     log(f"export {chosen.name} -> {args.output} (ONNX: fp16 image, dynamic int8 text)")
     export_model(model_name, args.output, checkpoint=ckpt, fp16=True, quantize="int8-text", classes=classes,
@@ -387,7 +392,7 @@ def count_params(model_name: str) -> dict[str, float]:
 
 def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any], baseline: dict[str, Any],
                shipped: dict[str, Any]) -> None:
-    from rsclip_core.evaluate.runners import atomic_write_text
+    from rsclip_core.workdir import atomic_write_text
     from rsclip_core.reinforce.shards import load_manifest
 
     teachers = read_json(REPO / "training" / "results" / "teachers.json")
@@ -411,7 +416,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
     n_train = len(store)
     store.close()
     lines = [
-        "# Bundled model `resources/models/default`",
+        "# Bundled model `rsclip_core/resources/models/default`",
         "",
         f"`{cfg.model}` distilled with MobileCLIP-style multi-modal reinforced training on RSICD `train`, on a",
         "2-core CPU. Generated by `training/default_model/pipeline.py` from its JSON results (numbers are",

@@ -1,10 +1,12 @@
 """Cache locked-tower features for fitting the offline teachers (resumable; run with nice).
 
     nice -n 10 python training/teachers/extract_features.py --towers efficientnet_lite2,efficientnet_lite0 \
-        --aug-views 2 --cache /work/cache/teacher_features
+        --aug-views 2 --work-dir ~/.cache/rsclip
 
 Order: centre views of RSICD train/val/test + RSSCN7 for every tower, then the augmented train
 views, then the caption/prompt text features. Killing and re-running continues where it stopped.
+Features go to ``--cache``, else ``<work dir>/teacher_features`` (work dir: ``--work-dir``, else
+``$RSCLIP_WORK_DIR``, else ``~/.cache/rsclip``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 import torch
 
 from rsclip_core.data.readers import read_image_folder, read_karpathy_json
-from rsclip_core.reinforce.teacher_fit import cached_image_features, cached_text_features
+from rsclip_core.teachers.fit import cached_image_features, cached_text_features
+from rsclip_core.workdir import stage_dir
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -28,10 +31,12 @@ def main() -> None:
     p.add_argument("--towers", default="efficientnet_lite2,efficientnet_lite0")
     p.add_argument("--aug-views", type=int, default=2)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--cache", default="/work/cache/teacher_features")
+    p.add_argument("--cache", default=None, help="feature cache (default: <work dir>/teacher_features)")
+    p.add_argument("--work-dir", default=None, help="work-file root (default: $RSCLIP_WORK_DIR, else ~/.cache/rsclip)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--val-images", type=int, default=800, help="RSICD val images used for model selection")
     args = p.parse_args()
+    args.cache = args.cache or stage_dir("teacher_features", args.work_dir)
     torch.set_num_threads(args.threads)
     rsicd = DATA / "rsicd" / "dataset_rsicd.json"
     if not rsicd.exists():

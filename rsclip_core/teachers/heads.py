@@ -1,0 +1,137 @@
+"""The fitted projection heads of an offline teacher and their checkpoint file.
+
+An offline teacher is a registered ``teacher-*`` model (:mod:`rsclip_core.teachers.offline`): locked
+packaged towers (:mod:`rsclip_core.teachers.towers`) and two heads fitted on their cached features
+(:mod:`rsclip_core.teachers.fit`). The heads are saved as one ``torch.save`` dict, format
+``rsclip-offline-teacher/1``: head weights, tower names, image size, embed dim, head and fit configs,
+the learned temperature (log) and the validation metrics. Read back with ``weights_only=True``.
+Torch is imported only inside the functions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rsclip_core.teachers.base import TeacherError
+from rsclip_core.workdir import atomic_write_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rsclip_core.teachers.fit import FitConfig
+
+CHECKPOINT_FORMAT = "rsclip-offline-teacher/1"
+
+
+class TeacherFitError(TeacherError):
+    """Bad teacher-fit input (missing features, wrong checkpoint...); the message names it."""
+
+
+@dataclass
+class HeadConfig:
+    """One projection head: ``linear`` (LayerNorm + linear) or ``mlp`` (LayerNorm, linear + GELU MLP)."""
+
+    kind: str = "mlp"  # "linear" | "mlp" (residual: linear + GELU MLP branch)
+    hidden: int = 1024
+    dropout: float = 0.1
+
+
+def build_head(in_dim: int, out_dim: int, cfg: HeadConfig):  # -> torch.nn.Module
+    """A fresh head ``in_dim -> out_dim`` of kind ``cfg.kind``."""
+    import torch
+    from torch import nn
+
+    class ResidualMLPHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(in_dim)
+            self.linear = nn.Linear(in_dim, out_dim)
+            self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+                                     nn.Linear(cfg.hidden, out_dim))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.norm(x)
+            return self.linear(x) + self.mlp(x)
+
+    if cfg.kind == "linear":
+        return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
+    if cfg.kind == "mlp":
+        return ResidualMLPHead()
+    raise TeacherFitError(f"unknown head kind {cfg.kind!r} (linear | mlp)")
+
+
+def _head_in_dim(head: Any) -> int:
+    """Input width of a head built by :func:`build_head` (its first parameter is the LayerNorm weight)."""
+    return int(next(head.parameters()).shape[0])
+
+
+def save_teacher_checkpoint(path: str | Path, heads: Any, *, image_tower: str, text_tower: str,
+                            image_size: int, cfg: FitConfig, fit_info: dict[str, Any],
+                            extra: dict[str, Any] | None = None) -> Path:
+    """Atomically save a fitted offline teacher (heads + how to rebuild it)."""
+    import io
+
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "image_tower": image_tower,
+        "text_tower": text_tower,
+        "image_size": image_size,
+        "embed_dim": cfg.embed_dim,
+        "image_in_dim": _head_in_dim(heads["image"]),
+        "text_in_dim": _head_in_dim(heads["text"]),
+        "image_head": asdict(cfg.image_head),
+        "text_head": asdict(cfg.text_head),
+        "state_dict": {k: v.detach().cpu() for k, v in heads.state_dict().items()},
+        "logit_scale": fit_info.get("logit_scale"),
+        "fit_config": asdict(cfg),
+        "val": fit_info.get("val"),
+        "extra": extra or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_teacher_checkpoint(path: str | Path) -> tuple[dict[str, Any], Any]:
+    """(payload, heads ModuleDict in eval mode) of a fitted offline teacher."""
+    import torch
+    from torch import nn
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of a file that is not a torch checkpoint
+        raise TeacherFitError(f"{path}: not an rsclip offline-teacher checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise TeacherFitError(f"{path}: not an rsclip offline-teacher checkpoint")
+    heads = nn.ModuleDict({
+        "image": build_head(payload["image_in_dim"], payload["embed_dim"], HeadConfig(**payload["image_head"])),
+        "text": build_head(payload["text_in_dim"], payload["embed_dim"], HeadConfig(**payload["text_head"])),
+    })
+    heads.load_state_dict(payload["state_dict"])
+    return payload, heads.eval()
+
+
+def is_teacher_checkpoint(path: str | Path) -> bool:
+    """True if ``path`` is a fitted-head checkpoint (a dict with the offline-teacher format tag)."""
+    import torch
+
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a torch file at all: let the normal loader report it
+        return False
+    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+
+
+def offline_logit_scale(payload: dict[str, Any]) -> float | None:
+    """The fitted temperature of an offline-teacher checkpoint (stored as a log), as a multiplier."""
+    value = payload.get("logit_scale")
+    return None if value is None else float(math.exp(float(value)))
