@@ -344,3 +344,13 @@ def test_open_clip_teacher_reads_every_layout_with_its_entry(tiny, tmp_path):
     with torch.no_grad():  # mean 0 / std 1 from the entry: a white image is all ones
         want_img = reference.encode_image(torch.ones(1, 3, 32, 32), normalize=True).numpy()
     np.testing.assert_allclose(teacher.encode_images([image]), want_img, atol=1e-5)
+
+
+def test_safetensors_release_loads(tiny, tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    reference = reference_model("RsTiny-ViT")
+    safetensors.save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "w.safetensors")
+    model = create_model("open_clip:RsTiny-ViT", tmp_path / "w.safetensors")
+    tokens = open_clip.get_tokenizer("RsTiny-ViT")(TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(tokens), reference.encode_text(tokens, normalize=True))

@@ -19,7 +19,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from torch import nn
 from rsclip_core import spec
 from rsclip_core.export.errors import ExportError
 from rsclip_core.export.wrappers import PixelImageEncoder
+
+if TYPE_CHECKING:
+    from rsclip_core.models.model import RSClipModel
 
 FIELD_MLPACKAGE = "field.mlpackage"
 FIELD_INT8_MLPACKAGE = "field-int8.mlpackage"
@@ -39,7 +42,7 @@ class ZeroShotFieldModel(nn.Module):
 
     class_embeddings: torch.Tensor
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+    def __init__(self, model: RSClipModel, mean: Sequence[float], std: Sequence[float],
                  class_embeddings: np.ndarray, logit_scale: float, logit_bias: float = 0.0) -> None:
         super().__init__()
         self.encoder = PixelImageEncoder(model, mean, std)
@@ -59,7 +62,7 @@ def package_size(path: Path) -> int:
 
 
 def export_field_bundle(
-    model: nn.Module,
+    model: RSClipModel,
     model_dir: str | Path,
     metadata: spec.ModelMetadata,
     classes: list[dict[str, Any]],

@@ -230,10 +230,10 @@ def read_checkpoint_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str
         raise FileNotFoundError(f"{path}: checkpoint not found")
     layout = "state_dict"
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        if path.suffix == ".safetensors":  # open_clip reads those (Hugging Face *-OpenCLIP releases)
+            from open_clip.factory import load_state_dict as open_clip_load_state_dict
 
-            obj: Any = load_file(str(path), device="cpu")
+            obj: Any = open_clip_load_state_dict(str(path))
         elif _is_torchscript(path):
             obj = torch.jit.load(str(path), map_location="cpu").state_dict()
             layout = "openai_torchscript"
