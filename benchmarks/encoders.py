@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Image/text encoder size and CPU speed: rsclip students vs open_clip peers, side by side.
 
-For every registered (non-tiny) student and the peers ViT-B-32, MobileCLIP-S1, MobileCLIP-S2
-(open_clip architectures, random init: speed does not depend on the weights) this measures
+For every registered (non-tiny) student and the peers ViT-B-32, MobileCLIP-S1, MobileCLIP-S2,
+MobileCLIP2-S0, MobileCLIP2-S2, MobileCLIP2-B and ViT-L-14 (open_clip architectures built through
+``open_clip:ARCH`` as ``rsclip export`` does, random init: speed does not depend on the weights) this measures
 
 * parameters of the image and the text tower (incl. projections),
 * image-encoder GFLOPs at the model's own input size and at 224 px
@@ -40,7 +41,8 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "encoders.md"
-PEERS = ("ViT-B-32", "MobileCLIP-S1", "MobileCLIP-S2")
+PEERS = ("ViT-B-32", "MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP2-S0", "MobileCLIP2-S2", "MobileCLIP2-B",
+         "ViT-L-14")
 REFERENCE = "ViT-B-32"
 TARGET_RATIO = 8.0
 BENCH_SIZE = 224
@@ -84,25 +86,12 @@ def load_student(name: str) -> tuple[Any, Any, Any, int]:
 
 
 def load_peer(name: str) -> tuple[Any, Any, Any, int]:
-    """(model, image tower, text part, input size) of an open_clip architecture, random init."""
-    import open_clip
-    from timm.models import reparameterize_model
+    """(model, image tower, text tower, input size) of an open_clip architecture, random init, built and
+    reparameterized through rsclip's open_clip path (``open_clip:ARCH``, what ``rsclip export`` exports)."""
+    from rsclip_core.models import create_model
 
-    model = open_clip.create_model(name, pretrained=None).eval()
-    model = reparameterize_model(model)  # folds MobileOne/FastViT branches; no-op for ViT
-    size = model.visual.image_size
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    if hasattr(model, "text"):
-        text = model.text
-    else:  # open_clip CLIP keeps the text transformer on the model itself
-        import torch
-
-        text = torch.nn.ModuleList(
-            [model.token_embedding, model.transformer, model.ln_final]
-        )
-        text.register_parameter("positional_embedding", model.positional_embedding)
-        text.register_parameter("text_projection", model.text_projection)
-    return model, model.visual, text, size
+    model = create_model(f"open_clip:{name}").reparameterize().eval()
+    return model, model.visual, model.text, int(model.preprocess.image_size)
 
 
 def image_flops(encoder: Any, size: int) -> float:

@@ -11,7 +11,9 @@ open_clip = pytest.importorskip("open_clip")
 
 from rsclip_core.teachers.base import TeacherError
 from rsclip_core.teachers.offline import OFFLINE_TEACHERS, create_offline_teacher
-from rsclip_core.teachers.openclip import load_open_clip_teacher, resolve_open_clip_settings
+from rsclip_core.models import ModelConfigError
+from rsclip_core.models.open_clip_model import open_clip_config
+from rsclip_core.teachers.openclip import load_open_clip_teacher
 
 TINY_ARCH = "rsclip-test-tiny-vit"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -70,20 +72,23 @@ def test_quick_gelu_override_changes_activation(tiny_arch, tiny_checkpoint):
 
 
 def test_tag_preprocessing_is_looked_up():
-    forced, source, quick = resolve_open_clip_settings("ViT-B-16-SigLIP", "webli")
-    assert forced["image_mean"] == (0.5, 0.5, 0.5) and forced["image_resize_mode"] == "squash"
-    assert source == "pretrained tag 'webli'" and quick is False
-    forced, _, quick = resolve_open_clip_settings("MobileCLIP-S1", "datacompdr")
-    assert forced["image_mean"] == (0.0, 0.0, 0.0) and forced["image_interpolation"] == "bilinear"
+    def settings(name: str, **kwargs):
+        cfg = open_clip_config(name, check_tokenizer=False, **kwargs)
+        return cfg["preprocess"], cfg["open_clip"]["quick_gelu"]
+
+    pre, quick = settings("open_clip:ViT-B-16-SigLIP@webli")
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["resize_mode"] == "squash" and quick is False
+    pre, _ = settings("open_clip:MobileCLIP-S1@datacompdr")
+    assert pre["mean"] == [0.0, 0.0, 0.0] and pre["interpolation"] == "bilinear"
     # OpenAI weights were trained with QuickGELU: the tag says so, and -quickgelu archs too
-    assert resolve_open_clip_settings("ViT-B-32", "openai")[2] is True
-    assert resolve_open_clip_settings("ViT-B-32-quickgelu")[2] is True
-    assert resolve_open_clip_settings("ViT-B-32")[2] is False
-    assert resolve_open_clip_settings("ViT-B-32", "openai", quick_gelu=False)[2] is False
-    with pytest.raises(TeacherError, match="known tags"):
-        resolve_open_clip_settings("ViT-B-32", "no-such-tag")
-    with pytest.raises(TeacherError, match="unknown open_clip architecture"):
-        resolve_open_clip_settings("ViT-Nope-99")
+    assert settings("open_clip:ViT-B-32@openai")[1] is True
+    assert settings("open_clip:ViT-B-32-quickgelu")[1] is True
+    assert settings("open_clip:ViT-B-32")[1] is False
+    assert settings("open_clip:ViT-B-32@openai", quick_gelu=False)[1] is False
+    with pytest.raises(ModelConfigError, match="known tags"):
+        settings("open_clip:ViT-B-32@no-such-tag")
+    with pytest.raises(ModelConfigError, match="unknown open_clip architecture"):
+        settings("open_clip:ViT-Nope-99")
 
 
 def test_tag_preprocessing_and_quick_gelu_reach_the_loaded_teacher(tiny_arch, tiny_checkpoint, monkeypatch):

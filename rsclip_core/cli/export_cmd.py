@@ -17,7 +17,17 @@ import click
     "--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Trained checkpoint (.pt) of MODEL_NAME; without it the towers are randomly initialised.",
 )
+@click.option(
+    "--entry", default=None, metavar="NAME",
+    help="Checkpoint entry for an open_clip:ARCH model (e.g. remoteclip, mobileclip2-s0; see docs/checkpoints.md): "
+    "preprocessing, QuickGELU, licence of the checkpoint file.",
+)
 @click.option("--coreml", is_flag=True, help="Also write image.mlpackage and text.mlpackage (Core ML, FP16).")
+@click.option(
+    "--coreml-field", is_flag=True,
+    help="Also write the phone field bundle field.mlpackage + field-int8.mlpackage (image -> probabilities of "
+    "--classes (default: the packaged classes) + embedding); implies --coreml for the text encoder.",
+)
 @click.option("--fp16", is_flag=True, help="Store ONNX weights as float16 (half size; compute stays float32).")
 @click.option(
     "--classes", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -42,7 +52,9 @@ def export(
     model_name: str,
     output: Path,
     checkpoint: Path | None,
+    entry: str | None,
     coreml: bool,
+    coreml_field: bool,
     fp16: bool,
     classes: Path | None,
     resolution_m: float | None,
@@ -54,11 +66,19 @@ def export(
 ) -> None:
     """Export MODEL_NAME (see `rsclip models`) as ONNX (+ Core ML) into a model directory.
 
+    MODEL_NAME may also be open_clip:ARCH (any open_clip architecture) with --checkpoint FILE in any
+    public layout (plain state dict, open_clip training checkpoint, OpenAI TorchScript, ml-mobileclip)
+    and --entry NAME for its preprocessing (see docs/checkpoints.md).
+
     The model is reparameterized first and every graph is checked against torch
     (onnxruntime, max |diff| <= 1e-4, cosine >= 0.9999) before OUTPUT is written.
     """
     from rsclip_core.export import ExportError, export_model
 
+    if entry:
+        if not model_name.startswith("open_clip:") or "@" in model_name:
+            raise click.BadParameter("--entry needs MODEL_NAME open_clip:ARCH (without @ENTRY)", param_hint="--entry")
+        model_name = f"{model_name}@{entry}"
     log = None if quiet else (lambda message: click.echo(message, err=True))
     try:
         path = export_model(
@@ -66,6 +86,7 @@ def export(
             output,
             checkpoint=checkpoint,
             coreml=coreml,
+            coreml_field=coreml_field,
             fp16=fp16,
             classes=classes,
             resolution_m=resolution_m,

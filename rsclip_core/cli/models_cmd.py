@@ -11,9 +11,22 @@ import click
 @click.argument("name", required=False)
 @click.option("--params", is_flag=True, help="Build each model (random init) to count its parameters (slow).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with NAME: that model's full config).")
-def models(name: str | None, params: bool, as_json: bool) -> None:
-    """List registered model configs, or show the config of NAME."""
+@click.option("--checkpoints", is_flag=True,
+              help="List the public checkpoint entries (RemoteCLIP, GeoRSCLIP, SkyCLIP, MobileCLIP(2), OpenAI) "
+                   "for open_clip:ARCH --entry NAME; see docs/checkpoints.md.")
+def models(name: str | None, params: bool, as_json: bool, checkpoints: bool) -> None:
+    """List registered model configs, or show the config of NAME (also open_clip:ARCH[@ENTRY])."""
     from rsclip_core.models import ModelConfigError, create_model, get_model_config, list_models
+
+    if checkpoints:
+        from rsclip_core.models.pretrained import ENTRIES
+
+        if as_json:
+            click.echo(json.dumps([e.to_dict() for e in ENTRIES.values()], indent=2))
+            return
+        for entry in ENTRIES.values():
+            click.echo(f"{entry.name:22s} open_clip:{entry.arch:18s} {entry.file:45s} {entry.license}")
+        return
 
     if name is not None:
         try:

@@ -62,10 +62,19 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> RSClipModel:
     from rsclip_core.models import CheckpointError, create_model, list_models
 
     names = list_models()
-    if name not in names:
-        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(names)}")
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         raise CheckpointNotFoundError(f"{checkpoint}: checkpoint not found")
+    if name.startswith("open_clip:"):  # open_clip architecture + public checkpoint (models.open_clip_model)
+        from rsclip_core.models import ModelConfigError
+
+        try:
+            return create_model(name, checkpoint=checkpoint)
+        except ModelConfigError as exc:
+            raise UnknownModelError(_first_line(exc, limit=400)) from exc
+        except CheckpointError as exc:
+            raise CheckpointMismatchError(_first_line(exc, limit=400)) from exc
+    if name not in names:
+        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(names)}")
     if checkpoint is not None and name.startswith("teacher-"):
         from rsclip_core.teachers.base import TeacherError
         from rsclip_core.teachers.heads import is_teacher_checkpoint
@@ -173,6 +182,7 @@ def export_model(
     *,
     checkpoint: str | Path | None = None,
     coreml: bool = False,
+    coreml_field: bool = False,
     fp16: bool = False,
     classes: ClassesArg = None,
     resolution_m: float | None = None,
@@ -193,6 +203,8 @@ def export_model(
     ``"int8-text"`` stores the text graph dynamically int8-quantized, ``"int8"`` also the image
     graph (static QDQ int8, calibrated on ``calibration_images``: a folder or a list of image
     files); ``fp16`` then only applies to graphs that stay float (see ``rsclip_core.export.quantize``).
+    ``coreml_field`` adds the phone field bundle (``rsclip_core.export.coreml_field``: image -> class
+    probabilities + embedding, FP16 and int8) for ``classes`` or the default class list; implies ``coreml``.
     """
     from rsclip_core.export.quantize import check_mode, list_calibration_images, quantization_source
 
@@ -241,6 +253,7 @@ def export_model(
     del train_model
 
     source: dict[str, Any] = {"exporter": f"rsclip {_rsclip_version()}", "opset": opset}
+    source.update(getattr(model, "source_info", {}))  # open_clip models: architecture, entry, licence, layout
     if checkpoint is not None:
         source["checkpoint"] = Path(checkpoint).name
         source["checkpoint_sha256"] = _sha256(Path(checkpoint))
@@ -280,12 +293,18 @@ def export_model(
         say(f"  {report.summary()}")
         if quantize != "none":
             _quantize_checked(tmp, quantize, calibration, class_data, say)
-        if coreml:
+        if coreml or coreml_field:
             from rsclip_core.export.coreml import export_coreml
 
             say(f"exporting {spec.IMAGE_MLPACKAGE} and {spec.TEXT_MLPACKAGE} (Core ML, FP16)")
             extra = {"rsclip_classes": props["rsclip_classes"]} if class_data is not None else None
             export_coreml(model, tmp, metadata, extra_props=extra)
+        if coreml_field:
+            from rsclip_core.export.coreml_field import export_field_bundle
+
+            say("exporting the Core ML field bundle (image -> class probabilities + embedding)")
+            sizes = export_field_bundle(model, tmp, metadata, class_data or _default_classes())
+            say("  " + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in sizes.items()))
         _apply_umask(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -314,6 +333,13 @@ def _quantize_checked(model_dir: Path, mode: str, calibration: Sequence[Path],
                 raise ParityError(f"int8 {row.which} graph is broken: {row.summary()}")
     finally:
         shutil.rmtree(reference, ignore_errors=True)
+
+
+def _default_classes() -> list[dict[str, Any]]:
+    """The packaged default land-cover classes (what ``rsclip-map`` uses without --classes)."""
+    from rsclip_core.inference.landcover import load_classes as read_class_file
+
+    return [c.to_dict() for c in read_class_file()]
 
 
 def _synthetic_images(folder: Path) -> list[Path]:

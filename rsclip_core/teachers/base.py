@@ -115,8 +115,9 @@ def load_teacher(spec: str) -> Teacher:
     """Parse a CLI teacher spec.
 
     * ``offline:/path/teacher.pt`` (or a bare ``.pt`` path) — fitted offline teacher;
-    * ``open_clip:ARCH:/path/weights.bin[@TAG]`` — open_clip model from a local file (``@TAG``: the
-      open_clip pretrained tag the file came from, for its preprocessing).
+    * ``open_clip:ARCH:/path/weights.bin[@ENTRY]`` — open_clip model from a local file in any public
+      layout (``@ENTRY``: a checkpoint entry / family such as ``remoteclip`` or ``mobileclip2-s0``, or
+      the open_clip pretrained tag the file came from; sets preprocessing and QuickGELU).
     An optional ``NAME=`` prefix sets the teacher's name (``lite2=offline:/x.pt``).
     """
     name = None

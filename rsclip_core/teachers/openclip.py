@@ -1,26 +1,24 @@
 """open_clip teachers from local files (never downloaded).
 
-:func:`load_open_clip_teacher` builds any open_clip architecture and loads a **local**
-checkpoint file. Two pitfalls of ``open_clip.create_model_and_transforms(arch, pretrained=<file>)``
-are handled here:
+:func:`load_open_clip_teacher` builds any open_clip architecture through
+``rsclip_core.models.open_clip_model`` (the same loader ``rsclip export`` and the trainer use) and
+loads a **local** checkpoint file in any public layout (plain state dict, open_clip training
+checkpoint, OpenAI TorchScript archive, Apple ml-mobileclip, an rsclip run), strictly. Two pitfalls
+of a bare file path are handled by naming what the file is (``pretrained_tag``):
 
-* **Preprocessing.** Given a file path instead of a tag, open_clip cannot know which pretrained
-  entry the weights came from and silently uses the architecture's default mean/std (OpenAI's
-  for most), e.g. wrong for SigLIP (0.5/0.5, squash) or MobileCLIP (0/1, bilinear) weights. Pass
-  ``pretrained_tag`` (the open_clip tag the file was downloaded as, e.g. ``"webli"``) and its
-  mean/std/interpolation/resize mode are looked up in open_clip's pretrained table and forced;
-  without a tag the architecture's defaults are used. ``teacher.preprocess_source`` says which.
-* **QuickGELU.** OpenAI-trained CLIP weights (tag ``openai``, and some early LAION/YFCC ones)
-  were trained with QuickGELU; open_clip's plain configs (``ViT-B-32``) use GELU, and loading
-  those weights into GELU runs without error but gives degraded embeddings. ``quick_gelu=None``
-  resolves it: the tag's ``quick_gelu`` flag, else ``True`` for ``*-quickgelu`` architectures,
-  else ``False``. Pass ``quick_gelu=True`` explicitly for OpenAI weights given without a tag.
-
-OpenAI's original TorchScript ``.pt`` archives cannot be read with ``weights_only=True``;
-convert them to a state dict once (``torch.save(model.state_dict(), path)``).
+* **Preprocessing.** A file does not say which mean/std/interpolation/resize mode its weights were
+  trained with (SigLIP: 0.5/0.5, squash; MobileCLIP: 0/1, bilinear). ``pretrained_tag`` is a
+  checkpoint entry or entry family of ``rsclip_core.models.pretrained`` (``remoteclip``,
+  ``georsclip-vit-h-14``, ``mobileclip2-s0``, ...) or an open_clip pretrained tag (``webli``);
+  without it the architecture's defaults are used. ``teacher.preprocess_source`` says which.
+* **QuickGELU.** OpenAI-trained CLIP weights (entry ``openai``, tag ``openai``, GeoRSCLIP ViT-B-32,
+  SkyCLIP ViT-L-14) need QuickGELU; loading them into GELU runs without error but gives degraded
+  embeddings. ``quick_gelu=None`` takes it from the entry / tag, else ``True`` for ``*-quickgelu``
+  architectures, else ``False``.
 
 :class:`OpenClipTeacher` wraps the loaded model as a :class:`~rsclip_core.teachers.base.Teacher`
-(PIL images / strings -> L2-normalised numpy) for reinforcement and online distillation.
+(PIL images / strings -> L2-normalised numpy) for reinforcement and online distillation; its
+``info()`` records the teacher's own temperature (``logit_scale``) for the manifest.
 """
 
 from __future__ import annotations
@@ -77,38 +75,6 @@ class LocalOpenClip:
         return self
 
 
-def resolve_open_clip_settings(
-    arch: str, pretrained_tag: str | None = None, quick_gelu: bool | None = None
-) -> tuple[dict[str, Any], str, bool]:
-    """(forced preprocess kwargs, where they came from, quick_gelu) for ``arch`` + optional tag."""
-    import open_clip
-    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
-
-    arch_cfg = open_clip.get_model_config(arch)
-    if arch_cfg is None:
-        raise TeacherError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
-    arch_quick_gelu = bool(arch_cfg.get("quick_gelu", False)) or arch.endswith("-quickgelu")
-    if pretrained_tag:
-        tag_cfg = get_pretrained_cfg(arch, pretrained_tag)
-        if not tag_cfg:
-            tags = list_pretrained_tags_by_model(arch)
-            raise TeacherError(f"open_clip has no pretrained tag {pretrained_tag!r} for {arch!r}; known tags: {tags}")
-        forced = {
-            "image_mean": tuple(tag_cfg["mean"]),
-            "image_std": tuple(tag_cfg["std"]),
-            "image_interpolation": tag_cfg.get("interpolation"),
-            "image_resize_mode": tag_cfg.get("resize_mode"),
-        }
-        source = f"pretrained tag {pretrained_tag!r}"
-        tag_quick_gelu = tag_cfg.get("quick_gelu")
-        resolved = quick_gelu if quick_gelu is not None else bool(tag_quick_gelu) or arch_quick_gelu
-    else:
-        forced = {}
-        source = "architecture defaults"
-        resolved = quick_gelu if quick_gelu is not None else arch_quick_gelu
-    return {k: v for k, v in forced.items() if v is not None}, source, resolved
-
-
 def load_open_clip_teacher(
     arch: str,
     checkpoint_path: str | Path,
@@ -119,36 +85,46 @@ def load_open_clip_teacher(
 ) -> LocalOpenClip:
     """Build open_clip ``arch`` with weights from a local file (never downloads); eval mode.
 
-    See the module docstring for how ``pretrained_tag`` (preprocessing) and ``quick_gelu`` resolve.
+    ``pretrained_tag``: a checkpoint entry or entry family (``rsclip_core.models.pretrained``:
+    ``remoteclip``, ``georsclip-vit-h-14``, ``mobileclip2-s0``, ...) or an open_clip pretrained tag
+    (``webli``); it sets preprocessing and QuickGELU (module docstring). The file may be in any
+    public layout (``rsclip_core.models.open_clip_model.read_checkpoint_file``) and loads strictly.
     """
     import open_clip
+
+    from rsclip_core.models import CheckpointError, ModelConfigError, image_transform
+    from rsclip_core.models.open_clip_model import create_open_clip_model
 
     path = Path(checkpoint_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: teacher checkpoint not found")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    forced, source, resolved_quick_gelu = resolve_open_clip_settings(arch, pretrained_tag, quick_gelu)
+    name = f"open_clip:{arch}" + (f"@{pretrained_tag}" if pretrained_tag else "")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=str(path), force_quick_gelu=resolved_quick_gelu, weights_only=True, device=device, **forced
-        )
-    except RuntimeError as exc:
-        if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
-            raise TeacherError(f"{path}: not a checkpoint of open_clip {arch!r}: {str(exc).splitlines()[0]}") from exc
-        raise
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(arch)
-    preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+        model = create_open_clip_model(name, path, device, check_tokenizer=False, quick_gelu=quick_gelu)
+    except (ModelConfigError, CheckpointError) as exc:
+        raise TeacherError(str(exc)) from exc
+    entry = model.entry
+    if entry is None:
+        source = "architecture defaults"
+    elif entry.family == entry.name and entry.reference.startswith("open_clip pretrained.py tag"):
+        source = f"pretrained tag {pretrained_tag!r}"
+    else:
+        source = f"checkpoint entry {entry.name!r}"
+    pre = model.preprocess
+    preprocess_cfg = {"size": int(pre.image_size), "mean": tuple(pre.mean), "std": tuple(pre.std),
+                      "interpolation": pre.interpolation, "resize_mode": pre.resize_mode}
     return LocalOpenClip(
         arch=arch,
         checkpoint=path,
-        model=model,
-        preprocess=preprocess,
-        tokenizer=tokenizer,
+        model=model.eval(),
+        preprocess=image_transform(pre),
+        tokenizer=open_clip.get_tokenizer(arch),
         preprocess_cfg=preprocess_cfg,
         preprocess_source=source,
-        quick_gelu=resolved_quick_gelu,
+        quick_gelu=bool(model.config["open_clip"]["quick_gelu"]),
         pretrained_tag=pretrained_tag,
+        info=dict(model.source_info),
     )
 
 

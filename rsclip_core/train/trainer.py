@@ -337,9 +337,13 @@ def _build_run(
 
         tokenizer = get_tokenizer(cfg.model)
     if cfg.init_checkpoint and resume_state is None:
+        from rsclip_core.models.open_clip_model import OpenClipModel, load_open_clip_weights
         from rsclip_core.train.checkpoint import model_weights
 
-        model.load_state_dict(model_weights(read_checkpoint(cfg.init_checkpoint)), strict=True)
+        if isinstance(model, OpenClipModel):  # a public open_clip checkpoint in any layout (or a run's model.pt)
+            load_open_clip_weights(model, cfg.init_checkpoint)
+        else:
+            model.load_state_dict(model_weights(read_checkpoint(cfg.init_checkpoint)), strict=True)
     online_teachers = _resolve_online_teachers(cfg, store, teachers, online_teachers)
 
     torch.manual_seed(cfg.seed + ddp.rank)
