@@ -637,6 +637,7 @@ def _micro_step(
             extra_text=queue.get("txt") if use_queue else None,
             extra_teacher_image={t: queue.get(f"t_img.{t}") for t in t_img} if use_queue else None,
             extra_teacher_text={t: queue.get(f"t_txt.{t}") for t in t_txt} if use_queue else None,
+            teacher_mix=cfg.teacher_mix,
         )
         if cfg.queue_size > 0:
             entries = {"img": image_all, "txt": text_all}
