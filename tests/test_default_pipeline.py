@@ -89,7 +89,7 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
     argv = ["--rsicd", str(root / "rsicd" / "dataset_rsicd.json"), "--rsscn7", str(root / "rsscn7"),
             "--teachers", str(world["teachers"]), "--reinforced", str(world["reinforced"]), "--work", str(root / "work"),
             "--output", str(root / "shipped"), "--coreml-output", str(root / "coreml"), "--card", str(root / "CARD.md"),
-            "--results", str(root / "results.md"), "--stages", "teachers,reinforce,train,evaluate,select,baseline,export,measure,card",
+            "--results", str(root / "results.md"), "--sweep", str(root / "sweep.md"), "--stages", "teachers,reinforce,train,evaluate,select,baseline,export,measure,card",
             "--set", "batch_size=4", "--set", "warmup_steps=1", "--set", "num_workers=0"]
     assert pipeline.main(argv) == 0
     assert tuned == [root] and json.loads((world["teachers"] / "pipeline_teachers.json").read_text()) == {
@@ -111,6 +111,9 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
     assert f"**{shipped['rsicd_test']['mR']:.2f}**" in card  # the card quotes the measured shipped numbers
     assert "published, not ours" in card and "plain-CLIP twin" in card
     assert json.loads((root / "results.json").read_text())["chosen"] == selection["chosen"]
+    sweep = (root / "sweep.md").read_text()
+    evaluated = json.loads((root / "work" / "a-kd" / "eval.json").read_text())
+    assert "`a-kd`" in sweep and "`b-kd`" in sweep and f"{evaluated['rsicd_val']['mR']:.2f}" in sweep
 
     # a second run skips every finished stage: no retraining, same selection
     before = {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/model.pt")}

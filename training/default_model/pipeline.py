@@ -119,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--coreml-output", type=Path, default=REPO / "build" / "default-coreml")
     p.add_argument("--card", type=Path, default=REPO / "rsclip_core" / "resources" / "models" / "MODEL_CARD.md")
     p.add_argument("--results", type=Path, default=REPO / "training" / "results" / "default_model.md")
+    p.add_argument("--sweep", type=Path, default=REPO / "training" / "results" / "resolution_sweep.md",
+                   help="accuracy per latency of every candidate (written by stage evaluate)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig value for every training run, over the recipes (repeatable): "
                         "e.g. device=cuda, batch_size=64, num_workers=4")
@@ -369,7 +371,32 @@ def stage_evaluate(args: argparse.Namespace, names: list[str]) -> dict[str, Any]
         results[name]["speedup_vs_reference"] = latency[REFERENCE]["b1"] / latency[name]["b1"]
         log(f"{name}: val mR {results[name]['rsicd_val']['mR']:.2f}, test mR {results[name]['rsicd_test']['mR']:.2f}, "
             f"RSSCN7 {results[name]['rsscn7']['top1']:.1f}%, {results[name]['speedup_vs_reference']:.1f}x ViT-B-32")
+    write_resolution_sweep(args, results, latency)
     return results
+
+
+def write_resolution_sweep(args: argparse.Namespace, results: dict[str, Any], latency: dict[str, Any]) -> None:
+    """``--sweep``: accuracy per latency of the candidates, every number from this run's JSON."""
+    from rsclip_core.evaluate.runners import atomic_write_text
+
+    ref = latency[REFERENCE]["b1"]
+    lines = ["# Resolution sweep: accuracy per latency of the default-model candidates", "",
+             "Written by `python training/default_model/pipeline.py` (stage evaluate) from "
+             f"`{_display(args.work)}/*/eval.json` and `candidate_latency.json`: image-encoder ONNX fp32 latency at each "
+             f"candidate's own input size next to open_clip {REFERENCE} (random init, 224 px), batch 1, "
+             f"{args.threads} thread(s), timed round-robin in one run. Selection uses RSICD **val** only; the speed bar is "
+             f"≥ {SPEED_TARGET:g}x {REFERENCE}.", "",
+             "| candidate | model | input px | ms/img b1 | speed vs ViT-B-32 | RSICD val mR | RSICD test mR | RSSCN7 top-1 | "
+             "val mR per ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        ms = r["latency_ms"]["b1"]
+        size = read_json(export_candidate(args, CANDIDATES[name]) / "rsclip.json")["image_size"]
+        lines.append(f"| `{name}` | `{r['model']}` | {size} | {ms:.1f} | {ref / ms:.1f}x"
+                     f"{'' if ref / ms >= SPEED_TARGET else ' (below the bar)'} | {r['rsicd_val']['mR']:.2f} | "
+                     f"{r['rsicd_test']['mR']:.2f} | {r['rsscn7']['top1']:.1f} | {r['rsicd_val']['mR'] / ms:.2f} |")
+    lines += ["", f"{REFERENCE}: {ref:.1f} ms/img. Pre-training latency of every registered shape (one benchmark run, "
+              "ONNX, batch 1 and 16): [resolution_sweep_latency.md](resolution_sweep_latency.md)."]
+    atomic_write_text(args.sweep, "\n".join(lines) + "\n")
 
 
 def stage_select(args: argparse.Namespace, results: dict[str, Any]) -> str:
