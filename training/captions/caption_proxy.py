@@ -69,15 +69,39 @@ def centre_views(records: list[Any], size: int) -> list[Any]:
     return out
 
 
-def tower_features(tower: str, images: list[Any], size: int, batch: int = 32) -> np.ndarray:
+def tower_features(tower: str, images: list[Any], size: int, batch: int = 32, cache: Path | None = None) -> np.ndarray:
+    """Pooled tower features (cached in ``cache`` .npy when given: a killed run resumes)."""
     import torch
+
+    if cache is not None and cache.is_file():
+        return np.load(cache)
 
     from rsclip_core.teachers.towers import images_to_tensor, load_image_tower, tower_preprocess
 
     model, pre = load_image_tower(tower), tower_preprocess(size)
     with torch.inference_mode():
-        return np.concatenate([model(images_to_tensor(images[i:i + batch], pre)).numpy()
-                               for i in range(0, len(images), batch)])
+        out = np.concatenate([model(images_to_tensor(images[i:i + batch], pre)).numpy()
+                              for i in range(0, len(images), batch)])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, out)
+    return out
+
+
+class PrecomputedNamer:
+    """``ImageNetObjectNamer.name`` answered from batched probabilities computed once (same rule)."""
+
+    def __init__(self, namer: Any, images: list[Any]) -> None:
+        self.namer = namer
+        self.probs = {id(im): p for im, p in zip(images, namer.probabilities(images))}
+        self.phrases = [namer.allow[c] for c in namer.class_index]
+
+    def name(self, image: Any) -> str | None:
+        p = self.probs[id(image)]
+        return self.phrases[int(np.argmax(p))] if p.max() >= self.namer.threshold else None
+
+    def describe(self) -> dict[str, Any]:
+        return self.namer.describe()
 
 
 def fit_linear_heads(img: np.ndarray, txt: np.ndarray, owner: np.ndarray, dim: int = 256, steps: int = 300,
@@ -127,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-s", "--syn-captions", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=REPO / "training" / "results" / "captions.md")
+    p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: <work-dir>/caption_proxy)")
     args = p.parse_args(argv)
 
     import torch
@@ -146,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     nwpu = nwpu[:args.nwpu_queries]
     log(f"bank {len(bank)}, queries {len(queries)} (RSICD train), NWPU {len(nwpu)}")
     towers = {"lite0": ("efficientnet_lite0", 224), "lite1": ("efficientnet_lite1", 240)}
-    views = {n: centre_views(bank + queries, size) for n, (_, size) in towers.items()}
-    feats = {n: tower_features(t, views[n], size) for n, (t, size) in towers.items()}
+    from rsclip_core.workdir import stage_dir
+
+    cache = args.cache or stage_dir("caption_proxy")
+    tag = f"b{len(bank)}-q{len(queries)}"
+    feats = {n: tower_features(t, [] if (cache / f"{n}-{tag}.npy").is_file() else centre_views(bank + queries, size),
+                               size, cache=cache / f"{n}-{tag}.npy") for n, (t, size) in towers.items()}
     log("image tower features done")
     minilm = load_text_tower()
     bank_caps = [c for r in bank for c in r.captions]
@@ -167,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return NeighbourCaptioner(bank, joint_img[:len(bank)], joint_caps, num_neighbours=10, teacher_dims=dims, **kw)
 
     namer = ImageNetObjectNamer(threshold=0.3)
+    q_images = centre_views(queries, 260)
+    fast_namer = PrecomputedNamer(namer, q_images)
     variants = {
         "V0 before: joint ranking, 5 label wordings": captioner(templates=CAPTION_TEMPLATES),
         "V1 + varied label wording (16)": captioner(templates=SCENE_CAPTION_TEMPLATES),
@@ -174,9 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         "V3 + agreement filter (min z >= 0)": captioner(templates=SCENE_CAPTION_TEMPLATES, agreement="min",
                                                         min_agreement=0.0),
         "V4 V1 + ImageNet object names (p >= 0.3)": ObjectNameCaptioner(captioner(templates=SCENE_CAPTION_TEMPLATES),
-                                                                         namer),
+                                                                         fast_namer),  # type: ignore[arg-type]
     }
-    q_images = centre_views(queries, 260)
     own_human = np.stack([encode_texts_with_tower(minilm, r.captions).mean(0) for r in queries])
     own_human /= np.linalg.norm(own_human, axis=1, keepdims=True)
     results: dict[str, Any] = {}
@@ -201,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                           "example": {"key": queries[0].key, "human": queries[0].captions[:2], "syn": syn[0]}}
         log(f"{vname}: {results[vname]['human_cos']:.4f} human, R@1 {results[vname]['t2i_r1']:.1f}")
     # object names: fire rate / precision by threshold
-    rs_probs = namer.probabilities(q_images)
+    rs_probs = np.stack([fast_namer.probs[id(im)] for im in q_images])
     nw_images = centre_views(nwpu, 260)
     nw_probs = namer.probabilities(nw_images)
     phrases = [namer.allow[c] for c in namer.class_index]
