@@ -168,7 +168,7 @@ def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_p
     joined = " ".join(cmd)
     assert cmd[:4] == [sys.executable, "-m", "rsclip_core.cli.main", "reinforce"]
     assert "--split train" in joined and f"--extra-source nwpu={tmp_path / 'nwpu'}" in joined
-    assert "--augmentation multiscale-rs" in joined
+    assert "--augmentation multiscale-rs" in joined and "--object-names 0.3" in joined and "--agreement" not in joined
     assert f"--teacher a=offline:{tmp_path / 'a.pt'}" in joined and f"--teacher b=offline:{tmp_path / 'b.pt'}" in joined
     alone = pipeline.reinforce_command(pipeline.parse_args(["--work-dir", str(tmp_path), "--nwpu", ""]), {"a": tmp_path})
     assert "--extra-source" not in alone

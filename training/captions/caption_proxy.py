@@ -37,7 +37,7 @@ DATA = REPO.parent / "shared" / "data"
 # which scene labels (RSICD / NWPU, lower case) an allow-listed object is consistent with: precision only
 OBJECT_SCENES = {
     "an airliner": {"airport", "airplane"}, "a military aircraft": {"airport", "airplane"},
-    "an airship": {"airport", "airplane"}, "an aircraft carrier": {"port", "airport", "airplane"},
+    "an airship": {"airport", "airplane"}, "parked aircraft": {"port", "airport", "airplane"},
     "a container ship": {"port"}, "an ocean liner": {"port"}, "a speedboat": {"port", "river", "beach", "resort"},
     "a fireboat": {"port", "river"}, "a lifeboat": {"port", "beach"}, "a catamaran": {"port", "beach", "resort"},
     "a trimaran": {"port", "beach", "resort"}, "a sailing ship": {"port"}, "a sailing boat": {"port", "beach"},
