@@ -198,9 +198,10 @@ class NeighbourCaptioner:
             nearest = np.argpartition(-sims, k - 1)[:k]
             cand = np.concatenate([np.flatnonzero(self.caption_owner == i) for i in nearest])
             joint = self.caption_embeddings[cand] @ q
-            agree = self._agreement(cand, q) if self.agreement == "min" or filtering else None
+            agree = self._agreement(cand, q) if self.agreement == "min" or filtering else joint
             scores = agree if self.agreement == "min" else joint
-            passed = agree >= self.min_agreement if filtering else np.ones(len(cand), bool)  # type: ignore[operator]
+            threshold = self.min_agreement
+            passed = agree >= threshold if threshold is not None else np.ones(len(cand), dtype=bool)
             seen = {c.strip().lower() for c in record.captions}
             for i in np.argsort(-scores, kind="stable"):
                 text = self.captions[cand[i]]
