@@ -8,8 +8,10 @@ MobileCLIP2-S0, MobileCLIP2-S2, MobileCLIP2-B and ViT-L-14 (open_clip architectu
 * parameters of the image and the text tower (incl. projections),
 * image-encoder GFLOPs at the model's own input size and at 224 px
   (``torch.utils.flop_counter.FlopCounterMode``; 1 multiply-add = 2 FLOPs),
-* image-encoder latency at 224 px, ms/image, batch 1 and batch 16: the exported ONNX graph in
-  onnxruntime (CPU) and eager torch; after warm-up, median over ``--repeats`` runs,
+* image-encoder latency at 224 px (``--native-size``: each model at its own input size, the
+  speed bar of the default-model selection), ms/image, batch 1 and batch 16: the exported ONNX
+  graph in onnxruntime (CPU) and eager torch (``--onnx-only``: ONNX alone); after warm-up, median
+  over ``--repeats`` runs,
 * each model's image-encoder throughput relative to ViT-B-32 in the same run,
 * with ``--int8 NAME ...``: the same students' image graphs statically int8-quantized
   (``rsclip_core.export.quantize``, QDQ, per-channel weights; calibrated on smooth random images,
@@ -21,6 +23,8 @@ Students and MobileCLIP are reparameterized before timing. Writes a markdown tab
     python benchmarks/encoders.py                 # full run
     python benchmarks/encoders.py --threads 1 --int8 effnetlite0-mct mobileclip-s0-rs   # + int8 rows
     nice -n 10 python benchmarks/encoders.py --repeats 2 --warmup 1 --no-write   # quick look
+    python benchmarks/encoders.py --threads 1 --native-size --onnx-only --peers ViT-B-32 \
+        --models effnetlite0-mct-s effnetlite0-mct-s-160 ... --out training/results/resolution_sweep_latency.md
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Row:
     text_params: float = 0.0
     gflops_native: float = 0.0
     gflops_224: float = 0.0
+    timed_size: int = BENCH_SIZE  # input side the latency was measured at
     onnx_ms: dict[int, float] = field(default_factory=dict)
     torch_ms: dict[int, float] = field(default_factory=dict)
     note: str = ""
@@ -139,20 +144,21 @@ def prepare(
     row.gflops_224 = row.gflops_native if size == BENCH_SIZE else image_flops(encoder, BENCH_SIZE)
     if hasattr(model, "text"):
         model.text = None  # only the image encoder is timed: free the text tower's memory
+    row.timed_size = size if args.native_size else BENCH_SIZE
     path = tmp / f"{name}.onnx"
-    export_graph(encoder, torch.rand(2, 3, BENCH_SIZE, BENCH_SIZE), "image", path, opset=17, exporter="auto")
-    return Prepared(row, encoder, timing_session(path, args.threads))
+    export_graph(encoder, torch.rand(2, 3, row.timed_size, row.timed_size), "image", path, opset=17, exporter="auto")
+    return Prepared(row, None if args.onnx_only else encoder, timing_session(path, args.threads))
 
 
 class RandomImageReader:
     """Calibration batches of smooth random images, standardised like the students' inputs."""
 
-    def __init__(self, batches: int = 4, batch_size: int = 8, seed: int = 0) -> None:
+    def __init__(self, batches: int = 4, batch_size: int = 8, seed: int = 0, size: int = BENCH_SIZE) -> None:
         import numpy as np
 
         rng = np.random.default_rng(seed)
         low = rng.uniform(-1.5, 1.5, size=(batches * batch_size, 3, 7, 7)).astype(np.float32)
-        full = low.repeat(BENCH_SIZE // 7, axis=2).repeat(BENCH_SIZE // 7, axis=3)
+        full = np.kron(low, np.ones((1, 1, -(-size // 7), -(-size // 7)), np.float32))[:, :, :size, :size]
         self.batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
         self.index = 0
 
@@ -170,9 +176,10 @@ def prepare_int8(item: Prepared, args: argparse.Namespace, tmp: Path) -> Prepare
 
     src = tmp / f"{item.row.name}.onnx"
     dst = tmp / f"{item.row.name}.int8.onnx"
-    quantize_image_graph_with_reader(src, dst, RandomImageReader())
+    quantize_image_graph_with_reader(src, dst, RandomImageReader(size=item.row.timed_size))
     row = Row(f"{item.row.name} int8", item.row.kind, item.row.image_size, item.row.image_params,
-              item.row.text_params, item.row.gflops_native, item.row.gflops_224, note="static int8 (QDQ)")
+              item.row.text_params, item.row.gflops_native, item.row.gflops_224, timed_size=item.row.timed_size,
+              note="static int8 (QDQ)")
     return Prepared(row, None, timing_session(dst, args.threads))
 
 
@@ -185,11 +192,12 @@ def time_round_robin(prepared: list[Prepared], args: argparse.Namespace) -> None
     import numpy as np
     import torch
 
-    inputs = {b: np.random.default_rng(0).random((b, 3, BENCH_SIZE, BENCH_SIZE), dtype=np.float32) for b in args.batches}
+    sizes = {item.row.timed_size for item in prepared}
+    inputs = {(s, b): np.random.default_rng(0).random((b, 3, s, s), dtype=np.float32) for s in sizes for b in args.batches}
     samples: dict[tuple[str, str, int], list[float]] = {}
 
     def run_once(item: Prepared, engine: str, batch: int) -> float:
-        x = inputs[batch]
+        x = inputs[(item.row.timed_size, batch)]
         start = time.perf_counter()
         if engine == "onnx":
             item.session.run(None, {"image": x})
@@ -228,7 +236,7 @@ def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], defa
     ref = next((r for r in rows if r.name == REFERENCE), None)
     b_small, b_large = min(args.batches), max(args.batches)
     head = (
-        "| model | kind | input px | image params (M) | text params (M) | image GFLOPs @input | GFLOPs @224 "
+        "| model | kind | input px (timed) | image params (M) | text params (M) | image GFLOPs @input | GFLOPs @224 "
         f"| ONNX ms/img b{b_small} | ONNX ms/img b{b_large} | torch ms/img b{b_small} | torch ms/img b{b_large} "
         f"| speed vs {REFERENCE} (ONNX b{b_small} / b{b_large}) |"
     )
@@ -239,7 +247,7 @@ def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], defa
             ratio = f"{ref.onnx_ms[b_small] / r.onnx_ms[b_small]:.1f}× / {ref.onnx_ms[b_large] / r.onnx_ms[b_large]:.1f}×"
         name = f"**{r.name}** (default)" if r.name == default else r.name
         lines.append(
-            f"| {name} | {r.kind} | {r.image_size} | {fmt(r.image_params)} | {fmt(r.text_params)} "
+            f"| {name} | {r.kind} | {r.image_size} ({r.timed_size}) | {fmt(r.image_params)} | {fmt(r.text_params)} "
             f"| {fmt(r.gflops_native, 2)} | {fmt(r.gflops_224, 2)} | {fmt(r.onnx_ms[b_small])} | {fmt(r.onnx_ms[b_large])} "
             f"| {fmt_ms(r.torch_ms, b_small)} | {fmt_ms(r.torch_ms, b_large)} | {ratio} |"
         )
@@ -276,7 +284,8 @@ def render(rows: list[Row], args: argparse.Namespace, meta: dict[str, Any], defa
         + (" — the machine was shared with other jobs during this run" if meta["busy"] else ""),
         f"- software: {meta['software']}",
         (
-            f"- timing: image encoder at {BENCH_SIZE}×{BENCH_SIZE}, {args.warmup} warm-up + median of "
+            f"- timing: image encoder at {'its own input size' if args.native_size else f'{BENCH_SIZE}×{BENCH_SIZE}'}"
+            f"{', ONNX only' if args.onnx_only else ''}, {args.warmup} warm-up + median of "
             f"{args.repeats} rounds; every round times every model and cell in turn (so load drift hits all "
             "models alike); ms/img = batch latency / batch size; all models random-init, students and "
             "MobileCLIP reparameterized; ONNX = opset 17 graph incl. L2 normalisation, onnxruntime CPU EP "
@@ -308,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--native-size", action="store_true",
+                        help="time each image encoder at its own input size (default: all at 224 px)")
+    parser.add_argument("--onnx-only", action="store_true", help="time the ONNX graphs only (no eager torch)")
     parser.add_argument("--int8", nargs="*", default=[], metavar="STUDENT",
                         help="also time these students' image graphs statically int8-quantized (ONNX rows)")
     args = parser.parse_args(argv)

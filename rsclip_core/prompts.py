@@ -4,7 +4,8 @@ teachers and training data all import it).
 - ``ZERO_SHOT_TEMPLATES``: the prompt ensemble for zero-shot classification and templated search;
   exported models store it as their metadata's ``prompt_templates`` default.
 - ``CAPTION_TEMPLATES``: turn a scene-class name into captions (image-folder datasets as training
-  data, scene-label prior captions in reinforcement, label prompts when fitting teachers).
+  data, label prompts when fitting teachers).
+- ``SCENE_CAPTION_TEMPLATES``: the same plus varied wordings, for reinforcement's scene-label captions.
 """
 
 from __future__ import annotations
@@ -26,6 +27,22 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a remote sensing image of {}.",
     "an overhead view of {}.",
     "a top-down aerial view of {}.",
+)
+
+#: scene-label captions with varied wording (reinforcement's label slots): generic overhead-imagery phrasing,
+#: no dataset's caption style; CAPTION_TEMPLATES stays the reading of image-folder datasets
+SCENE_CAPTION_TEMPLATES: tuple[str, ...] = CAPTION_TEMPLATES + (
+    "{} seen from above.",
+    "an aerial photograph showing {}.",
+    "a high-resolution satellite image of {}.",
+    "a bird's-eye view of {}.",
+    "{} in an overhead image.",
+    "a view of {} from the air.",
+    "an orthophoto of {}.",
+    "a drone image looking straight down at {}.",
+    "overhead imagery of {}.",
+    "a satellite view with {}.",
+    "this aerial scene shows {}.",
 )
 
 PLACEHOLDER = "{}"

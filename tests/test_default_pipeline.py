@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from rsclip_core import spec
+from rsclip_core.models import list_models
 from tests.test_train import make_reinforced_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,9 +50,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (reinforced / "report.json").write_text(json.dumps({"samples": 12}))
     teachers = root / "teachers"
     teachers.mkdir()
-    for name in ("lite2.pt", "lite0.pt"):
-        (teachers / name).write_bytes(b"fitted elsewhere")
     return {"root": root, "reinforced": reinforced, "teachers": teachers}
+
+
+def _stub_tuning(pipeline, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Stage teachers without tune_teachers.py: two checkpoints 'tuned elsewhere' (the dataset is pre-built)."""
+    calls: list[Path] = []
+
+    def tune(work_dir: Path) -> dict[str, Path]:
+        calls.append(work_dir)
+        out = {}
+        for name in ("lite2-tuned", "lite1-tuned"):
+            (work_dir / "teachers" / f"{name}.pt").write_bytes(b"tuned elsewhere")
+            out[name] = work_dir / "teachers" / f"{name}.pt"
+        return out
+
+    monkeypatch.setattr(pipeline, "tune_teachers", tune)
+    return calls
 
 
 def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.MonkeyPatch):
@@ -69,13 +84,16 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
         return path, 64
 
     monkeypatch.setattr(pipeline, "reference_image_graph", reference)
+    tuned = _stub_tuning(pipeline, monkeypatch)
     root = world["root"]
     argv = ["--rsicd", str(root / "rsicd" / "dataset_rsicd.json"), "--rsscn7", str(root / "rsscn7"),
             "--teachers", str(world["teachers"]), "--reinforced", str(world["reinforced"]), "--work", str(root / "work"),
             "--output", str(root / "shipped"), "--coreml-output", str(root / "coreml"), "--card", str(root / "CARD.md"),
-            "--results", str(root / "results.md"), "--stages", "teachers,reinforce,train,evaluate,select,baseline,export,measure,card",
+            "--results", str(root / "results.md"), "--sweep", str(root / "sweep.md"), "--stages", "teachers,reinforce,train,evaluate,select,baseline,export,measure,card",
             "--set", "batch_size=4", "--set", "warmup_steps=1", "--set", "num_workers=0"]
     assert pipeline.main(argv) == 0
+    assert tuned == [root] and json.loads((world["teachers"] / "pipeline_teachers.json").read_text()) == {
+        "lite2-tuned": str(root / "teachers" / "lite2-tuned.pt"), "lite1-tuned": str(root / "teachers" / "lite1-tuned.pt")}
 
     selection = json.loads((root / "work" / "selection.json").read_text())
     assert selection["chosen"] in ("a-kd", "b-kd") and set(selection["candidates"]) == {"a-kd", "b-kd"}
@@ -93,11 +111,15 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
     assert f"**{shipped['rsicd_test']['mR']:.2f}**" in card  # the card quotes the measured shipped numbers
     assert "published, not ours" in card and "plain-CLIP twin" in card
     assert json.loads((root / "results.json").read_text())["chosen"] == selection["chosen"]
+    sweep = (root / "sweep.md").read_text()
+    evaluated = json.loads((root / "work" / "a-kd" / "eval.json").read_text())
+    assert "`a-kd`" in sweep and "`b-kd`" in sweep and f"{evaluated['rsicd_val']['mR']:.2f}" in sweep
 
     # a second run skips every finished stage: no retraining, same selection
     before = {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/model.pt")}
-    assert pipeline.main(argv + ["--stages", "train,evaluate,select,baseline"]) == 0
+    assert pipeline.main(argv + ["--stages", "teachers,train,evaluate,select,baseline"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/model.pt")} == before
+    assert len(tuned) == 1  # the teachers were found, not tuned again
 
 
 def test_pipeline_rejects_unknown_stage_in_one_line(world, capsys: pytest.CaptureFixture[str]):
@@ -114,7 +136,7 @@ def test_pipeline_paths_default_into_the_work_dir(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("RSCLIP_WORK_DIR", str(tmp_path / "env"))
     args = pipeline.parse_args([])
     assert args.work == tmp_path / "env" / "default_model"
-    assert args.reinforced == tmp_path / "env" / "reinforced" / "rsicd-train"
+    assert args.reinforced == tmp_path / "env" / "reinforced" / "rsicd-nwpu-multiscale"
     assert args.teachers == tmp_path / "env" / "teachers" and args.teacher_features == tmp_path / "env" / "teacher_features"
     args = pipeline.parse_args(["--work-dir", str(tmp_path / "flag"), "--work", str(tmp_path / "mine")])
     assert args.work == tmp_path / "mine" and args.teachers == tmp_path / "flag" / "teachers"
@@ -124,12 +146,52 @@ def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
     pipeline = _load_pipeline()
     args = pipeline.parse_args(["--work-dir", str(tmp_path)])
     args.overrides = {"device": "cpu"}
-    lite0 = pipeline.CANDIDATES["effnetlite0-mct-s-kd"].config(args)
-    assert (lite0.model, lite0.mode, lite0.lam, lite0.steps, lite0.batch_size, lite0.checkpoint_every, lite0.device) == (
-        "effnetlite0-mct-s", "reinforced", 0.7, 1200, 32, 50, "cpu")
-    assert lite0.output == str(tmp_path / "default_model" / "effnetlite0-mct-s-kd")
-    twin = pipeline.baseline_for(pipeline.CANDIDATES["mci0-mct-s-kd"]).config(args)
-    assert (twin.model, twin.mode, twin.lam, twin.synthetic, twin.steps) == ("mci0-mct-s", "clip", 0.0, False, 400)
+    lite0 = pipeline.CANDIDATES["effnetlite0-mct-s-160-next"].config(args)
+    assert (lite0.model, lite0.mode, lite0.lam, lite0.teacher_mix, lite0.ema_decay, lite0.steps, lite0.batch_size,
+            lite0.checkpoint_every, lite0.device) == (
+        "effnetlite0-mct-s-160", "reinforced", 1.0, "probs", 0.998, 2000, 32, 50, "cpu")
+    assert lite0.output == str(tmp_path / "default_model" / "effnetlite0-mct-s-160-next")
+    twin = pipeline.baseline_for(pipeline.CANDIDATES["effnetlite1-mct-s-192-next"]).config(args)
+    assert twin.output.endswith("effnetlite1-mct-s-192-clip")
+    assert (twin.model, twin.mode, twin.lam, twin.synthetic, twin.steps) == ("effnetlite1-mct-s-192", "clip", 0.0, False, 1200)
+    # every candidate's model is registered, and the shipped model's recipe still resolves
+    for run in pipeline.CANDIDATES.values():
+        assert run.config(args).model in list_models()
+    old = pipeline.Run("effnetlite0-mct-s-kd", pipeline.RECIPES / "effnetlite0-mct-s-kd.yaml").config(args)
+    assert (old.model, old.lam, old.teacher_mix, old.steps) == ("effnetlite0-mct-s", 0.7, "kl", 1200)
+
+
+def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_path: Path):
+    pipeline = _load_pipeline()
+    args = pipeline.parse_args(["--work-dir", str(tmp_path), "--nwpu", str(tmp_path / "nwpu")])
+    cmd = pipeline.reinforce_command(args, {"a": tmp_path / "a.pt", "b": tmp_path / "b.pt"})
+    joined = " ".join(cmd)
+    assert cmd[:4] == [sys.executable, "-m", "rsclip_core.cli.main", "reinforce"]
+    assert "--split train" in joined and f"--extra-source nwpu={tmp_path / 'nwpu'}" in joined
+    assert "--augmentation multiscale-rs" in joined and "--object-names 0.3" in joined and "--agreement" not in joined
+    assert f"--teacher a=offline:{tmp_path / 'a.pt'}" in joined and f"--teacher b=offline:{tmp_path / 'b.pt'}" in joined
+    alone = pipeline.reinforce_command(pipeline.parse_args(["--work-dir", str(tmp_path), "--nwpu", ""]), {"a": tmp_path})
+    assert "--extra-source" not in alone
+
+
+def test_tune_teachers_runs_the_tuning_script_and_reads_the_paths_it_prints(tmp_path: Path, monkeypatch):
+    pipeline = _load_pipeline()
+    script = tmp_path / "tune_teachers.py"
+    script.write_text(
+        "import sys, pathlib\n"
+        "w = pathlib.Path(sys.argv[sys.argv.index('--work-dir') + 1]) / 'teachers'\n"
+        "w.mkdir(parents=True, exist_ok=True)\n"
+        "for n in ('fa-lite2', 'ft-lite0'):\n"
+        "    (w / f'{n}.pt').write_bytes(b'x')\n"
+        "    print(f'tuned teacher: {w / n}.pt')\n"
+        "print('not a path.pt')\n")
+    monkeypatch.setattr(pipeline, "TUNE_TEACHERS", script)
+    found = pipeline.tune_teachers(tmp_path / "w")
+    assert found == {"fa-lite2": tmp_path / "w" / "teachers" / "fa-lite2.pt",
+                     "ft-lite0": tmp_path / "w" / "teachers" / "ft-lite0.pt"}
+    monkeypatch.setattr(pipeline, "TUNE_TEACHERS", tmp_path / "missing.py")
+    with pytest.raises(FileNotFoundError, match="--teacher-stage fit"):
+        pipeline.tune_teachers(tmp_path / "w")
 
 
 def test_pipeline_rejects_unknown_set_key_in_one_line(world, capsys: pytest.CaptureFixture[str]):

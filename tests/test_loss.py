@@ -131,3 +131,45 @@ def test_rejects_bad_lambda_and_missing_teacher_parts():
         reinforced_loss(img, txt, 1.0, {}, {}, {}, lam=0.5)
     with pytest.raises(ValueError, match="logit scale missing"):
         reinforced_loss(img, txt, 1.0, {"t": img}, {"t": txt}, {}, lam=0.5)
+
+
+def _reference_prob_mix(img, txt, scale, teachers):
+    """KL to the mean of the teachers' row softmaxes (MobileCLIP2), loops only."""
+    def softmax(row):
+        e = [math.exp(v - max(row)) for v in row]
+        return [v / sum(e) for v in e]
+
+    def sim(a, b, s):
+        return [[s * float(a[i] @ b[j]) for j in range(b.shape[0])] for i in range(a.shape[0])]
+
+    n = img.shape[0]
+    total = 0.0
+    for direction in (0, 1):
+        student = sim(img, txt, scale) if direction == 0 else sim(txt, img, scale)
+        mixes = []
+        for t_img, t_txt, t_scale in teachers:
+            rows = sim(t_img, t_txt, t_scale) if direction == 0 else sim(t_txt, t_img, t_scale)
+            mixes.append([softmax(r) for r in rows])
+        for i in range(n):
+            p = [sum(m[i][j] for m in mixes) / len(mixes) for j in range(n)]
+            q = softmax(student[i])
+            total += sum(pj * (math.log(pj) - math.log(qj)) for pj, qj in zip(p, q)) / n
+    return total / 2
+
+
+def test_probability_mix_matches_reference_and_differs_from_kl_mean():
+    img, txt = _unit(6, 8, seed=0), _unit(6, 8, seed=1)
+    t1 = (_unit(6, 5, seed=2), _unit(6, 5, seed=3), 50.0)
+    t2 = (_unit(6, 12, seed=4), _unit(6, 12, seed=5), 10.0)
+    args = (img, txt, 20.0, {"a": t1[0], "b": t2[0]}, {"a": t1[1], "b": t2[1]}, {"a": 50.0, "b": 10.0})
+    mixed = reinforced_loss(*args, lam=1.0, teacher_mix="probs")
+    assert float(mixed.distill) == pytest.approx(_reference_prob_mix(img, txt, 20.0, [t1, t2]), rel=1e-5)
+    per_kl = reinforced_loss(*args, lam=1.0, teacher_mix="kl")
+    assert float(mixed.distill) < float(per_kl.distill)  # KL is convex: the mixture's KL <= the mean KL
+    assert set(mixed.per_teacher) == {"a", "b"}
+    # one teacher: both mixes are the same loss; lam=1 has no CLIP term
+    one = ({"a": t1[0]}, {"a": t1[1]}, {"a": 50.0})
+    assert float(reinforced_loss(img, txt, 20.0, *one, lam=1.0, teacher_mix="probs").total) == pytest.approx(
+        float(reinforced_loss(img, txt, 20.0, *one, lam=1.0).total), rel=1e-6)
+    with pytest.raises(ValueError, match="teacher_mix"):
+        reinforced_loss(*args, lam=1.0, teacher_mix="geometric")

@@ -6,20 +6,30 @@ import hashlib
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from rsclip_core.data.augment import AugmentationConfig, reapply
-from rsclip_core.data.readers import ImageTextRecord, read_karpathy_json
+from rsclip_core.data.readers import ImageTextRecord, dataset_fingerprint, read_image_folder, read_karpathy_json
 from rsclip_core.reinforce.builder import (
     BuildConfig,
     BuildError,
+    DataSource,
     build_caption_bank,
     build_reinforced_dataset,
+    merge_sources,
     parse_shard_spec,
     storage_report,
+)
+from rsclip_core.reinforce.captioners import (
+    AERIAL_IMAGENET_OBJECTS,
+    CaptionerError,
+    ImageNetObjectNamer,
+    NeighbourCaptioner,
+    ObjectNameCaptioner,
 )
 from rsclip_core.reinforce.shards import (
     ReinforcedSample,
@@ -218,3 +228,89 @@ def test_reinforce_real_rsicd_images(tmp_path: Path) -> None:
         assert img.size == (224, 224) and s.image_bytes == Path(s.source).read_bytes()
         assert s.augmented_view(2).size == (32, 32) and len(s.captions) == 5
     assert storage_report(tmp_path / "out")["beyond_image_per_sample"] > 0
+
+
+def _two_teacher_captioner(**kwargs: Any):
+    """A 3-image bank whose captions the two teacher blocks (2-d each) rank differently."""
+    bank = [ImageTextRecord(f"b{i}", Path(f"b{i}.jpg"), caps, label="forest")
+            for i, caps in enumerate([["both like"], ["only a likes"], ["only b likes"]])]
+    joint_img = np.eye(4, dtype=np.float32)[:3]
+    #                         teacher a | teacher b   (query: [1, 0 | 1, 0])
+    caps = np.array([[0.9, 0.1, 0.9, 0.1],
+                     [1.0, 0.0, -1.0, 0.0],
+                     [-0.2, 0.0, 1.0, 0.0]], np.float32)
+    return NeighbourCaptioner(bank, joint_img, caps, num_neighbours=3, teacher_dims=[2, 2], **kwargs)
+
+
+def test_neighbour_agreement_ranks_by_the_least_agreeing_teacher_and_filters() -> None:
+    q = np.array([1, 0, 1, 0], np.float32)
+    me = ImageTextRecord("me", Path("me.jpg"), ["own"], label=None)
+    joint = _two_teacher_captioner(label_captions=0)
+    assert joint.caption(me, None, 3, random.Random(0), q)[0] == "both like"
+    assert "agreement" not in joint.describe()  # the pre-agreement manifest entry, unchanged
+    agree = _two_teacher_captioner(label_captions=0, agreement="min")
+    out = agree.caption(me, None, 3, random.Random(0), q)
+    assert out[0] == "both like" and set(out) == {"both like", "only a likes", "only b likes"}
+    # filtered: only captions every teacher puts at or above the candidates' mean survive
+    strict = _two_teacher_captioner(label_captions=0, agreement="min", min_agreement=0.0)
+    assert strict.describe()["min_agreement"] == 0.0
+    assert strict.caption(me, None, 1, random.Random(0), q) == ["both like"]
+    labelled = ImageTextRecord("me", Path("me.jpg"), ["own"], label="forest")
+    out = strict.caption(labelled, None, 3, random.Random(0), q)  # freed slots -> scene-label captions
+    assert out[0] == "both like" and all("forest" in c for c in out[1:]) and len(set(out)) == 3
+    with pytest.raises(CaptionerError, match="teacher_dims"):
+        NeighbourCaptioner([me], np.ones((1, 4), np.float32), np.ones((1, 4), np.float32),
+                           agreement="min")
+
+
+class _FixedNamer:
+    def __init__(self, phrase: str | None) -> None:
+        self.phrase = phrase
+
+    def name(self, image: Any) -> str | None:
+        return self.phrase
+
+    def describe(self) -> dict[str, Any]:
+        return {"threshold": 0.3}
+
+
+def test_object_name_captioner_takes_one_slot_only_when_confident() -> None:
+    q = np.array([1, 0, 1, 0], np.float32)
+    me = ImageTextRecord("me", Path("me.jpg"), ["own"], label=None)
+    base = _two_teacher_captioner(label_captions=0)
+    fired = ObjectNameCaptioner(base, _FixedNamer("an airliner"))
+    out = fired.caption(me, None, 3, random.Random(0), q)
+    assert out == base.caption(me, None, 2, random.Random(0), q) + ["an aerial image with an airliner."]
+    assert ObjectNameCaptioner(base, _FixedNamer(None)).caption(me, None, 3, random.Random(0), q) == \
+        base.caption(me, None, 3, random.Random(0), q)
+    assert fired.describe()["objects"]["threshold"] == 0.3 and fired.name.endswith("+objects")
+
+
+def test_imagenet_object_namer_allow_list_and_threshold() -> None:
+    namer = ImageNetObjectNamer(tower="efficientnet_lite0", image_size=224, threshold=0.99)
+    assert len(namer.class_index) == len(AERIAL_IMAGENET_OBJECTS)
+    flat = Image.new("RGB", (64, 64), (120, 130, 110))
+    assert namer.probabilities([flat]).shape == (1, len(AERIAL_IMAGENET_OBJECTS))
+    assert namer.name(flat) is None  # nothing is 99 % sure on a flat image
+    with pytest.raises(CaptionerError, match="not ImageNet-1k classes"):
+        ImageNetObjectNamer(tower="efficientnet_lite0", allow={"swimming pool": "a pool"})
+
+
+def test_merge_sources_prefixes_keys_and_records_each_source(tmp_path: Path) -> None:
+    primary = make_dataset(tmp_path / "a", n=4, bad=False)
+    folder = tmp_path / "nwpu" / "airplane"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (24, 24), (200, 200, 200)).save(folder / "airplane_001.jpg")
+    extra = read_image_folder(tmp_path / "nwpu")
+    records, source = merge_sources([DataSource("", "a.json", primary, "json", ["train"]),
+                                     DataSource("nwpu", str(tmp_path / "nwpu"), extra, "folder")])
+    assert [r.key for r in records[:4]] == [r.key for r in primary] and records[-1].key == "nwpu-airplane_airplane_001"
+    assert records[-1].label == "airplane" and "airplane" in records[-1].captions[0]
+    assert source["path"] == "a.json" and source["num_records"] == 5
+    assert [s["name"] for s in source["sources"]] == ["", "nwpu"] and source["sources"][1]["num_records"] == 1
+    single_records, single = merge_sources([DataSource("", "a.json", primary, "json", ["train"])])
+    assert "sources" not in single and single["fingerprint"] == dataset_fingerprint(primary)  # as before
+    with pytest.raises(BuildError, match="no records"):
+        merge_sources([DataSource("x", "empty", [])])
+    with pytest.raises(BuildError, match="source name"):
+        merge_sources([DataSource("a.b", "p", primary)])

@@ -64,3 +64,34 @@ def test_reinforce_cli_errors(tmp_path: Path, tiny_clip: Path) -> None:
     res = CliRunner().invoke(cli, ["reinforce", str(tmp_path / "d" / "ds.json"), str(tmp_path / "o"),
                                    "--teacher", f"open_clip:rsclip_tiny_clip:{tiny_clip}", "--shard", "2/2"])
     assert res.exit_code != 0 and "--shard" in res.output
+
+
+def test_reinforce_cli_merges_an_extra_class_folder_with_the_new_defaults(tmp_path: Path, tiny_clip: Path) -> None:
+    from PIL import Image
+
+    from rsclip_core.data.augment import AugmentationConfig, augmentation_preset
+
+    make_dataset(tmp_path / "data", n=6, bad=False)
+    for cls in ("airplane", "airport"):
+        (tmp_path / "nwpu" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (30, 30), (40 * i, 120, 200)).save(tmp_path / "nwpu" / cls / f"{cls}_{i:03d}.jpg")
+    out = tmp_path / "out"
+    base = ["reinforce", str(tmp_path / "data" / "ds.json"), str(out), "--teacher",
+            f"a=open_clip:rsclip_tiny_clip:{tiny_clip}", "-k", "2", "-s", "3", "--image-size", "32",
+            "--neighbours", "3", "--agreement", "min", "--min-agreement", "0"]
+    res = CliRunner().invoke(cli, base + ["--extra-source", f"nwpu={tmp_path / 'nwpu'}"])
+    assert res.exit_code == 0, res.output
+    man = load_manifest(out)
+    assert [s["name"] for s in man.source["sources"]] == ["", "nwpu"] and man.source["num_records"] == 10
+    assert AugmentationConfig.from_dict(man.augmentation) == augmentation_preset("multiscale-rs", 32)
+    assert man.captioner["agreement"] == "min" and len(man.captioner["templates"]) > 5  # varied label wording
+    samples = {s.key: s for s in iter_samples(out)}
+    plane = samples["nwpu-airplane_airplane_000"]
+    assert plane.label == "airplane" and len(plane.syn_captions) == 3
+    assert any("airplane" in c for c in plane.syn_captions)  # its scene-label caption
+    bad = CliRunner().invoke(cli, base + ["--extra-source", "nwpu"])
+    assert bad.exit_code != 0 and "--extra-source" in bad.output
+    old = CliRunner().invoke(cli, base[:2] + [str(tmp_path / "old")] + base[3:] + ["--augmentation", "rsicd-v1"])
+    assert old.exit_code == 0, old.output
+    assert AugmentationConfig.from_dict(load_manifest(tmp_path / "old").augmentation) == AugmentationConfig(output_size=32)

@@ -241,3 +241,11 @@ def test_ablation_work_dir_defaults_to_the_env(tmp_path: Path, monkeypatch: pyte
 
 def test_yaml_exponent_without_dot_reads_as_float(tmp_path: Path):
     assert load_recipe(_write(tmp_path / "r.yaml", "lr: 1e-3\nmin_lr_ratio: '.5'\n")) == {"lr": 1e-3, "min_lr_ratio": 0.5}
+
+
+def test_teacher_mix_defaults_to_per_teacher_kl_and_rejects_unknown_values():
+    cfg = TrainConfig(data="d", model="m", output="o").resolved()
+    assert cfg.teacher_mix == "kl"
+    assert TrainConfig(data="d", model="m", output="o", teacher_mix="probs").resolved().teacher_mix == "probs"
+    with pytest.raises(TrainConfigError, match="--teacher-mix"):
+        TrainConfig(data="d", model="m", output="o", teacher_mix="mean").resolved()

@@ -11,10 +11,14 @@ Scale and faults:
   a finished ``shard-*.tar`` is the commit marker. A killed build resumes by skipping finished
   shards and redoing the rest: no duplicates, no lost samples.
 * Corrupt, truncated or non-RGB images are skipped, counted and listed (sidecars + report).
+* Several sources (e.g. RSICD train + an NWPU class-folder subset with scene-label captions) go into
+  one dataset through :func:`merge_sources`: keys of the extra sources get their source name as a
+  prefix, and the manifest's ``source["sources"]`` lists each one (path, format, records, fingerprint).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -26,8 +30,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rsclip_core.data.augment import AugmentationConfig, reapply, sample_params
-from rsclip_core.data.readers import ImageLoadError, ImageTextRecord, check_unique_keys, load_rgb_image
+from rsclip_core.data.augment import DEFAULT_PRESET, AugmentationConfig, augmentation_preset, reapply, sample_params
+from rsclip_core.data.readers import (
+    ImageLoadError,
+    ImageTextRecord,
+    check_unique_keys,
+    dataset_fingerprint,
+    load_rgb_image,
+    sanitize_key,
+)
+from rsclip_core.prompts import CAPTION_TEMPLATES
 from rsclip_core.reinforce.captioners import Captioner, NeighbourCaptioner
 from rsclip_core.reinforce.shards import (
     MANIFEST_NAME,
@@ -56,7 +68,7 @@ class BuildConfig:
     shard_size: int = 256
     batch_size: int = 16  # records per teacher batch (never crosses a shard)
     allow_convert: bool = False  # convert L/P/RGBA/CMYK images instead of skipping them
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    augmentation: AugmentationConfig = field(default_factory=lambda: augmentation_preset(DEFAULT_PRESET))
 
 
 @dataclass
@@ -72,6 +84,46 @@ class BuildResult:
     def images_per_second(self) -> float:
         n = self.samples_written + len(self.images_skipped)
         return n / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class DataSource:
+    """One input of a reinforced dataset: its records and how they were read."""
+
+    name: str  # key prefix of its records ("" for the primary source: keys unchanged)
+    path: str
+    records: list[ImageTextRecord]
+    format: str = ""
+    splits: list[str] = field(default_factory=list)
+
+
+def merge_sources(sources: Sequence[DataSource]) -> tuple[list[ImageTextRecord], dict[str, Any]]:
+    """All sources' records in order (keys of named sources prefixed ``<name>-``) and the manifest's
+    ``source`` entry: the first source's fields at the top level (as single-source datasets record
+    them), ``sources`` with one entry per source, ``fingerprint``/``num_records`` over all records."""
+    if not sources:
+        raise BuildError("no data sources given")
+    records: list[ImageTextRecord] = []
+    entries = []
+    for src in sources:
+        if not src.records:
+            raise BuildError(f"source {src.name or src.path!r} ({src.path}): no records")
+        if src.name and sanitize_key(src.name) != src.name:
+            raise BuildError(f"source name {src.name!r}: use letters, digits, '-' and '_' only")
+        mine = [dataclasses.replace(r, key=f"{src.name}-{r.key}") if src.name else r for r in src.records]
+        entries.append({"name": src.name, "path": src.path, "format": src.format, "splits": list(src.splits),
+                        "num_records": len(mine), "fingerprint": dataset_fingerprint(mine)})
+        records += mine
+    try:
+        check_unique_keys(records)
+    except ValueError as exc:
+        raise BuildError(f"data sources: {exc}") from exc
+    first = entries[0]
+    source = {"path": first["path"], "format": first["format"], "splits": first["splits"],
+              "num_records": len(records), "fingerprint": dataset_fingerprint(records)}
+    if len(entries) > 1:
+        source["sources"] = entries
+    return records, source
 
 
 def parse_shard_spec(spec: str) -> tuple[int, int]:
@@ -114,6 +166,9 @@ def build_caption_bank(
     progress: bool = True,
     num_neighbours: int = 10,
     label_captions: int = 1,
+    templates: Sequence[str] = CAPTION_TEMPLATES,
+    agreement: str = "joint",
+    min_agreement: float | None = None,
 ) -> tuple[NeighbourCaptioner, TextEmbeddingCache]:
     """Embed the bank (centre views + all captions) with the ensemble; cached in ``cache_path`` (npz).
 
@@ -175,7 +230,9 @@ def build_caption_bank(
     joint_img = np.concatenate([img[n] for n in names], 1) / k
     joint_txt = np.concatenate([txt[n] for n in names], 1) / k
     captioner = NeighbourCaptioner(kept, joint_img, joint_txt, num_neighbours=num_neighbours,
-                                   label_captions=label_captions)
+                                   label_captions=label_captions, templates=templates,
+                                   teacher_dims=[img[n].shape[1] for n in names], agreement=agreement,
+                                   min_agreement=min_agreement)
     cache = TextEmbeddingCache(ensemble)
     cache.add(captioner.captions, txt)
     return captioner, cache

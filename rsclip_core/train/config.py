@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 MODES = ("clip", "reinforced", "online")
+TEACHER_MIXES = ("kl", "probs")  # rsclip_core.train.loss.reinforced_loss(teacher_mix=...)
 PRECISIONS = ("auto", "fp32", "bf16")
 RECIPE_KEYS = ("extends", "description")  # recipe keys that are not TrainConfig fields
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -61,6 +62,8 @@ class TrainConfig:
         None, "Teacher temperature tau_k for every teacher without its own entry in teacher_logit_scales "
         "(default: each teacher's own learned scale from the manifest, 100 where none is recorded).")
     teacher_logit_scales: dict[str, float] = _field(factory=dict, help="Per-teacher tau_k, NAME: VALUE.")
+    teacher_mix: str = _field("kl", "How teachers combine: kl = mean of per-teacher KLs; probs = one KL to the "
+                              "mean of the teachers' softmax distributions (MobileCLIP2).", choices=TEACHER_MIXES)
     online_teacher_specs: list[str] | None = _field(
         None, "Mode online: teacher spec NAME=SPEC (offline:/x.pt, open_clip:ARCH:/w.bin); default: from the manifest.",
         flag="--online-teacher")
@@ -116,6 +119,8 @@ class TrainConfig:
                 raise TrainConfigError(f"{name}: must be >= {low}, got {value}")
         if not 0.0 <= cfg.min_lr_ratio <= 1.0:
             raise TrainConfigError(f"--min-lr-ratio: must lie in [0, 1], got {cfg.min_lr_ratio}")
+        if cfg.teacher_mix not in TEACHER_MIXES:
+            raise TrainConfigError(f"--teacher-mix: {cfg.teacher_mix!r} is not one of {', '.join(TEACHER_MIXES)}")
         if cfg.precision not in PRECISIONS:
             raise TrainConfigError(f"--precision: {cfg.precision!r} is not auto, fp32 or bf16")
         if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:

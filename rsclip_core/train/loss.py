@@ -11,6 +11,13 @@ For one batch of ``B`` image/text pairs with student embeddings ``(x_img, x_txt)
 ``tau`` is the student's (learnable) logit scale, ``tau_k`` a fixed per-teacher logit scale. The
 trainer sums ``L`` over the real-caption batch and the synthetic-caption batch.
 
+``teacher_mix="probs"`` (MobileCLIP2) replaces the mean of per-teacher KLs by one KL to the mean of
+the teachers' distributions, averaged *after* the softmax::
+
+    L_KD = (KL(mean_k softmax(tau_k t_img^k t_txt^k^T) || softmax(tau x_img x_txt^T)) + text->image) / 2
+
+(the student matches the ensemble's mixture instead of a compromise between each teacher's modes).
+
 Extra negatives (``extra_*``, from a :class:`NegativeQueue`, the "recycled" embeddings of earlier
 batches) widen the similarity matrices to ``B x (B + Q)``: every row then competes with ``B + Q``
 candidates in both losses, which decouples the number of negatives from the batch size.
@@ -23,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from rsclip_core.train.config import TEACHER_MIXES
 
 
 def _with_extra(own: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
@@ -53,9 +62,19 @@ def clip_loss(logits_i2t: torch.Tensor, logits_t2i: torch.Tensor) -> torch.Tenso
 
 def kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """Mean over rows of ``KL(softmax(teacher) || softmax(student))`` (a true KL: 0 when equal)."""
-    teacher_log_p = F.log_softmax(teacher_logits.float(), dim=1)
+    return kl_rows_from_log_probs(F.log_softmax(teacher_logits.float(), dim=1), student_logits)
+
+
+def kl_rows_from_log_probs(teacher_log_p: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """:func:`kl_rows` with the teacher given as row log-probabilities (e.g. a mixture of teachers)."""
     student_log_p = F.log_softmax(student_logits.float(), dim=1)
     return (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=1).mean()
+
+
+def mean_log_probs(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``log(mean_k softmax(logits_k))`` row-wise, computed stably (logsumexp over the teachers)."""
+    stacked = torch.stack([F.log_softmax(x.float(), dim=1) for x in logits])
+    return torch.logsumexp(stacked, dim=0) - torch.log(torch.tensor(float(len(logits)), device=stacked.device))
 
 
 @dataclass
@@ -80,8 +99,10 @@ def reinforced_loss(
     extra_text: torch.Tensor | None = None,
     extra_teacher_image: Mapping[str, torch.Tensor] | None = None,
     extra_teacher_text: Mapping[str, torch.Tensor] | None = None,
+    teacher_mix: str = "kl",
 ) -> LossParts:
-    """``(1-lam)*CLIP + lam*mean_k KL_k`` for one batch (see the module docstring).
+    """``(1-lam)*CLIP + lam*mean_k KL_k`` for one batch (see the module docstring); ``teacher_mix="probs"``:
+    ``lam * KL(mean_k p_k || student)`` instead (``per_teacher`` still reports each teacher's own KL).
 
     ``image_emb``/``text_emb`` are the student's L2-normalised embeddings ``[B, D]``;
     ``teacher_image[k]``/``teacher_text[k]`` the teacher's ``[B, D_k]``. With ``lam == 0`` the teachers
@@ -89,6 +110,8 @@ def reinforced_loss(
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must lie in [0, 1], got {lam}")
+    if teacher_mix not in TEACHER_MIXES:
+        raise ValueError(f"teacher_mix: {teacher_mix!r} is not one of {', '.join(TEACHER_MIXES)}")
     s_i2t, s_t2i = pair_logits(image_emb, text_emb, logit_scale, extra_image, extra_text)
     zero = s_i2t.new_zeros(())
     clip = clip_loss(s_i2t, s_t2i) if lam < 1.0 else zero
@@ -97,6 +120,7 @@ def reinforced_loss(
         names = list(teacher_image)
         if not names:
             raise ValueError("lambda > 0 needs at least one teacher's embeddings")
+        teacher_logits = {}
         for name in names:
             if name not in teacher_text or name not in teacher_logit_scales:
                 raise ValueError(f"teacher {name!r}: text embeddings or logit scale missing")
@@ -112,8 +136,13 @@ def reinforced_loss(
                     f"teacher {name!r}: logits {tuple(t_i2t.shape)} do not match the student's "
                     f"{tuple(s_i2t.shape)} (queue/batch mismatch)"
                 )
+            teacher_logits[name] = (t_i2t, t_t2i)
             per_teacher[name] = (kl_rows(t_i2t, s_i2t) + kl_rows(t_t2i, s_t2i)) / 2
-        distill = torch.stack(list(per_teacher.values())).mean()
+        if teacher_mix == "probs":
+            distill = (kl_rows_from_log_probs(mean_log_probs([t[0] for t in teacher_logits.values()]), s_i2t)
+                       + kl_rows_from_log_probs(mean_log_probs([t[1] for t in teacher_logits.values()]), s_t2i)) / 2
+        else:
+            distill = torch.stack(list(per_teacher.values())).mean()
     else:
         distill = zero
     total = (1.0 - lam) * clip + lam * distill

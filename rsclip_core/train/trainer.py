@@ -650,6 +650,7 @@ def _micro_step(
             extra_text=queue.get("txt") if use_queue else None,
             extra_teacher_image=_queued(queue, "t_img", t_img) if use_queue else None,
             extra_teacher_text=_queued(queue, "t_txt", t_txt) if use_queue else None,
+            teacher_mix=cfg.teacher_mix,
         )
         if cfg.queue_size > 0:
             entries = {"img": image_all, "txt": text_all}

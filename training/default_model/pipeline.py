@@ -4,13 +4,16 @@ One entry point, resumable by stage (re-run the same command after an interrupti
 stages are skipped, an interrupted training run continues from its last checkpoint):
 
     python training/default_model/pipeline.py                      # everything
-    python training/default_model/pipeline.py --stages train --candidates mci0-mct-s-kd   # one job
+    python training/default_model/pipeline.py --stages train --candidates effnetlite0-mct-s-160-next   # one job
 
 Stages (``--stages``, comma-separated, in this order):
 
-  teachers   fit the two offline teachers (training/teachers/fit_teachers.sh), selected on RSICD val
-  reinforce  reinforce RSICD train: K=5 stored augmentations, S=5 synthetic captions, both teachers
-  train      distil the candidate students (reinforced loss)
+  teachers   tune the offline teachers (training/teachers/tune_teachers.py --work-dir W -> W/teachers/<name>.pt;
+             ``--teacher-stage fit``: the first model's fitted heads, training/teachers/fit_teachers.sh)
+  reinforce  reinforce RSICD train + the NWPU airplane/airport subset (scene-label captions) into one dataset:
+             K=5 stored multi-scale augmentations (zoom to 10 % area, 8 dihedral transforms, haze), S=5
+             synthetic captions, every teacher's embeddings
+  train      distil the candidate students (training/recipes/default_model/*-next.yaml: λ=1, teacher_mix probs, EMA)
   evaluate   candidates on RSICD val (selection) + test and RSSCN7 zero-shot; image-encoder latency
   select     the default: best val mR among candidates meeting the speed target (>= 8x ViT-B-32)
   baseline   plain-CLIP twin of the selected shape, same steps/data/seed; evaluated the same way
@@ -53,6 +56,9 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
 RECIPES = REPO / "training" / "recipes" / "default_model"
 STAGES = ("teachers", "reinforce", "train", "evaluate", "select", "baseline", "export", "measure", "card", "pictures")
+TEACHER_STAGES = ("tune", "fit")
+TEACHERS_FILE = "pipeline_teachers.json"  # in --teachers: {name: checkpoint} the teacher stage chose
+TUNE_TEACHERS = REPO / "training" / "teachers" / "tune_teachers.py"  # the tuning helper's script (issue 14)
 SPEED_TARGET = 8.0  # image encoder vs open_clip ViT-B-32, batch 1, 1 thread (issue 3's target)
 REFERENCE = "ViT-B-32"
 
@@ -76,13 +82,17 @@ class Run:
         return self.note or recipe_description(self.recipe)
 
 
-# one recipe per candidate: training/recipes/default_model/<name>.yaml
-CANDIDATES = {name: Run(name, RECIPES / f"{name}.yaml") for name in ("effnetlite0-mct-s-kd", "mci0-mct-s-kd")}
+# one recipe per candidate: training/recipes/default_model/<name>.yaml. The next model's candidates: every
+# shape under the speed bar in training/results/resolution_sweep.md (the shipped model's recipes,
+# effnetlite0-mct-s-kd / mci0-mct-s-kd, stay in that folder for its reproduction)
+CANDIDATES = {name: Run(name, RECIPES / f"{name}.yaml") for name in (
+    "effnetlite0-mct-s-128-next", "effnetlite0-mct-s-160-next", "effnetlite0-mct-s-192-next",
+    "effnetlite0-mct-s-224-next", "effnetlite1-mct-s-192-next")}
 
 
 def baseline_for(candidate: Run) -> Run:
     """The plain-CLIP twin: same recipe (shape, steps, data order, seed); λ=0 and real captions only."""
-    return Run(candidate.name.removesuffix("-kd") + "-clip", candidate.recipe,
+    return Run(candidate.name.removesuffix("-kd").removesuffix("-next") + "-clip", candidate.recipe,
                {**candidate.overrides, "mode": "clip", "lam": 0.0, "synthetic": False},
                f"plain CLIP twin of {candidate.name} (λ=0, real captions only)")
 
@@ -93,25 +103,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated subset of " + ",".join(CANDIDATES))
     p.add_argument("--rsicd", type=Path, default=DATA / "rsicd" / "dataset_rsicd.json")
     p.add_argument("--rsscn7", type=Path, default=DATA / "rsscn7")
+    p.add_argument("--nwpu", default=str(DATA / "nwpu_subset"),
+                   help="extra training source (class folders, scene-label captions); '' to leave it out")
+    p.add_argument("--teacher-stage", choices=TEACHER_STAGES, default="tune",
+                   help="tune: training/teachers/tune_teachers.py; fit: the first model's fit_teachers.sh")
+    p.add_argument("--augmentation", default="multiscale-rs", help="augmentation preset of stage reinforce")
     p.add_argument("--work-dir", type=Path, default=None,
                    help=f"work-file root (default: ${WORK_DIR_ENV} or ~/.cache/rsclip); the paths below default into it")
     p.add_argument("--teachers", type=Path, default=None,
-                   help="lite2.pt + lite0.pt (stage teachers; default: <work-dir>/teachers)")
-    p.add_argument("--reinforced", type=Path, default=None, help="default: <work-dir>/reinforced/rsicd-train")
+                   help=f"teacher checkpoints + {TEACHERS_FILE} (stage teachers; default: <work-dir>/teachers)")
+    p.add_argument("--reinforced", type=Path, default=None,
+                   help="default: <work-dir>/reinforced/rsicd-nwpu-multiscale")
     p.add_argument("--work", type=Path, default=None, help="runs, evaluations, exports (default: <work-dir>/default_model)")
     p.add_argument("--output", type=Path, default=REPO / "rsclip_core" / "resources" / "models" / "default")
     p.add_argument("--coreml-output", type=Path, default=REPO / "build" / "default-coreml")
     p.add_argument("--card", type=Path, default=REPO / "rsclip_core" / "resources" / "models" / "MODEL_CARD.md")
     p.add_argument("--results", type=Path, default=REPO / "training" / "results" / "default_model.md")
+    p.add_argument("--sweep", type=Path, default=REPO / "training" / "results" / "resolution_sweep.md",
+                   help="accuracy per latency of every candidate (written by stage evaluate)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig value for every training run, over the recipes (repeatable): "
                         "e.g. device=cuda, batch_size=64, num_workers=4")
     p.add_argument("--reinforce-seed", type=int, default=0, help="seed of the stored augmentations (stage reinforce)")
     p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads per process")
     args = p.parse_args(argv)
+    args.nwpu = Path(args.nwpu) if args.nwpu else None
     args.teacher_features = stage_dir("teacher_features", args.work_dir)
     args.teachers = args.teachers or stage_dir("teachers", args.work_dir)
-    args.reinforced = args.reinforced or stage_dir("reinforced", args.work_dir) / "rsicd-train"
+    args.reinforced = args.reinforced or stage_dir("reinforced", args.work_dir) / "rsicd-nwpu-multiscale"
     args.work = args.work or stage_dir("default_model", args.work_dir)
     return args
 
@@ -134,13 +153,59 @@ def write_json(path: Path, data: Any) -> None:
 # --- stages 1-2: teachers and reinforced data (resumable scripts of their own) ------------------------
 
 
-def stage_teachers(args: argparse.Namespace) -> None:
-    ckpts = [args.teachers / "lite2.pt", args.teachers / "lite0.pt"]
-    if all(p.is_file() for p in ckpts):
-        log(f"teachers: found {', '.join(map(str, ckpts))}")
-        return
-    env = dict(os.environ, OUT=str(args.teachers), CACHE=str(args.teacher_features))
-    subprocess.run(["bash", str(REPO / "training" / "teachers" / "fit_teachers.sh")], check=True, env=env)
+def tune_teachers(work_dir: Path) -> dict[str, Path]:
+    """The tuned offline teachers: ``training/teachers/tune_teachers.py --work-dir W`` (resumable; it writes
+    ``W/teachers/<name>.pt`` and prints their paths) -> ``{name: checkpoint}`` (the ``.pt`` paths it printed)."""
+    script = TUNE_TEACHERS
+    if not script.is_file():
+        raise FileNotFoundError(f"{script}: the teacher-tuning script is missing (use --teacher-stage fit)")
+    proc = subprocess.run([sys.executable, str(script), "--work-dir", str(work_dir)], check=True,
+                          stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(proc.stdout)
+    found = {Path(tok).stem: Path(tok) for line in proc.stdout.splitlines() for tok in line.split()
+             if tok.endswith(".pt") and Path(tok).is_file()}
+    if not found:
+        raise RuntimeError(f"{script} printed no teacher checkpoint paths")
+    return found
+
+
+def fit_teachers(args: argparse.Namespace) -> dict[str, Path]:
+    """The first bundled model's teachers: locked towers + fitted heads (training/teachers/fit_teachers.sh)."""
+    ckpts = {"lite2": args.teachers / "lite2.pt", "lite0": args.teachers / "lite0.pt"}
+    if not all(p.is_file() for p in ckpts.values()):
+        env = dict(os.environ, OUT=str(args.teachers), CACHE=str(args.teacher_features))
+        subprocess.run(["bash", str(REPO / "training" / "teachers" / "fit_teachers.sh")], check=True, env=env)
+    return ckpts
+
+
+def stage_teachers(args: argparse.Namespace) -> dict[str, Path]:
+    """Teachers for stage reinforce, recorded in ``<teachers>/pipeline_teachers.json`` (found there: skipped)."""
+    record = args.teachers / TEACHERS_FILE
+    if record.is_file():
+        chosen = {name: Path(path) for name, path in read_json(record).items()}
+        if all(p.is_file() for p in chosen.values()):
+            log(f"teachers: found {', '.join(f'{n}={p}' for n, p in chosen.items())}")
+            return chosen
+    chosen = tune_teachers(args.teachers.parent) if args.teacher_stage == "tune" else fit_teachers(args)
+    write_json(record, {name: str(path) for name, path in chosen.items()})
+    log(f"teachers: {', '.join(f'{n}={p}' for n, p in chosen.items())}")
+    return chosen
+
+
+def reinforce_command(args: argparse.Namespace, teachers: dict[str, Path]) -> list[str]:
+    """``rsclip reinforce`` of stage reinforce: RSICD train (+ NWPU), every teacher, the augmentation preset."""
+    cmd = [sys.executable, "-m", "rsclip_core.cli.main", "reinforce", str(args.rsicd), str(args.reinforced),
+           "--split", "train", "-k", "5", "-s", "5", "--seed", str(args.reinforce_seed),
+           "--augmentation", args.augmentation,
+           # captions (training/results/captions.md): varied scene-label wording (the CLI default: +9 % distinct
+           # captions, agreement unchanged), confident aerial ImageNet objects (p >= 0.3: 100 % precision on the
+           # NWPU subset); the teacher-agreement filter lowered caption-image agreement, so it stays off
+           "--object-names", "0.3"]
+    if args.nwpu is not None:
+        cmd += ["--extra-source", f"nwpu={args.nwpu}"]
+    for name, path in teachers.items():
+        cmd += ["--teacher", f"{name}=offline:{path}"]
+    return cmd
 
 
 def stage_reinforce(args: argparse.Namespace) -> None:
@@ -148,11 +213,12 @@ def stage_reinforce(args: argparse.Namespace) -> None:
     if report.is_file():
         log(f"reinforce: found {args.reinforced} ({read_json(report).get('samples', '?')} samples)")
         return
-    cmd = ["rsclip", "reinforce", str(args.rsicd), str(args.reinforced), "--split", "train",
-           "--teacher", f"lite2=offline:{args.teachers / 'lite2.pt'}",
-           "--teacher", f"lite0=offline:{args.teachers / 'lite0.pt'}", "-k", "5", "-s", "5", "--seed", str(args.reinforce_seed)]
+    record = args.teachers / TEACHERS_FILE
+    if not record.is_file():
+        raise FileNotFoundError(f"{record}: no teachers chosen yet (run stage teachers first)")
+    cmd = reinforce_command(args, {n: Path(p) for n, p in read_json(record).items()})
     log("reinforce: " + " ".join(cmd))
-    subprocess.run(cmd, check=True)  # resumes by shard when re-run
+    subprocess.run(cmd, check=True, cwd=REPO)  # resumes by shard when re-run
 
 
 # --- stage 3/6: training ---------------------------------------------------------------------------------
@@ -309,7 +375,32 @@ def stage_evaluate(args: argparse.Namespace, names: list[str]) -> dict[str, Any]
         results[name]["speedup_vs_reference"] = latency[REFERENCE]["b1"] / latency[name]["b1"]
         log(f"{name}: val mR {results[name]['rsicd_val']['mR']:.2f}, test mR {results[name]['rsicd_test']['mR']:.2f}, "
             f"RSSCN7 {results[name]['rsscn7']['top1']:.1f}%, {results[name]['speedup_vs_reference']:.1f}x ViT-B-32")
+    write_resolution_sweep(args, results, latency)
     return results
+
+
+def write_resolution_sweep(args: argparse.Namespace, results: dict[str, Any], latency: dict[str, Any]) -> None:
+    """``--sweep``: accuracy per latency of the candidates, every number from this run's JSON."""
+    from rsclip_core.evaluate.runners import atomic_write_text
+
+    ref = latency[REFERENCE]["b1"]
+    lines = ["# Resolution sweep: accuracy per latency of the default-model candidates", "",
+             "Written by `python training/default_model/pipeline.py` (stage evaluate) from "
+             f"`{_display(args.work)}/*/eval.json` and `candidate_latency.json`: image-encoder ONNX fp32 latency at each "
+             f"candidate's own input size next to open_clip {REFERENCE} (random init, 224 px), batch 1, "
+             f"{args.threads} thread(s), timed round-robin in one run. Selection uses RSICD **val** only; the speed bar is "
+             f"≥ {SPEED_TARGET:g}x {REFERENCE}.", "",
+             "| candidate | model | input px | ms/img b1 | speed vs ViT-B-32 | RSICD val mR | RSICD test mR | RSSCN7 top-1 | "
+             "val mR per ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        ms = r["latency_ms"]["b1"]
+        size = read_json(export_candidate(args, CANDIDATES[name]) / "rsclip.json")["image_size"]
+        lines.append(f"| `{name}` | `{r['model']}` | {size} | {ms:.1f} | {ref / ms:.1f}x"
+                     f"{'' if ref / ms >= SPEED_TARGET else ' (below the bar)'} | {r['rsicd_val']['mR']:.2f} | "
+                     f"{r['rsicd_test']['mR']:.2f} | {r['rsscn7']['top1']:.1f} | {r['rsicd_val']['mR'] / ms:.2f} |")
+    lines += ["", f"{REFERENCE}: {ref:.1f} ms/img. Pre-training latency of every registered shape (one benchmark run, "
+              "ONNX, batch 1 and 16): [resolution_sweep_latency.md](resolution_sweep_latency.md)."]
+    atomic_write_text(args.sweep, "\n".join(lines) + "\n")
 
 
 def stage_select(args: argparse.Namespace, results: dict[str, Any]) -> str:
@@ -431,10 +522,10 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         f"| image tower | {'EfficientNet-Lite0, initialised from the packaged ImageNet weights' if 'effnet' in cfg.model else 'MCi0 (timm `fastvit_mci0`), random init'}; {shipped['metadata']['image_size']} px, mean/std {shipped['metadata']['mean']}/{shipped['metadata']['std']}; {params['image']:.2f} M params |",
         f"| text tower | MCt: 2 Text-RepMixer blocks (reparameterized for export) + 2 attention layers, width 256, CLIP BPE, {shipped['metadata']['context_length']}-token context; {params['text']:.2f} M params (12.6 M of them the 49,408-token embedding) |",
         f"| embedding | {shipped['metadata']['embed_dim']}-d, L2-normalised, logit scale {shipped['metadata']['logit_scale']:.1f} |",
-        f"| training data | RSICD `train` ({n_train:,} images x 5 captions), reinforced once: K={manifest.num_augmentations} stored augmentations per image (random resized crop, flips incl. vertical, rot90 — replayed exactly), S={manifest.num_syn_captions} synthetic captions per image ({manifest.captioner.get('kind', manifest.captioner)}), teacher embeddings stored in bf16 |",
-        f"| teachers | {', '.join(f'`{t.name}` ({t.dim}-d)' for t in manifest.teachers)}: locked EfficientNet-Lite2/Lite0 + locked all-MiniLM-L6-v2 towers with MLP heads fitted on RSICD train, selected on val (`training/results/teachers.md`) |",
-        f"| objective | (1-λ)·CLIP + λ·KL(teacher ‖ student), λ={cfg.lam}, over a real-caption batch and a synthetic-caption batch, teacher logit scales τ_k = {teacher_scales} (each teacher's own learned temperature) |",
-        f"| schedule | {student['training']['steps']} steps x batch {cfg.batch_size} (= {student['training']['steps'] * cfg.batch_size / n_train:.1f} epochs), AdamW lr {cfg.lr:g}, wd {cfg.weight_decay:g}, warmup {cfg.warmup_steps}, cosine, grad clip {cfg.grad_clip or 'off'}, fp32, seed {cfg.seed} (recipe `{_display(chosen.recipe)}`) |",
+        f"| training data | {_sources_text(manifest.source, n_train)}, reinforced once: K={manifest.num_augmentations} stored augmentations per image ({_augmentation_text(manifest.augmentation)} — replayed exactly), S={manifest.num_syn_captions} synthetic captions per image ({manifest.captioner.get('name', manifest.captioner.get('kind'))}), teacher embeddings stored in bf16 |",
+        f"| teachers | {', '.join(f'`{t.name}` ({t.dim}-d, {t.kind})' for t in manifest.teachers)}: offline teachers on the packaged ImageNet / MiniLM towers, trained on RSICD train, selected on val (`training/results/teachers.md`) |",
+        f"| objective | (1-λ)·CLIP + λ·{'KL(mean_k teacher_k ‖ student) (teachers averaged after the softmax)' if cfg.teacher_mix == 'probs' else 'mean_k KL(teacher_k ‖ student)'}, λ={cfg.lam}, over a real-caption batch and a synthetic-caption batch, teacher logit scales τ_k = {teacher_scales} (each teacher's own learned temperature) |",
+        f"| schedule | {student['training']['steps']} steps x batch {cfg.batch_size} (= {student['training']['steps'] * cfg.batch_size / n_train:.1f} epochs), AdamW lr {cfg.lr:g}, wd {cfg.weight_decay:g}, warmup {cfg.warmup_steps}, cosine, grad clip {cfg.grad_clip or 'off'}, {f'EMA {cfg.ema_decay:g} (exported), ' if cfg.ema_decay else ''}fp32, seed {cfg.seed} (recipe `{_display(chosen.recipe)}`) |",
         f"| training time | {student['training']['train_seconds'] / 60:.0f} min on 1 CPU thread ({student['training']['median_step_s']:.2f} s/step median; shared 2-core machine, no GPU; the candidates and the plain twin trained two at a time, one per core) |",
         "| selection | " + sel["rule"] + "; val mR: " + ", ".join(f"{n} {v['val_mR']:.2f} ({v['speedup']:.1f}x)" for n, v in sel["candidates"].items()) + " |",
         "| resolution hint | `resolution_m = 1.0` (informational). RSICD scenes span roughly 0.5–8 m/px |",
@@ -467,9 +558,10 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
                      f"{res['rsicd_test']['mR']:.2f} | {res['rsscn7']['top1']:.2f} |")
     lines.append(f"| plain-CLIP twin `{baseline['run']}` (same shape, steps, data) | {_r(baseline['rsicd_test'])} | "
                  f"{base_mr:.2f} | {baseline['rsscn7']['top1']:.2f} |")
-    for key in ("lite2", "lite0"):
-        t = teachers[key]
-        lines.append(f"| teacher `{key}` | {_r(t['rsicd_test'])} | {t['rsicd_test']['mR']:.2f} | {t['rsscn7_zero_shot']['top1']:.1f} |")
+    for key in (t.name for t in manifest.teachers):  # the teachers this dataset was reinforced with, where measured
+        t = teachers.get(key)
+        if t is not None and "rsicd_test" in t:
+            lines.append(f"| teacher `{key}` | {_r(t['rsicd_test'])} | {t['rsicd_test']['mR']:.2f} | {t['rsscn7_zero_shot']['top1']:.1f} |")
     e = ens["rsicd_test"]
     ens_zs = ens["rsscn7_zero_shot"]["top1"]
     lines += [
@@ -526,6 +618,28 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
     log(f"wrote {args.card} and {args.results}")
 
 
+def _sources_text(source: dict[str, Any], n_train: int) -> str:
+    """The card's words for the reinforced dataset's sources (single-source manifests: RSICD train)."""
+    parts = source.get("sources") or [{"name": "", "path": source.get("path", "?"), "num_records": n_train}]
+    words = [f"RSICD `train` ({p['num_records']:,} images x 5 captions)" if not p["name"] else
+             f"`{p['name']}` ({p['num_records']:,} images, scene-label captions, from `{Path(p['path']).name}`)"
+             for p in parts]
+    return " + ".join(words)
+
+
+def _augmentation_text(augmentation: dict[str, Any]) -> str:
+    from rsclip_core.data.augment import AugmentationConfig
+
+    cfg = AugmentationConfig.from_dict(augmentation)
+    words = [f"random resized crop of {cfg.scale[0]:.0%}–{cfg.scale[1]:.0%} of the area"
+             + (" (log-uniform: zoom octaves alike)" if cfg.scale_sampling == "log" else ""),
+             "all 8 dihedral transforms alike" if cfg.dihedral == "uniform" else "flips incl. vertical, rot90",
+             "colour jitter, RandAugment"]
+    if cfg.haze_p > 0:
+        words.append(f"haze (p={cfg.haze_p:g})")
+    return ", ".join(words)
+
+
 def _display(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
@@ -552,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         if c not in CANDIDATES:
             print(f"Error: --candidates: unknown candidate {c!r} (choose from {', '.join(CANDIDATES)})", file=sys.stderr)
             return 2
+    if "reinforce" in stages and args.nwpu is not None and not args.nwpu.exists():
+        print(f"Error: --nwpu not found: {args.nwpu} (give --nwpu '' to train on RSICD alone)", file=sys.stderr)
+        return 2
     for path, what in ((args.rsicd, "--rsicd"), (args.rsscn7, "--rsscn7")):
         if not path.exists():
             print(f"Error: {what} not found: {path} (the pipeline needs ../shared/data)", file=sys.stderr)
