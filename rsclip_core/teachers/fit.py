@@ -68,11 +68,12 @@ def cached_view_arrays(
     chunk_size: int = 256,
     progress: bool = True,
     desc: str = "",
+    transform: Callable[[Any], Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """float16 arrays (one per output of ``compute``) of ``records``' view ``view``, cached in ``cache``.
 
     ``compute`` maps a batch of PIL views to float arrays keyed by output name (first axis: the
-    batch). Work is saved per chunk of ``chunk_size`` images (atomic ``.npz`` writes), so a killed
+    batch); ``transform`` (e.g. a dihedral transform) is applied to each view first. Work is saved per chunk of ``chunk_size`` images (atomic ``.npz`` writes), so a killed
     run resumes where it stopped; the finished arrays are ``<stem>.<key>.npy`` (read memory-mapped).
     Unreadable images get zero rows (and are reported on stderr).
     """
@@ -98,7 +99,8 @@ def cached_view_arrays(
             for r in chunk[b:b + batch_size]:
                 try:
                     img, _ = load_rgb_image(r.image_path, allow_convert=True)
-                    views.append(reapply(img, view_params(r, view, img.width, img.height, image_size)))
+                    v = reapply(img, view_params(r, view, img.width, img.height, image_size))
+                    views.append(transform(v) if transform is not None else v)
                     ok.append(True)
                 except ValueError as exc:
                     print(f"warning: {exc}", file=sys.stderr)

@@ -117,13 +117,18 @@ def cached_tap_features(
     chunk_size: int = 256,
     progress: bool = True,
     tower: Any = None,
+    dihedral: int = 0,
 ) -> dict[str, np.ndarray]:
     """float16 taps ``{"b2": [N, C2, g, g], "b4": [N, C4, 2g, 2g], "b5": [N, C5, g, g]}`` of
     ``records`` (view ``view``; ``g = image_size / 32``), cached in resumable chunks under
     ``cache_dir/<tower>-taps-<size>`` and read back memory-mapped.
 
-    ``tower``: any callable NCHW tensor -> tap dict (default :class:`OnnxTapTower`).
+    ``tower``: any callable NCHW tensor -> tap dict (default :class:`OnnxTapTower`). ``dihedral``
+    (0-7): the view's dihedral transform (:mod:`rsclip_core.teachers.dihedral`; 0 = as is).
     """
+    from functools import partial
+
+    from rsclip_core.teachers.dihedral import dihedral_transform
     from rsclip_core.teachers.fit import cached_view_arrays
     from rsclip_core.teachers.towers import images_to_tensor, tower_preprocess
 
@@ -139,5 +144,7 @@ def cached_tap_features(
             out = model[0](images_to_tensor(views, preprocess))
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
-    return cached_view_arrays(records, cache, f"{name}-v{view}-{keys_hash}", compute, view, image_size,
-                              batch_size, chunk_size, progress, f"{tower_name} taps {name} v{view}")
+    suffix = f"-d{dihedral}" if dihedral else ""
+    return cached_view_arrays(records, cache, f"{name}-v{view}{suffix}-{keys_hash}", compute, view, image_size,
+                              batch_size, chunk_size, progress, f"{tower_name} taps {name} v{view}{suffix}",
+                              transform=partial(dihedral_transform, which=dihedral) if dihedral else None)
