@@ -236,3 +236,16 @@ def test_tuned_teacher_exports_with_parity(tuned_checkpoint, tmp_path):
     path, _ = tuned_checkpoint
     out = export_model("teacher-effnetlite0-minilm", tmp_path / "exported", checkpoint=path)
     assert (out / "image_encoder.onnx").is_file() or any(out.glob("*.onnx"))
+
+
+def test_locked_head_eval_refuses_a_tuned_checkpoint(tuned_checkpoint, tmp_path):
+    import json
+
+    from rsclip_core.cli.teacher_cmd import evaluate_teacher_features
+    from rsclip_core.teachers.heads import TeacherFitError
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps({"images": [
+        {"filename": "a.png", "split": "test", "sentences": [{"raw": "a field"}]}]}))
+    with pytest.raises(TeacherFitError, match="tuned teacher"):
+        evaluate_teacher_features([tuned_checkpoint[0]], tmp_path / "d.json", None, tmp_path / "cache")
