@@ -77,6 +77,10 @@ RECIPES: dict[str, Recipe] = {
         TeacherRecipe("lite0-tuned", "efficientnet_lite0", _tuned(unlock=1, adapter=True, embed_dim=256, epochs=15)),
         TeacherRecipe("lite2-tuned", "efficientnet_lite2", _tuned(unlock=1, adapter=True, embed_dim=512, epochs=15)),
     ], aug_views=1),
+    # the reference at the same data and budget: locked tower, head only (the teachers of teachers.md)
+    "locked-baseline": Recipe([
+        TeacherRecipe("lite0-locked", "efficientnet_lite0", _tuned(unlock=0, adapter=False, embed_dim=256, epochs=15)),
+    ], aug_views=1),
     # a few minutes: tiny subsets, to check the pipeline end to end
     "quick": Recipe([
         TeacherRecipe("lite0-quick", "efficientnet_lite0", _tuned(unlock=1, adapter=True, embed_dim=64, epochs=2)),
@@ -199,7 +203,7 @@ def ensemble_embeddings(embs: list[dict[str, Any]]) -> dict[str, Any]:
 def results_markdown(rows: dict[str, Any], command: str) -> str:
     lines = ["# Tuned offline teachers: RSICD val/test retrieval and RSSCN7 zero-shot", "",
              f"Produced by: `{command}`", "",
-             "Frozen packaged towers below stage 5 (taps cached per view), tuned top (stage 6 + conv_head at a",
+             "Packaged towers frozen up to stage 5 (taps cached per view), tuned top (stage 6 + conv_head at a",
              "low lr with frozen BatchNorm statistics and/or CMER Focus-Adapter) + MiniLM text head, trained on",
              "RSICD train (+ NWPU airplane/airport with scene-label captions), selected on RSICD val (best",
              "epoch); RSICD test and RSSCN7 are only evaluated.", "",
@@ -274,6 +278,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
                         "epochs": f"{t.tune.epochs} ({payload['val']['epoch']})",
                         "train_s": payload["extra"].get("train_s"), **score(emb, text, zs)}
         paths.append(path)
+        r = rows[t.name]
+        print(f"{t.name}: val mR {r['rsicd_val']['mR']:.2f} test mR {r['rsicd_test']['mR']:.2f} RSSCN7 ZS "
+              f"{r.get('rsscn7_zero_shot', {}).get('top1', float('nan')):.1f}", flush=True)
     if args.stage == "cache":
         print("caches complete", flush=True)
         return []
