@@ -249,3 +249,20 @@ def test_locked_head_eval_refuses_a_tuned_checkpoint(tuned_checkpoint, tmp_path)
         {"filename": "a.png", "split": "test", "sentences": [{"raw": "a field"}]}]}))
     with pytest.raises(TeacherFitError, match="tuned teacher"):
         evaluate_teacher_features([tuned_checkpoint[0]], tmp_path / "d.json", None, tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_tune_teachers_quick_recipe_end_to_end(tmp_path):
+    data = REPO.parent / "shared" / "data"
+    if not (data / "rsicd" / "dataset_rsicd.json").is_file():
+        pytest.skip("shared RSICD data not present")
+    spec = importlib.util.spec_from_file_location("tune_teachers", REPO / "training" / "teachers" / "tune_teachers.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    from rsclip_core.teachers.offline import OfflineTeacher
+
+    paths = tune.main(["--work-dir", str(tmp_path), "--recipe", "quick", "--results", str(tmp_path / "r.md")])
+    assert [p.name for p in paths] == ["lite0-quick.pt", "lite0-quick-b.pt"]
+    assert "| ensemble |" in (tmp_path / "r.md").read_text()
+    teacher = OfflineTeacher(paths[0], backend="torch")
+    assert teacher.encode_images([Image.new("RGB", (64, 64))]).shape == (1, 64)

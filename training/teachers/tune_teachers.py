@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap.add_argument("--data", type=Path, default=DATA, help="shared data root (rsicd/, nwpu_subset/, rsscn7/)")
     ap.add_argument("--results", type=Path, default=None, help=f"results .md (default {RESULTS}; quick: none)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--teachers", default=None, help="comma-separated subset of the recipe's teachers")
     args = ap.parse_args(argv)
 
     import torch
@@ -241,6 +242,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     recipe = RECIPES[args.recipe]
+    if args.teachers:
+        names = args.teachers.split(",")
+        unknown = sorted(set(names) - {t.name for t in recipe.teachers})
+        if unknown:
+            raise SystemExit(f"--teachers: {unknown} not in recipe {args.recipe!r} "
+                             f"({', '.join(t.name for t in recipe.teachers)})")
+        recipe = Recipe(**{**vars(recipe), "teachers": [t for t in recipe.teachers if t.name in names]})
     cache = stage_dir("teacher_features", args.work_dir)
     out_dir = stage_dir("teachers", args.work_dir)
     splits = load_splits(args.data, recipe)
