@@ -258,6 +258,9 @@ def test_tune_teachers_quick_recipe_end_to_end(tmp_path):
         pytest.skip("shared RSICD data not present")
     spec = importlib.util.spec_from_file_location("tune_teachers", REPO / "training" / "teachers" / "tune_teachers.py")
     tune = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["tune_teachers"] = tune  # dataclasses look their module up there
     spec.loader.exec_module(tune)
     from rsclip_core.teachers.offline import OfflineTeacher
 
