@@ -79,7 +79,7 @@ def test_feature_cache_resumes_per_chunk(tmp_path: Path) -> None:
     with pytest.raises(Boom):
         cached_image_features(recs, "fake", tmp_path / "cache", "t", image_size=16, batch_size=3, chunk_size=3,
                               progress=False, tower=failing)
-    assert len(list((tmp_path / "cache" / "fake-16").glob(".*chunk*.npy"))) == 2  # two chunks kept
+    assert len(list((tmp_path / "cache" / "fake-16").glob(".*chunk*.npz"))) == 2  # two chunks kept
     calls.clear()
     feats = cached_image_features(recs, "fake", tmp_path / "cache", "t", image_size=16, batch_size=3,
                                   chunk_size=3, progress=False, tower=tower)

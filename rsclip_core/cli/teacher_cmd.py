@@ -132,7 +132,7 @@ def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_
     )
     from rsclip_core.prompts import ZERO_SHOT_TEMPLATES, fill_prompts
     from rsclip_core.teachers.fit import cached_image_features, cached_text_features, encode_with_heads
-    from rsclip_core.teachers.heads import load_teacher_checkpoint
+    from rsclip_core.teachers.heads import TeacherFitError, is_tuned, load_teacher_checkpoint
 
     test = read_karpathy_json(rsicd_json, splits=["test"])
     captions = [c for r in test for c in r.captions]
@@ -146,6 +146,9 @@ def evaluate_teacher_features(checkpoints: list[Path], rsicd_json: Path, rsscn7_
     joint: dict[str, list[np.ndarray]] = {"img": [], "txt": [], "scn": [], "cls": []}
     for ckpt in checkpoints:
         payload, heads = load_teacher_checkpoint(ckpt)
+        if is_tuned(payload):
+            raise TeacherFitError(f"{ckpt}: a tuned teacher (tuned top on cached taps); "
+                                  "evaluate it with training/teachers/tune_teachers.py")
         tower, size = payload["image_tower"], payload["image_size"]
         img = encode_with_heads(heads, cached_image_features(test, tower, cache, "rsicd-test", 0, size), "image")
         txt = encode_with_heads(heads, cap_feats, "text")

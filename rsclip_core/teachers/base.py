@@ -35,6 +35,7 @@ class TeacherInfo:
     checkpoint: str | None = None
     arch: str | None = None
     logit_scale: float | None = None  # the teacher's own learned temperature (multiplier), the KD default
+    dihedral: bool = False  # image targets averaged over the 8 dihedral transforms
 
 
 class Teacher(Protocol):
@@ -77,9 +78,13 @@ class CallableTeacher:
 
 
 class TeacherEnsemble:
-    """Several teachers; outputs stay per teacher (dict name -> [N, D_t])."""
+    """Several teachers; outputs stay per teacher (dict name -> [N, D_t]).
 
-    def __init__(self, teachers: Sequence[Teacher]) -> None:
+    ``dihedral``: every image embedding is the average over the image's 8 dihedral transforms
+    (:mod:`rsclip_core.teachers.dihedral`; rotation-free targets, 8x the image cost).
+    """
+
+    def __init__(self, teachers: Sequence[Teacher], dihedral: bool = False) -> None:
         if not teachers:
             raise TeacherError("the teacher ensemble needs at least one teacher")
         names = [t.name for t in teachers]
@@ -89,12 +94,17 @@ class TeacherEnsemble:
             if "." in n or "/" in n:
                 raise TeacherError(f"teacher name {n!r} must not contain '.' or '/'")
         self.teachers = list(teachers)
+        self.dihedral = dihedral
 
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.teachers]
 
     def encode_images(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+        if self.dihedral:
+            from rsclip_core.teachers.dihedral import dihedral_average
+
+            return {t.name: dihedral_average(t.encode_images, images) for t in self.teachers}
         return {t.name: t.encode_images(images) for t in self.teachers}
 
     def encode_texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -108,7 +118,10 @@ class TeacherEnsemble:
         return np.concatenate([e for e in self.encode_texts(texts).values()], 1) / np.sqrt(len(self.teachers))
 
     def infos(self) -> list[TeacherInfo]:
-        return [t.info() for t in self.teachers]
+        infos = [t.info() for t in self.teachers]
+        for info in infos:
+            info.dihedral = self.dihedral
+        return infos
 
 
 def load_teacher(spec: str) -> Teacher:

@@ -15,6 +15,7 @@ such a file into the registered ``teacher-*`` model, for reinforcement and expor
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import random
@@ -51,11 +52,90 @@ def view_params(record: ImageTextRecord, view: int, width: int, height: int, ima
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
+
+
+def cached_view_arrays(
+    records: Sequence[ImageTextRecord],
+    cache: Path,
+    stem: str,
+    compute: Callable[[list[Any]], dict[str, np.ndarray]],
+    view: int = 0,
+    image_size: int = 224,
+    batch_size: int = 32,
+    chunk_size: int = 256,
+    progress: bool = True,
+    desc: str = "",
+    transform: Callable[[Any], Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """float16 arrays (one per output of ``compute``) of ``records``' view ``view``, cached in ``cache``.
+
+    ``compute`` maps a batch of PIL views to float arrays keyed by output name (first axis: the
+    batch); ``transform`` (e.g. a dihedral transform) is applied to each view first. Work is saved per chunk of ``chunk_size`` images (atomic ``.npz`` writes), so a killed
+    run resumes where it stopped; the finished arrays are ``<stem>.<key>.npy`` (read memory-mapped).
+    Unreadable images get zero rows (and are reported on stderr).
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    cache.mkdir(parents=True, exist_ok=True)
+    done = cache / f"{stem}.keys.json"
+    if done.exists():
+        return {k: np.load(cache / f"{stem}.{k}.npy", mmap_mode="r") for k in json.loads(done.read_text())}
+    n_chunks = math.ceil(len(records) / chunk_size)
+    chunk_paths = [cache / f".{stem}.chunk{c:04d}.npz" for c in range(n_chunks)]
+    bar = tqdm(total=len(records), desc=desc or stem, unit="img", disable=not progress)
+    for c, chunk_path in enumerate(chunk_paths):
+        chunk = records[c * chunk_size:(c + 1) * chunk_size]
+        if chunk_path.exists():
+            bar.update(len(chunk))
+            continue
+        parts: dict[str, list[np.ndarray]] = {}
+        for b in range(0, len(chunk), batch_size):
+            views: list[Any] = []
+            ok: list[bool] = []
+            ok_idx: np.ndarray
+            for r in chunk[b:b + batch_size]:
+                try:
+                    img, _ = load_rgb_image(r.image_path, allow_convert=True)
+                    v = reapply(img, view_params(r, view, img.width, img.height, image_size))
+                    views.append(transform(v) if transform is not None else v)
+                    ok.append(True)
+                except ValueError as exc:
+                    print(f"warning: {exc}", file=sys.stderr)
+                    ok.append(False)
+            if not views:  # a whole batch unreadable: borrow shapes from a black view
+                from PIL import Image
+
+                views, ok_idx = [Image.new("RGB", (image_size, image_size))], np.zeros(0, np.int64)
+            else:
+                ok_idx = np.flatnonzero(ok)
+            out = compute(views)
+            for k, values in out.items():
+                arr = np.asarray(values, dtype=np.float32)
+                full = np.zeros((len(ok), *arr.shape[1:]), np.float16)
+                full[ok_idx] = arr[:len(ok_idx)].astype(np.float16)
+                parts.setdefault(k, []).append(full)
+            bar.update(len(ok))
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.concatenate(v) for k, v in parts.items()})
+        atomic_write_bytes(chunk_path, buf.getvalue())
+    bar.close()
+    arrays: dict[str, list[np.ndarray]] = {}
+    for p in chunk_paths:
+        with np.load(p) as z:
+            for k in z.files:
+                arrays.setdefault(k, []).append(z[k])
+    keys = sorted(arrays)
+    for k in keys:
+        atomic_write_bytes(cache / f"{stem}.{k}.npy", _npy_bytes(np.concatenate(arrays[k])))
+    atomic_write_bytes(done, json.dumps(keys).encode())
+    for p in chunk_paths:
+        p.unlink(missing_ok=True)
+    return {k: np.load(cache / f"{stem}.{k}.npy", mmap_mode="r") for k in keys}
 
 
 def cached_image_features(
@@ -72,70 +152,36 @@ def cached_image_features(
 ) -> np.ndarray:
     """float16 [N, C] pooled tower features of ``records`` (one view), cached under ``cache_dir``.
 
-    The tower runs through onnxruntime (:class:`~rsclip_core.teachers.towers.OnnxImageTower`).
-    Work is saved per chunk of ``chunk_size`` images (atomic writes), so a killed run resumes.
-    Unreadable images get a zero row (and are reported on stderr).
+    The tower runs through onnxruntime (:class:`~rsclip_core.teachers.towers.OnnxImageTower`);
+    resumable chunks as :func:`cached_view_arrays`.
     """
-    import sys
-
     import torch
-    from tqdm import tqdm
 
     from rsclip_core.teachers.towers import OnnxImageTower, images_to_tensor, tower_preprocess
 
     cache = Path(cache_dir) / f"{tower_name}-{image_size}"
-    cache.mkdir(parents=True, exist_ok=True)
     keys_hash = hashlib.sha256("\n".join(r.key for r in records).encode()).hexdigest()[:12]
-    final = cache / f"{name}-v{view}-{keys_hash}.npy"
-    if final.exists():
-        return np.load(final)
-    n_chunks = math.ceil(len(records) / chunk_size)
-    chunk_paths = [cache / f".{final.stem}.chunk{c:04d}.npy" for c in range(n_chunks)]
-    model = tower
+    stem = f"{name}-v{view}-{keys_hash}"
+    legacy = cache / f"{stem}.npy"  # caches written before the chunk helper was shared
+    if legacy.exists():
+        return np.load(legacy)
     preprocess = tower_preprocess(image_size)
-    bar = tqdm(total=len(records), desc=f"{tower_name} {name} v{view}", unit="img", disable=not progress)
-    for c, chunk_path in enumerate(chunk_paths):
-        chunk = records[c * chunk_size:(c + 1) * chunk_size]
-        if chunk_path.exists():
-            bar.update(len(chunk))
-            continue
-        if model is None:
-            model = OnnxImageTower(tower_name, cache_dir=Path(cache_dir).parent)
-        feats = []
-        for b in range(0, len(chunk), batch_size):
-            views: list[Any] = []
-            ok: list[bool] = []
-            for r in chunk[b:b + batch_size]:
-                try:
-                    img, _ = load_rgb_image(r.image_path, allow_convert=True)
-                    views.append(reapply(img, view_params(r, view, img.width, img.height, image_size)))
-                    ok.append(True)
-                except ValueError as exc:
-                    print(f"warning: {exc}", file=sys.stderr)
-                    views.append(None)
-                    ok.append(False)
-            good = [v for v in views if v is not None]
-            f: np.ndarray = np.zeros((0, 1), np.float32)
-            if good:
-                with torch.inference_mode():
-                    f = np.asarray(model(images_to_tensor(good, preprocess)), dtype=np.float32)
-            out = np.zeros((len(views), f.shape[1] if good else getattr(model, "num_features", 1)), np.float16)
-            if good:
-                out[np.array(ok)] = f.astype(np.float16)
-            feats.append(out)
-            bar.update(len(views))
-        atomic_write_bytes(chunk_path, _npy_bytes(np.concatenate(feats)))
-    bar.close()
-    array = np.concatenate([np.load(p) for p in chunk_paths]) if chunk_paths else np.zeros((0, 1), np.float16)
-    atomic_write_bytes(final, _npy_bytes(array))
-    for p in chunk_paths:
-        p.unlink(missing_ok=True)
-    return array
+    model: list[Any] = [tower]
+
+    def compute(views: list[Any]) -> dict[str, np.ndarray]:
+        if model[0] is None:
+            model[0] = OnnxImageTower(tower_name, cache_dir=Path(cache_dir).parent)
+        with torch.inference_mode():
+            return {"features": np.asarray(model[0](images_to_tensor(views, preprocess)), dtype=np.float32)}
+
+    return np.asarray(cached_view_arrays(records, cache, stem, compute, view, image_size, batch_size, chunk_size,
+                                         progress, f"{tower_name} {name} v{view}")["features"])
 
 
 def cached_text_features(texts: Sequence[str], cache_dir: str | Path, tower_name: str = "all-MiniLM-L6-v2",
                          progress: bool = True) -> np.ndarray:
-    """float32 [N, 384] MiniLM features of ``texts``; a text->row store under ``cache_dir`` grows as needed."""
+    """float32 [N, D] text-tower features of ``texts`` (MiniLM: 384, mpnet: 768); a text->row store
+    under ``cache_dir/<tower>`` grows as needed."""
     import fcntl
 
     from rsclip_core.teachers.towers import encode_texts_with_tower, load_text_tower
@@ -146,8 +192,8 @@ def cached_text_features(texts: Sequence[str], cache_dir: str | Path, tower_name
     with open(cache / ".lock", "w") as lock:  # texts.json + features.npy change together
         fcntl.flock(lock, fcntl.LOCK_EX)
         known: list[str] = json.loads(index_path.read_text()) if index_path.exists() else []
-        feats = np.load(feats_path) if feats_path.exists() and known else np.zeros((0, 384), np.float32)
-        if len(known) != len(feats):
+        feats = np.load(feats_path) if feats_path.exists() and known else None
+        if feats is not None and len(known) != len(feats):
             raise TeacherFitError(f"{cache}: texts.json and features.npy disagree; delete the folder")
         row = {t: i for i, t in enumerate(known)}
         missing = sorted({t for t in texts if t not in row})
@@ -159,11 +205,13 @@ def cached_text_features(texts: Sequence[str], cache_dir: str | Path, tower_name
                 new.append(encode_texts_with_tower(tower, missing[i:i + step]))
                 if progress:
                     print(f"text features: {min(i + step, len(missing))}/{len(missing)}", flush=True)
-            feats = np.concatenate([feats, *new]).astype(np.float32)
+            feats = np.concatenate([*([feats] if feats is not None else []), *new]).astype(np.float32)
             known = known + missing
             atomic_write_bytes(feats_path, _npy_bytes(feats))
             atomic_write_bytes(index_path, json.dumps(known).encode())
             row = {t: i for i, t in enumerate(known)}
+    if feats is None:  # no texts asked, none stored
+        return np.zeros((0, 0), np.float32)
     return feats[[row[t] for t in texts]]
 
 
@@ -220,6 +268,18 @@ def retrieval_from_features(heads: Any, data: EvalData) -> dict[str, float]:
     img = encode_with_heads(heads, data.image_feats, "image")
     txt = encode_with_heads(heads, data.caption_feats, "text")
     return retrieval_metrics(img @ txt.T, data.caption_owner.astype(np.int64))
+
+
+def multi_positive_clip_loss(zi: Any, zt: Any, logit_scale: Any, text_ids: np.ndarray) -> Any:
+    """Symmetric CLIP loss of normalised image/text rows; rows whose caption text is identical
+    (``text_ids`` equal; RSICD repeats many) are all positives (soft targets)."""
+    import torch
+
+    logits = logit_scale.exp().clamp(max=100) * zi @ zt.T
+    same = torch.from_numpy(text_ids[:, None] == text_ids[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
+                  + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
 
 
 def fit_heads(
@@ -284,13 +344,7 @@ def fit_heads(
                 x = x + cfg.feature_noise * torch.randn_like(x) * x.std()
             zi = nn.functional.normalize(heads["image"](x), dim=-1)
             zt = nn.functional.normalize(heads["text"](t), dim=-1)
-            logits = logit_scale.exp().clamp(max=100) * zi @ zt.T
-            # a caption text drawn for several images in the batch is a multi-positive: soft targets
-            tid = text_id[cap_rows]
-            same = torch.from_numpy(tid[:, None] == tid[None, :]).float()
-            target = same / same.sum(1, keepdim=True)
-            loss = 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
-                          + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
+            loss = multi_positive_clip_loss(zi, zt, logit_scale, text_id[cap_rows])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -5,9 +5,14 @@ EfficientNet-Lite trunk and the packaged all-MiniLM-L6-v2 (no download at all), 
 projection. :func:`create_offline_teacher` builds it with plain linear projections, ready to train.
 
 ``rsclip teacher fit`` fits the projections instead on cached locked-tower features and saves only
-them (format ``rsclip-offline-teacher/1``, :mod:`rsclip_core.teachers.heads`). Such a checkpoint
+them (format ``rsclip-offline-teacher/2``, ``/1`` still read, :mod:`rsclip_core.teachers.heads`);
+``training/teachers/tune_teachers.py`` (:mod:`rsclip_core.teachers.tuned`) saves tuned teachers in the
+same format, whose image side is a tuned top (fine-tuned stages 5-6 and/or a Focus-Adapter) on the
+frozen tower's taps. Such a checkpoint
 loads into the same registered model with :func:`load_offline_teacher`: the config of its image
-tower, the packaged tower weights, the fitted heads in place of the projections (text: L2-normalise,
+tower, the packaged tower weights, the fitted heads in place of the projections (a tuned image
+side replaces the whole image tower by :class:`~rsclip_core.teachers.tuned.TunedVisual`: the
+packaged lower stages + the tuned top; text: L2-normalise,
 then the head: the fit saw sentence-transformers' normalised embeddings), the fit's image size,
 the towers' preprocessing (``tower_preprocess``) and temperature. Export (``rsclip export teacher-... --checkpoint``) and
 reinforcement / online distillation (:class:`OfflineTeacher`) both go through that loader, so the
@@ -15,16 +20,17 @@ targets stored in a reinforced dataset and the exported teacher embed alike.
 
 :class:`OfflineTeacher` runs that model's heads on trunk features computed by faster equivalents of
 its trunks: the image trunk exported once to onnxruntime (about 3x faster on CPU, features agree to
-~1e-5; ``backend="torch"`` runs the model's own trunk) and sentence-transformers for MiniLM (the very
-features the heads were fitted on).
+~1e-5; ``backend="torch"`` runs the model's own trunk; tuned teachers: the tap trunk
+:class:`~rsclip_core.teachers.taps.OnnxTapTower`, then the tuned top in torch) and
+sentence-transformers for MiniLM (the very features the heads were fitted on).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,7 +38,7 @@ from torch import nn
 
 from rsclip_core.models.model import RSClipModel, lock_towers
 from rsclip_core.teachers.base import TeacherError, TeacherInfo, normalize_rows
-from rsclip_core.teachers.heads import is_teacher_checkpoint, load_teacher_checkpoint, offline_logit_scale
+from rsclip_core.teachers.heads import is_teacher_checkpoint, is_tuned, load_teacher_checkpoint, offline_logit_scale
 
 OFFLINE_TEACHERS = ("teacher-effnetlite2-minilm", "teacher-effnetlite0-minilm", "teacher-effnetlite1-minilm")
 TEXT_TOWER = "all-MiniLM-L6-v2"
@@ -77,7 +83,13 @@ def offline_teacher_model(payload: dict[str, Any], heads: Any, name: str | None 
     if config["text_cfg"].get("type") != "hf" or payload["text_tower"] != TEXT_TOWER:
         raise TeacherError(f"{checkpoint}: text tower {payload['text_tower']!r} does not fit {name!r}")
     model = create_model(name, pretrained_towers=True)  # packaged ImageNet / MiniLM weights
-    model.visual.proj = heads["image"]
+    if is_tuned(payload):
+        from rsclip_core.teachers.taps import TapTrunk
+        from rsclip_core.teachers.tuned import TunedVisual
+
+        model.visual = TunedVisual(TapTrunk(cast(nn.Module, model.visual.trunk)), heads["image"])
+    else:
+        model.visual.proj = heads["image"]
     model.text.proj = nn.Sequential(L2Normalize(), heads["text"])
     model.embed_dim = int(payload["embed_dim"])
     model.config["embed_dim"] = model.embed_dim
@@ -140,8 +152,12 @@ class OfflineTeacher:
         self.dim = int(self.payload["embed_dim"])
         self.image_size = int(self.payload["image_size"])
         self.preprocess = tower_preprocess(self.image_size)
+        self.tuned = is_tuned(self.payload)
         if backend == "onnxruntime":  # same features (~1e-5), ~3x faster on CPU
-            self.image_trunk: Any = OnnxImageTower(self.image_tower_name)
+            from rsclip_core.teachers.taps import OnnxTapTower
+
+            self.image_trunk: Any = OnnxTapTower(self.image_tower_name) if self.tuned else OnnxImageTower(
+                self.image_tower_name)
         else:
             self.image_trunk = self.model.visual.trunk
         self.text_tower = load_text_tower(self.payload["text_tower"])
@@ -153,8 +169,15 @@ class OfflineTeacher:
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
-                feats = self.image_trunk(images_to_tensor(images[i:i + self.batch_size], self.preprocess))
-                out.append(self.model.visual.get_submodule("proj")(feats).float().numpy())
+                x = images_to_tensor(images[i:i + self.batch_size], self.preprocess)
+                if self.tuned:
+                    trunk = self.image_trunk
+                    raw = cast(Callable[[Any], Any], trunk.taps)(x) if isinstance(trunk, nn.Module) else trunk(x)
+                    taps = {k: torch.as_tensor(v) for k, v in raw.items()}
+                    top = cast(Callable[[dict[str, torch.Tensor]], torch.Tensor], self.model.visual.top)
+                    out.append(top(taps).float().numpy())
+                else:
+                    out.append(self.model.visual.get_submodule("proj")(self.image_trunk(x)).float().numpy())
         return normalize_rows(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

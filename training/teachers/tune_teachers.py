@@ -1,0 +1,313 @@
+"""Build the tuned offline teachers (issue #14): tap caches -> tuned tops -> checkpoints -> eval.
+
+    python training/teachers/tune_teachers.py --work-dir W [--recipe default|quick] [--stage cache|all]
+
+Resumable stage by stage, everything below ``W`` (the work dir, ``$RSCLIP_WORK_DIR`` by default):
+
+1. tap caches (``W/teacher_features/<tower>-taps-<size>/``, resumable chunks) of RSICD train (+ the
+   NWPU airplane/airport subset with scene-label captions; views 0..``aug_views``), RSICD val/test and
+   RSSCN7 (centre views), and MiniLM caption features (``W/teacher_features/all-MiniLM-L6-v2``);
+2. each teacher of the recipe trained on the caches (:func:`rsclip_core.teachers.tuned.fit_tuned`,
+   best RSICD-val mR kept; test is only evaluated) -> ``W/teachers/<name>.pt`` (format
+   ``rsclip-offline-teacher/2``; an existing checkpoint is kept, delete it to retrain);
+3. RSICD val/test mR and RSSCN7 zero-shot of each teacher and of their ensemble (mean cosine, as
+   reinforcement uses them) -> ``training/results/teachers_tuned.{md,json}``.
+
+The last lines printed are the checkpoint paths (``offline:<path>`` teacher specs for reinforcement).
+``OMP_NUM_THREADS`` / ``--threads`` bound the CPU use (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from rsclip_core.data.readers import ImageTextRecord  # noqa: E402
+from rsclip_core.teachers.focus_adapter import FocusAdapterConfig  # noqa: E402
+from rsclip_core.teachers.heads import HeadConfig  # noqa: E402
+from rsclip_core.teachers.tuned import TuneConfig, TunedImageConfig  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "training" / "results" / "teachers_tuned.md"
+
+
+@dataclass
+class TeacherRecipe:
+    """One tuned teacher: name (checkpoint ``<name>.pt``), packaged image tower, training config."""
+
+    name: str
+    image_tower: str
+    tune: TuneConfig
+    image_size: int = 224
+
+
+@dataclass
+class Recipe:
+    teachers: list[TeacherRecipe]
+    aug_views: int = 1  # replayable augmented train views besides the centre view
+    nwpu: bool = True
+    val_images: int | None = None
+    train_limit: int | None = None  # quick recipe: the first N train images
+    eval_limit: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _tuned(unlock: int, adapter: bool, embed_dim: int, epochs: int) -> TuneConfig:
+    head = HeadConfig(kind="mlp", hidden=1024, dropout=0.1)
+    return TuneConfig(embed_dim=embed_dim, image=TunedImageConfig(unlock=unlock, head=head,
+                                                                  adapter=FocusAdapterConfig() if adapter else None),
+                      text_head=HeadConfig(**asdict(head)), epochs=epochs)
+
+
+RECIPES: dict[str, Recipe] = {
+    # the real stage: two backbones, stage 6 + conv_head fine-tuned on the cache + Focus-Adapter
+    "default": Recipe([
+        TeacherRecipe("lite0-tuned", "efficientnet_lite0", _tuned(unlock=1, adapter=True, embed_dim=256, epochs=15)),
+        TeacherRecipe("lite2-tuned", "efficientnet_lite2", _tuned(unlock=1, adapter=True, embed_dim=512, epochs=15)),
+    ], aug_views=1),
+    # the reference at the same data and budget: locked tower, head only (the teachers of teachers.md)
+    "locked-baseline": Recipe([
+        TeacherRecipe("lite0-locked", "efficientnet_lite0", _tuned(unlock=0, adapter=False, embed_dim=256, epochs=15)),
+    ], aug_views=1),
+    # a few minutes: tiny subsets, to check the pipeline end to end
+    "quick": Recipe([
+        TeacherRecipe("lite0-quick", "efficientnet_lite0", _tuned(unlock=1, adapter=True, embed_dim=64, epochs=2)),
+        TeacherRecipe("lite0-quick-b", "efficientnet_lite0", _tuned(unlock=0, adapter=False, embed_dim=64, epochs=2)),
+    ], aug_views=0, nwpu=False, train_limit=64, val_images=32, eval_limit=32),
+}
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Splits:
+    train: list[ImageTextRecord]
+    val: list[ImageTextRecord]
+    test: list[ImageTextRecord]
+    rsscn7: list[ImageTextRecord]
+
+
+def load_splits(data_root: Path, recipe: Recipe) -> Splits:
+    """RSICD train (+ NWPU subset) / val / test and RSSCN7 records, limited as the recipe says."""
+    from rsclip_core.data.readers import read_image_folder, read_karpathy_json
+
+    rsicd = data_root / "rsicd" / "dataset_rsicd.json"
+    train = read_karpathy_json(rsicd, splits=["train"])[:recipe.train_limit]
+    val = read_karpathy_json(rsicd, splits=["val"])[:recipe.val_images]
+    test = read_karpathy_json(rsicd, splits=["test"])[:recipe.eval_limit]
+    if recipe.nwpu and (data_root / "nwpu_subset").is_dir():
+        train = train + read_image_folder(data_root / "nwpu_subset")  # scene-label captions (CAPTION_TEMPLATES)
+    scn_root = data_root / "rsscn7"
+    scn = read_image_folder(scn_root) if scn_root.is_dir() else []
+    if recipe.eval_limit:
+        scn = scn[::max(1, len(scn) // recipe.eval_limit)]
+    return Splits(train, val, test, scn)
+
+
+def caption_owner(records: list[ImageTextRecord]) -> tuple[list[str], np.ndarray]:
+    captions = [c for r in records for c in r.captions]
+    return captions, np.array([i for i, r in enumerate(records) for _ in r.captions], dtype=np.int64)
+
+
+def tap_views(t: TeacherRecipe, splits: Splits, cache: Path, aug_views: int) -> dict[str, Any]:
+    """The tap caches of one teacher's tower (built if missing; resumable)."""
+    from rsclip_core.teachers.taps import cached_tap_features
+
+    def taps(records: list[ImageTextRecord], name: str, view: int = 0) -> dict[str, np.ndarray]:
+        return cached_tap_features(records, t.image_tower, cache, name, view=view, image_size=t.image_size)
+
+    out: dict[str, Any] = {"val": taps(splits.val, "rsicd-val"), "test": taps(splits.test, "rsicd-test")}
+    out["rsscn7"] = taps(splits.rsscn7, "rsscn7") if splits.rsscn7 else None
+    out["train"] = [taps(splits.train, "train", v) for v in range(aug_views + 1)]
+    return out
+
+
+def text_data(splits: Splits, cache: Path) -> dict[str, Any]:
+    """MiniLM features of every caption and prompt the fit and the eval need."""
+    from rsclip_core.data.readers import clean_class_name
+    from rsclip_core.prompts import CAPTION_TEMPLATES, fill_prompts
+    from rsclip_core.teachers.fit import cached_text_features
+
+    out: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        caps, owner = caption_owner(getattr(splits, split))
+        out[split] = (cached_text_features(caps, cache, progress=False), owner)
+    labels = sorted({r.label for r in splits.train if r.label})
+    out["labels"] = labels
+    out["label_feats"] = None
+    if labels:
+        prompts = [p for lab in labels for p in fill_prompts(clean_class_name(lab), CAPTION_TEMPLATES)]
+        out["label_feats"] = cached_text_features(prompts, cache, progress=False).reshape(
+            len(labels), len(CAPTION_TEMPLATES), -1)
+    out["image_label"] = np.array([labels.index(r.label) if r.label else -1 for r in splits.train], dtype=np.int64)
+    return out
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+
+def zero_shot_setup(records: list[ImageTextRecord], cache: Path) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """RSSCN7 class names, labels and the MiniLM features of each class's prompt ensemble."""
+    from rsclip_core.prompts import ZERO_SHOT_TEMPLATES, fill_prompts
+    from rsclip_core.teachers.fit import cached_text_features
+
+    names = sorted({r.label for r in records if r.label})
+    labels = np.array([names.index(r.label) for r in records], dtype=np.int64)
+    prompts = [cached_text_features(fill_prompts(n, ZERO_SHOT_TEMPLATES), cache, progress=False) for n in names]
+    return names, labels, prompts
+
+
+def embed_teacher(heads: Any, views: dict[str, Any], text: dict[str, Any], zs: Any) -> dict[str, Any]:
+    """Normalised image/text embeddings of one teacher on val, test and RSSCN7."""
+    from rsclip_core.evaluate.metrics import ensemble_class_embeddings
+    from rsclip_core.teachers.tuned import encode_taps, encode_text_feats
+
+    out = {s: (encode_taps(heads["image"], views[s]), encode_text_feats(heads["text"], text[s][0]))
+           for s in ("val", "test")}
+    if views.get("rsscn7") is not None and zs is not None:
+        cls = ensemble_class_embeddings([encode_text_feats(heads["text"], p) for p in zs[2]])
+        out["rsscn7"] = (encode_taps(heads["image"], views["rsscn7"]), cls)
+    return out
+
+
+def score(emb: dict[str, Any], text: dict[str, Any], zs: Any) -> dict[str, Any]:
+    from rsclip_core.evaluate.metrics import retrieval_metrics, zero_shot_metrics
+
+    row: dict[str, Any] = {f"rsicd_{s}": retrieval_metrics(emb[s][0] @ emb[s][1].T, text[s][1]) for s in ("val", "test")}
+    if "rsscn7" in emb:
+        m = zero_shot_metrics(emb["rsscn7"][0] @ emb["rsscn7"][1].T, zs[1], zs[0])
+        row["rsscn7_zero_shot"] = {k: m[k] for k in ("top1", "top5", "mean_per_class")}
+    return row
+
+
+def ensemble_embeddings(embs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenated normalised embeddings / sqrt(K): cosine = mean teacher cosine (``TeacherEnsemble``)."""
+    k = np.sqrt(len(embs))
+    return {s: tuple(np.concatenate([e[s][i] for e in embs], 1) / k for i in (0, 1))
+            for s in embs[0] if all(s in e for e in embs)}
+
+
+def results_markdown(rows: dict[str, Any], command: str) -> str:
+    lines = ["# Tuned offline teachers: RSICD val/test retrieval and RSSCN7 zero-shot", "",
+             f"Produced by: `{command}`", "",
+             "Packaged towers frozen up to stage 5 (taps cached per view), tuned top (stage 6 + conv_head at a",
+             "low lr with frozen BatchNorm statistics and/or CMER Focus-Adapter) + MiniLM text head, trained on",
+             "RSICD train (+ NWPU airplane/airport with scene-label captions), selected on RSICD val (best",
+             "epoch); RSICD test and RSSCN7 are only evaluated.", "",
+             "| teacher | tower | unlock | adapter | epochs (best) | train s | val mR | **test mR** | "
+             "test I→T R@1 | test T→I R@1 | RSSCN7 ZS top-1 |", "|---" * 11 + "|"]
+    for name, r in rows.items():
+        t = r["rsicd_test"]
+        zs = f"{r['rsscn7_zero_shot']['top1']:.1f}" if "rsscn7_zero_shot" in r else "–"
+        lines.append(f"| {name} | {r.get('image_tower', '–')} | {r.get('unlock', '–')} | {r.get('adapter', '–')} | "
+                     f"{r.get('epochs', '–')} | {r.get('train_s', '–')} | {r['rsicd_val']['mR']:.2f} | "
+                     f"**{t['mR']:.2f}** | {t['i2t_r1']:.2f} | {t['t2i_r1']:.2f} | {zs} |")
+    lines += ["", "Checkpoints:", ""] + [f"- `{n}`: `{r['checkpoint']}`" for n, r in rows.items() if r.get("checkpoint")]
+    return "\n".join(lines) + "\n"
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work-dir", type=Path, default=None, help="work-file root (default $RSCLIP_WORK_DIR)")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="default")
+    ap.add_argument("--stage", choices=["cache", "all"], default="all", help="cache: build the caches only")
+    ap.add_argument("--data", type=Path, default=DATA, help="shared data root (rsicd/, nwpu_subset/, rsscn7/)")
+    ap.add_argument("--results", type=Path, default=None, help=f"results .md (default {RESULTS}; quick: none)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--teachers", default=None, help="comma-separated subset of the recipe's teachers")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from rsclip_core.teachers.heads import load_teacher_checkpoint, save_teacher_checkpoint
+    from rsclip_core.teachers.tuned import TapData, fit_tuned
+    from rsclip_core.workdir import atomic_write_bytes, stage_dir
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    recipe = RECIPES[args.recipe]
+    if args.teachers:
+        names = args.teachers.split(",")
+        unknown = sorted(set(names) - {t.name for t in recipe.teachers})
+        if unknown:
+            raise SystemExit(f"--teachers: {unknown} not in recipe {args.recipe!r} "
+                             f"({', '.join(t.name for t in recipe.teachers)})")
+        recipe = Recipe(**{**vars(recipe), "teachers": [t for t in recipe.teachers if t.name in names]})
+    cache = stage_dir("teacher_features", args.work_dir)
+    out_dir = stage_dir("teachers", args.work_dir)
+    splits = load_splits(args.data, recipe)
+    print(f"train {len(splits.train)} val {len(splits.val)} test {len(splits.test)} rsscn7 {len(splits.rsscn7)}",
+          flush=True)
+    text = text_data(splits, cache)
+    zs = zero_shot_setup(splits.rsscn7, cache) if splits.rsscn7 else None
+    rows: dict[str, Any] = {}
+    embs = []
+    paths = []
+    for t in recipe.teachers:
+        views = tap_views(t, splits, cache, recipe.aug_views)
+        if args.stage == "cache":
+            continue
+        path = out_dir / f"{t.name}.pt"
+        if not path.exists():
+            print(f"== training {t.name} ({t.image_tower}, unlock {t.tune.image.unlock}, "
+                  f"adapter {t.tune.image.adapter is not None})", flush=True)
+            data = TapData(views["train"], text["train"][0], text["train"][1], text["label_feats"],
+                           text["image_label"])
+            t0 = time.time()
+            heads, info = fit_tuned(t.image_tower, data, (views["val"], *text["val"]), t.tune,
+                                    log=lambda s: print(s, flush=True))
+            save_teacher_checkpoint(path, heads, image_tower=t.image_tower, text_tower="all-MiniLM-L6-v2",
+                                    image_size=t.image_size, cfg=t.tune, fit_info=info,
+                                    extra={"recipe": args.recipe, "aug_views": recipe.aug_views,
+                                           "train_images": len(splits.train), "train_s": round(time.time() - t0),
+                                           "history": info["history"], "step_time_s": info["step_time_s"]})
+            print(f"saved {path} (best val mR {info['val']['mR']:.2f} at epoch {info['val']['epoch']})", flush=True)
+        payload, heads = load_teacher_checkpoint(path)
+        emb = embed_teacher(heads, views, text, zs)
+        embs.append(emb)
+        rows[t.name] = {"checkpoint": str(path), "image_tower": t.image_tower, "unlock": t.tune.image.unlock,
+                        "adapter": t.tune.image.adapter is not None,
+                        "epochs": f"{t.tune.epochs} ({payload['val']['epoch']})",
+                        "train_s": payload["extra"].get("train_s"), **score(emb, text, zs)}
+        paths.append(path)
+        r = rows[t.name]
+        print(f"{t.name}: val mR {r['rsicd_val']['mR']:.2f} test mR {r['rsicd_test']['mR']:.2f} RSSCN7 ZS "
+              f"{r.get('rsscn7_zero_shot', {}).get('top1', float('nan')):.1f}", flush=True)
+    if args.stage == "cache":
+        print("caches complete", flush=True)
+        return []
+    if len(embs) > 1:
+        rows["ensemble"] = {"checkpoint": None, **score(ensemble_embeddings(embs), text, zs)}
+    results = args.results or (RESULTS if args.recipe == "default" else None)
+    command = "python training/teachers/tune_teachers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = results_markdown(rows, command)
+    print(md, flush=True)
+    if results is not None:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(results, md.encode())
+        atomic_write_bytes(results.with_suffix(".json"), json.dumps({"command": command, "rows": rows}, indent=2,
+                                                                     default=str).encode())
+    print("tuned teacher checkpoints:")
+    for p in paths:
+        print(p)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
