@@ -282,6 +282,78 @@ def multi_positive_clip_loss(zi: Any, zt: Any, logit_scale: Any, text_ids: np.nd
                   + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
 
 
+class CaptionSampler:
+    """One training caption per image of a batch, shared by every teacher fit (heads and tuned tops).
+
+    Captions are grouped by the image that owns them; a batch draws one of each image's captions and,
+    with probability ``label_caption_prob``, replaces it by a scene-label template caption. Identical
+    caption texts (RSICD repeats many) share an id, so the loss treats them as positives of each other.
+    """
+
+    def __init__(self, caption_feats: np.ndarray, caption_owner: np.ndarray, n_images: int,
+                 label_feats: np.ndarray | None = None, image_label: np.ndarray | None = None,
+                 label_caption_prob: float = 0.0) -> None:
+        import torch
+
+        owner = np.asarray(caption_owner, dtype=np.int64)
+        self.order = np.argsort(owner, kind="stable")  # caption rows grouped by image
+        self.count = np.bincount(owner, minlength=n_images)
+        if (self.count == 0).any():
+            raise TeacherFitError(f"image {int(np.flatnonzero(self.count == 0)[0])} has no caption")
+        self.first = np.concatenate([[0], np.cumsum(self.count)[:-1]])
+        self.text_id = np.unique(caption_feats, axis=0, return_inverse=True)[1].reshape(-1)
+        self.caps = torch.from_numpy(np.asarray(caption_feats, np.float32))
+        self.labels = torch.from_numpy(label_feats.astype(np.float32)) if label_feats is not None else None
+        self.image_label = image_label
+        self.label_caption_prob = label_caption_prob
+
+    def sample(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[Any, np.ndarray]:
+        """(caption features ``[B, C]`` for images ``idx``, their text ids for the multi-positive loss)."""
+        import torch
+
+        cap_rows = self.order[self.first[idx] + (rng.random(len(idx)) * self.count[idx]).astype(np.int64)]
+        t = self.caps[torch.from_numpy(cap_rows)]
+        if self.labels is not None and self.image_label is not None and self.label_caption_prob > 0:
+            use = (rng.random(len(idx)) < self.label_caption_prob) & (self.image_label[idx] >= 0)
+            if use.any():
+                t = t.clone()
+                tmpl = rng.integers(0, self.labels.shape[1], size=int(use.sum()))
+                t[torch.from_numpy(use)] = self.labels[self.image_label[idx][use], tmpl]
+        return t, self.text_id[cap_rows]
+
+
+class BestEpoch:
+    """Keeps the state of the epoch with the best validation mR and logs one line per epoch."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.best: dict[str, Any] = {"mR": -1.0}
+        self.state: tuple[dict[str, Any], float] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.t0 = time.time()
+
+    def update(self, epoch: int, losses: Sequence[float], metrics: dict[str, float], modules: Any,
+               logit_scale: Any) -> None:
+        """Record epoch ``epoch`` (1-based); snapshot ``modules`` + temperature if it is the best so far."""
+        import copy
+
+        temp = float(1 / logit_scale.detach().exp())
+        self.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mR": metrics["mR"],
+                             "temperature": temp})
+        if metrics["mR"] > self.best["mR"]:
+            self.best = {**metrics, "epoch": epoch}
+            self.state = copy.deepcopy(modules.state_dict()), float(logit_scale.detach())
+        self.log(f"epoch {epoch:3d} loss {np.mean(losses):.4f} val mR {metrics['mR']:.2f} "
+                 f"(best {self.best['mR']:.2f} @ {self.best['epoch']}) T={temp:.4f} {time.time() - self.t0:.0f}s")
+
+    def restore(self, modules: Any) -> float:
+        """Load the best state into ``modules`` (eval mode); returns its logit scale."""
+        assert self.state is not None, "no epoch was recorded"
+        modules.load_state_dict(self.state[0])
+        modules.eval()
+        return self.state[1]
+
+
 def fit_heads(
     data: FitData,
     val: EvalData,
@@ -289,8 +361,6 @@ def fit_heads(
     log: Callable[[str], None] = print,
 ) -> tuple[Any, dict[str, Any]]:
     """Train image/text heads + temperature with the CLIP loss; keep the best-val-mR state."""
-    import copy
-
     import torch
     from torch import nn
 
@@ -306,24 +376,13 @@ def fit_heads(
     params = list(heads.parameters()) + [logit_scale]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     views = torch.from_numpy(np.stack([v.astype(np.float32) for v in data.image_views]))  # [V, N, C]
-    caps = torch.from_numpy(data.caption_feats.astype(np.float32))
     n = views.shape[1]
-    owner = np.asarray(data.caption_owner, dtype=np.int64)
-    order = np.argsort(owner, kind="stable")  # caption rows grouped by image
-    count = np.bincount(owner, minlength=n)
-    if (count == 0).any():
-        raise TeacherFitError(f"image {int(np.flatnonzero(count == 0)[0])} has no caption")
-    first = np.concatenate([[0], np.cumsum(count)[:-1]])
-    # identical caption texts (RSICD repeats many) are positives for every image that has them
-    text_id = np.unique(data.caption_feats, axis=0, return_inverse=True)[1].reshape(-1)
-    labels = torch.from_numpy(data.label_feats.astype(np.float32)) if data.label_feats is not None else None
+    captions = CaptionSampler(data.caption_feats, data.caption_owner, n, data.label_feats, data.image_label,
+                              cfg.label_caption_prob)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-    best: dict[str, Any] = {"mR": -1.0}
-    best_state = None
-    history = []
-    t0 = time.time()
+    tracker = BestEpoch(log)
     for epoch in range(cfg.epochs):
         heads.train()
         perm = rng.permutation(n)
@@ -332,33 +391,17 @@ def fit_heads(
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             v = rng.integers(0, views.shape[0], size=len(idx))
             x = views[torch.from_numpy(v), torch.from_numpy(idx)]
-            cap_rows = order[first[idx] + (rng.random(len(idx)) * count[idx]).astype(np.int64)]
-            t = caps[torch.from_numpy(cap_rows)]
-            if labels is not None and data.image_label is not None and cfg.label_caption_prob > 0:
-                use = (rng.random(len(idx)) < cfg.label_caption_prob) & (data.image_label[idx] >= 0)
-                if use.any():
-                    t = t.clone()
-                    tmpl = rng.integers(0, labels.shape[1], size=int(use.sum()))
-                    t[torch.from_numpy(use)] = labels[data.image_label[idx][use], tmpl]
+            t, text_ids = captions.sample(idx, rng)
             if cfg.feature_noise > 0:
                 x = x + cfg.feature_noise * torch.randn_like(x) * x.std()
             zi = nn.functional.normalize(heads["image"](x), dim=-1)
             zt = nn.functional.normalize(heads["text"](t), dim=-1)
-            loss = multi_positive_clip_loss(zi, zt, logit_scale, text_id[cap_rows])
+            loss = multi_positive_clip_loss(zi, zt, logit_scale, text_ids)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-        metrics = retrieval_from_features(heads, val)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mR": metrics["mR"],
-                        "temperature": float(1 / logit_scale.detach().exp())})
-        if metrics["mR"] > best["mR"]:
-            best = {**metrics, "epoch": epoch + 1}
-            best_state = copy.deepcopy(heads.state_dict()), float(logit_scale.detach())
-        log(f"epoch {epoch + 1:3d} loss {np.mean(losses):.4f} val mR {metrics['mR']:.2f} "
-            f"(best {best['mR']:.2f} @ {best['epoch']}) T={float(1 / logit_scale.detach().exp()):.4f} {time.time() - t0:.0f}s")
-    assert best_state is not None
-    heads.load_state_dict(best_state[0])
-    heads.eval()
-    return heads, {"val": best, "history": history, "logit_scale": best_state[1]}
+        tracker.update(epoch + 1, losses, retrieval_from_features(heads, val), heads, logit_scale)
+    scale = tracker.restore(heads)
+    return heads, {"val": tracker.best, "history": tracker.history, "logit_scale": scale}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rsclip_core.teachers.base import TeacherError
 from rsclip_core.workdir import atomic_write_bytes
@@ -101,7 +101,7 @@ def save_teacher_checkpoint(path: str | Path, heads: Any, *, image_tower: str, t
         "embed_dim": cfg.embed_dim,
         "image_in_dim": _head_in_dim(heads["image"]),
         "text_in_dim": _head_in_dim(heads["text"]),
-        "image_head": asdict(image_cfg.head) if tuned else asdict(cfg.image_head),
+        "image_head": asdict(image_cfg.head) if tuned else asdict(cast("FitConfig", cfg).image_head),
         "image_model": {"kind": "tuned", "config": asdict(image_cfg)} if tuned else {"kind": "head"},
         "text_head": asdict(cfg.text_head),
         "state_dict": {k: v.detach().cpu() for k, v in heads.state_dict().items()},

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rsclip_core.teachers.fit import multi_positive_clip_loss
+from rsclip_core.teachers.fit import BestEpoch, CaptionSampler, multi_positive_clip_loss
 from rsclip_core.teachers.focus_adapter import FocusAdapter, FocusAdapterConfig
 from rsclip_core.teachers.heads import HeadConfig, TeacherFitError, build_head
 from rsclip_core.teachers.taps import TapTrunk
@@ -260,25 +260,16 @@ def fit_tuned(image_tower: str, data: TapData, val: tuple[dict[str, np.ndarray],
                 pooled_cache.append(torch.cat([
                     top.pooled(top.backbone_taps(_batch_taps(view, np.arange(i, min(n, i + 512)))))
                     for i in range(0, n, 512)]))
-    caps = torch.from_numpy(np.asarray(data.caption_feats, np.float32))
-    owner = np.asarray(data.caption_owner, dtype=np.int64)
-    order = np.argsort(owner, kind="stable")
-    count = np.bincount(owner, minlength=n)
-    if (count == 0).any():
-        raise TeacherFitError(f"image {int(np.flatnonzero(count == 0)[0])} has no caption")
-    first = np.concatenate([[0], np.cumsum(count)[:-1]])
-    text_id = np.unique(data.caption_feats, axis=0, return_inverse=True)[1].reshape(-1)
-    labels = torch.from_numpy(data.label_feats.astype(np.float32)) if data.label_feats is not None else None
+    captions = CaptionSampler(data.caption_feats, data.caption_owner, n, data.label_feats, data.image_label,
+                              cfg.label_caption_prob)
     steps = max(1, n // cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
                                                 total_steps=steps * cfg.epochs, pct_start=0.1)
-    best: dict[str, Any] = {"mR": -1.0}
-    best_state = None
-    history, step_times = [], []
+    step_times: list[float] = []
     heads = nn.ModuleDict({"image": top, "text": text_head})
-    t0 = time.time()
+    tracker = BestEpoch(log)
     for epoch in range(cfg.epochs):
         heads.train()
         perm = rng.permutation(n)
@@ -293,34 +284,18 @@ def fit_tuned(image_tower: str, data: TapData, val: tuple[dict[str, np.ndarray],
                 zi = top.head(pooled)
             else:
                 zi = top(taps, pooled)
-            cap_rows = order[first[idx] + (rng.random(len(idx)) * count[idx]).astype(np.int64)]
-            t = caps[torch.from_numpy(cap_rows)]
-            if labels is not None and data.image_label is not None and cfg.label_caption_prob > 0:
-                use = (rng.random(len(idx)) < cfg.label_caption_prob) & (data.image_label[idx] >= 0)
-                if use.any():
-                    t = t.clone()
-                    tmpl = rng.integers(0, labels.shape[1], size=int(use.sum()))
-                    t[torch.from_numpy(use)] = labels[data.image_label[idx][use], tmpl]
+            t, text_ids = captions.sample(idx, rng)
             zi = nn.functional.normalize(zi, dim=-1)
             zt = nn.functional.normalize(text_head(t), dim=-1)
-            loss = multi_positive_clip_loss(zi, zt, logit_scale, text_id[cap_rows])
+            loss = multi_positive_clip_loss(zi, zt, logit_scale, text_ids)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
             step_times.append(time.perf_counter() - ts)
-        metrics = retrieval_of(top, text_head, *val)
-        temp = float(1 / logit_scale.detach().exp())
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_mR": metrics["mR"], "temperature": temp})
-        if metrics["mR"] > best["mR"]:
-            best = {**metrics, "epoch": epoch + 1}
-            best_state = copy.deepcopy(heads.state_dict()), float(logit_scale.detach())
-        log(f"epoch {epoch + 1:3d} loss {np.mean(losses):.4f} val mR {metrics['mR']:.2f} "
-            f"(best {best['mR']:.2f} @ {best['epoch']}) T={temp:.4f} {time.time() - t0:.0f}s")
-    assert best_state is not None
-    heads.load_state_dict(best_state[0])
-    heads.eval()
-    return heads, {"val": best, "history": history, "logit_scale": best_state[1],
+        tracker.update(epoch + 1, losses, retrieval_of(top, text_head, *val), heads, logit_scale)
+    scale = tracker.restore(heads)
+    return heads, {"val": tracker.best, "history": tracker.history, "logit_scale": scale,
                    "step_time_s": float(np.median(step_times)), "steps_per_epoch": steps,
                    "config": asdict(cfg)}

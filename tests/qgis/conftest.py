@@ -109,6 +109,20 @@ def plugin(qgis_iface: Any, qgis_new_project: Any) -> Any:
 
 
 @pytest.fixture()
+def provider(qgis_processing: Any, qgis_new_project: Any) -> Any:
+    """rsclip's Processing provider, registered for one test."""
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.processing_provider import RsclipProvider
+
+    registry = QgsApplication.processingRegistry()
+    instance = RsclipProvider()  # keep the Python object alive while registered (as the plugin does)
+    assert registry.addProvider(instance)
+    yield instance
+    registry.removeProvider("rsclip")
+
+
+@pytest.fixture()
 def dock(plugin: Any, raster_layer: Any, model_dir: Path, cache_dir: Path, tmp_path: Path) -> Any:
     """The plugin's dock pointed at the test raster, the tiny model and a temp output folder."""
     d = plugin.dock

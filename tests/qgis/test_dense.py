@@ -4,19 +4,9 @@ from __future__ import annotations
 
 
 import pytest
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer, QgsWkbTypes
+from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer, QgsWkbTypes
 from qgis_helpers import run_dock_task
 
-
-@pytest.fixture()
-def provider(qgis_processing, qgis_new_project):
-    from qgis_plugin.processing_provider import RsclipProvider
-
-    registry = QgsApplication.processingRegistry()
-    instance = RsclipProvider()
-    assert registry.addProvider(instance)
-    yield instance
-    registry.removeProvider("rsclip")
 
 
 def _layers_named(prefix: str):

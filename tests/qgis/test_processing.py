@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from qgis.core import (
-    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsGeometry,
@@ -18,16 +17,6 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-
-@pytest.fixture()
-def provider(qgis_processing, qgis_new_project):
-    from qgis_plugin.processing_provider import RsclipProvider
-
-    registry = QgsApplication.processingRegistry()
-    instance = RsclipProvider()  # keep the Python object alive while registered (as the plugin does)
-    assert registry.addProvider(instance)
-    yield instance
-    registry.removeProvider("rsclip")
 
 
 def _common(raster_path: Path, model_dir: Path, cache: Path) -> dict:

@@ -7,18 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException
+from qgis.core import QgsProcessingException
 
-
-@pytest.fixture()
-def provider(qgis_processing, qgis_new_project):
-    from qgis_plugin.processing_provider import RsclipProvider
-
-    registry = QgsApplication.processingRegistry()
-    instance = RsclipProvider()
-    assert registry.addProvider(instance)
-    yield instance
-    registry.removeProvider("rsclip")
 
 
 def _digest(path: Path) -> str:
