@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from rsclip_core.data.readers import ImageTextRecord
-from rsclip_core.workdir import stage_dir
 
 TAP_NAMES = ("b2", "b4", "b5")
 #: average-pool factor of each tap before caching (b2: stride 8 -> 32)
@@ -75,14 +74,10 @@ class OnnxTapTower:
     """:class:`TapTrunk` of a packaged tower exported once to ONNX, run with onnxruntime."""
 
     def __init__(self, tower: str, cache_dir: str | Path | None = None, threads: int | None = None) -> None:
-        from rsclip_core.inference.sessions import onnx_session
+        from rsclip_core.teachers.towers import cached_tower_session
 
-        cache = stage_dir("towers", cache_dir)
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"{tower}-taps.onnx"
-        if not path.exists():
-            export_tap_trunk_onnx(tower, path)
-        self.session = onnx_session(path, threads=threads)
+        self.session = cached_tower_session(f"{tower}-taps.onnx", lambda path: export_tap_trunk_onnx(tower, path),
+                                            cache_dir, threads)
         self.name = tower
 
     def __call__(self, images: Any) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ heads (:mod:`rsclip_core.teachers.heads`) sit on top of them in the registered `
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +61,26 @@ def load_image_tower(tower: str):  # -> torch.nn.Module
     return model.eval()
 
 
+def cached_tower_session(filename: str, export: Callable[[Path], Any], cache_dir: str | Path | None = None,
+                         threads: int | None = None) -> Any:
+    """onnxruntime session of a tower graph exported once (by ``export(path)``) into ``<work dir>/towers``."""
+    from rsclip_core.inference.sessions import onnx_session
+
+    cache = stage_dir("towers", cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / filename
+    if not path.exists():
+        export(path)
+    return onnx_session(path, threads=threads)
+
+
 class OnnxImageTower:
     """The image tower exported once to ONNX and run with onnxruntime (about 3x faster than eager
     PyTorch for EfficientNet-Lite's depthwise convs on CPU; features agree to ~1e-5)."""
 
     def __init__(self, tower: str, cache_dir: str | Path | None = None, threads: int | None = None) -> None:
-        from rsclip_core.inference.sessions import onnx_session
-
-        cache = stage_dir("towers", cache_dir)
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"{tower}.onnx"
-        if not path.exists():
-            export_image_tower_onnx(tower, path)
-        self.session = onnx_session(path, threads=threads)
+        self.session = cached_tower_session(f"{tower}.onnx", lambda path: export_image_tower_onnx(tower, path),
+                                            cache_dir, threads)
         self.num_features = int(self.session.get_outputs()[0].shape[-1])
         self.name = tower
 
