@@ -20,7 +20,7 @@ import torch
 from rsclip_core import spec
 from rsclip_core.export.errors import ExportError
 from rsclip_core.export.onnx_export import example_tokens
-from rsclip_core.export.wrappers import PixelImageEncoder, TextEncoder
+from rsclip_core.export.wrappers import PixelImageEncoder, TextEncoder, tracing_mode
 
 if TYPE_CHECKING:
     from rsclip_core.models.model import RSClipModel
@@ -104,16 +104,11 @@ def export_coreml(
     tokens = example_tokens(model, batch=1).to(torch.int32)
     text_module = TextEncoder(model).eval()
     _register_missing_torch_ops()
-    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with tracing_mode():
+        image_traced = torch.jit.trace(image_module, torch.rand(1, 3, size, size))
+        text_traced = torch.jit.trace(text_module, tokens)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # nn.MultiheadAttention's fused inference kernel has no Core ML conversion: trace the plain ops
-        torch.backends.mha.set_fastpath_enabled(False)
-        try:
-            image_traced = torch.jit.trace(image_module, torch.rand(1, 3, size, size))
-            text_traced = torch.jit.trace(text_module, tokens)
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
         try:
             image_ml = ct.convert(
                 image_traced,

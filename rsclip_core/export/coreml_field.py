@@ -27,7 +27,7 @@ from torch import nn
 
 from rsclip_core import spec
 from rsclip_core.export.errors import ExportError
-from rsclip_core.export.wrappers import PixelImageEncoder
+from rsclip_core.export.wrappers import PixelImageEncoder, tracing_mode
 
 if TYPE_CHECKING:
     from rsclip_core.models.model import RSClipModel
@@ -87,14 +87,10 @@ def export_field_bundle(
     field = ZeroShotFieldModel(model.eval(), metadata.mean, metadata.std, class_emb, metadata.logit_scale,
                                0.0 if bias is None else float(bias.detach().reshape(-1)[0])).eval()
     size = int(metadata.image_size)
-    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with tracing_mode():
+        traced = torch.jit.trace(field, torch.rand(1, 3, size, size))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.backends.mha.set_fastpath_enabled(False)
-        try:
-            traced = torch.jit.trace(field, torch.rand(1, 3, size, size))
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
         try:
             mlmodel = ct.convert(
                 traced,

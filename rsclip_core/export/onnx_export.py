@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -33,7 +32,7 @@ from torch import nn
 
 from rsclip_core import spec
 from rsclip_core.export.errors import ExportError
-from rsclip_core.export.wrappers import ImageEncoder, TextEncoder
+from rsclip_core.export.wrappers import ImageEncoder, TextEncoder, tracing_mode
 from rsclip_core.preprocess import standardise
 
 if TYPE_CHECKING:
@@ -105,13 +104,9 @@ def export_graph(
     module = module.eval()
     errors: list[str] = []
     order = {"auto": ("legacy", "dynamo"), "legacy": ("legacy",), "dynamo": ("dynamo",)}[exporter]
-    fastpath = torch.backends.mha.get_fastpath_enabled()
     for kind in order:
         try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # nn.MultiheadAttention's fused inference kernel has no ONNX export
-                torch.backends.mha.set_fastpath_enabled(False)
+            with tracing_mode():
                 if kind == "legacy":
                     torch.onnx.export(
                         module,
@@ -149,8 +144,6 @@ def export_graph(
             return kind
         except Exception as exc:  # noqa: BLE001 - report every exporter's failure together
             errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
     raise ExportError(f"{path.name}: ONNX export failed ({'; '.join(errors)})")
 
 

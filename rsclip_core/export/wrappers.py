@@ -7,7 +7,9 @@ single named input, so these wrappers expose exactly one of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,6 +17,21 @@ from torch import nn
 
 if TYPE_CHECKING:
     from rsclip_core.models.model import RSClipModel
+
+
+
+@contextlib.contextmanager
+def tracing_mode() -> Iterator[None]:
+    """No grad, tracer warnings silenced, and nn.MultiheadAttention on its plain ops: its fused inference
+    kernel has no ONNX or Core ML conversion. The fast-path setting is restored afterwards."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 class ImageEncoder(nn.Module):
