@@ -50,6 +50,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (reinforced / "report.json").write_text(json.dumps({"samples": 12}))
     teachers = root / "teachers"
     teachers.mkdir()
+    metrics = {"rsicd_val": {"mR": 4.0}, "rsicd_test": {k: 5.0 for k in (
+        "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")}, "rsscn7_zero_shot": {"top1": 40.0}}
+    (root / "teachers_tuned.json").write_text(json.dumps({"command": "tune", "rows": {"ensemble": metrics}}))
     return {"root": root, "reinforced": reinforced, "teachers": teachers}
 
 
@@ -89,7 +92,9 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
     argv = ["--rsicd", str(root / "rsicd" / "dataset_rsicd.json"), "--rsscn7", str(root / "rsscn7"),
             "--teachers", str(world["teachers"]), "--reinforced", str(world["reinforced"]), "--work", str(root / "work"),
             "--output", str(root / "shipped"), "--coreml-output", str(root / "coreml"), "--card", str(root / "CARD.md"),
-            "--results", str(root / "results.md"), "--sweep", str(root / "sweep.md"), "--stages", "teachers,reinforce,train,evaluate,select,baseline,export,measure,card",
+            "--results", str(root / "results.md"), "--sweep", str(root / "sweep.md"), "--students", str(root / "students.md"),
+            "--teacher-results", str(root / "teachers_tuned.json"),
+            "--stages", "teachers,reinforce,train,evaluate,select,baseline,export,measure,card",
             "--set", "batch_size=4", "--set", "warmup_steps=1", "--set", "num_workers=0"]
     assert pipeline.main(argv) == 0
     assert tuned == [root] and json.loads((world["teachers"] / "pipeline_teachers.json").read_text()) == {
@@ -105,6 +110,11 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
     assert kd["lam"] == 0.7 and kd["synthetic"] is True and kd["num_workers"] == 0 and kd["warmup_steps"] == 1
     meta = spec.ModelMetadata.read(root / "shipped")
     assert meta.model_name == tiny and (root / "shipped" / spec.CLASSES_FILE).is_file()
+    decision = json.loads((root / "work" / "ship_decision.json").read_text())
+    assert decision["shipped"] and decision["current"] is None and decision["candidate"] == selection["chosen"]
+    students = (root / "students.md").read_text()
+    assert "plain-CLIP twin" in students and f"candidate `{selection['chosen']}`, exported files" in students
+    assert "Ship decision (shipped)" in students
     assert (root / "coreml" / spec.IMAGE_MLPACKAGE).is_dir()
     card = (root / "CARD.md").read_text()
     shipped = json.loads((root / "work" / "shipped_eval.json").read_text())
@@ -201,3 +211,43 @@ def test_pipeline_rejects_unknown_set_key_in_one_line(world, capsys: pytest.Capt
                           "--rsscn7", str(root / "rsscn7")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--set" in err and "batch_sise" in err
+
+
+def test_ship_decision_needs_both_val_and_rsscn7():
+    pipeline = _load_pipeline()
+    current = {"rsicd_val": {"mR": 13.0}, "rsscn7": {"top1": 62.0}}
+    assert pipeline.ship_decision(None, current)[0]
+    assert pipeline.ship_decision(current, {"rsicd_val": {"mR": 14.0}, "rsscn7": {"top1": 63.0}})[0]
+    assert not pipeline.ship_decision(current, {"rsicd_val": {"mR": 14.0}, "rsscn7": {"top1": 61.0}})[0]
+    assert not pipeline.ship_decision(current, {"rsicd_val": {"mR": 12.0}, "rsscn7": {"top1": 70.0}})[0]
+    assert not pipeline.ship_decision(current, current)[0]  # a tie does not replace the shipped model
+
+
+def test_export_keeps_the_shipped_model_when_the_release_does_not_beat_it(tmp_path: Path, monkeypatch):
+    pipeline = _load_pipeline()
+    output = tmp_path / "shipped"
+    output.mkdir()
+    (output / spec.METADATA_FILE).write_text('{"model_name": "old"}')
+    before = (output / spec.METADATA_FILE).read_bytes()
+    args = pipeline.parse_args(["--work", str(tmp_path / "work"), "--output", str(output),
+                                "--coreml-output", str(tmp_path / "coreml")])
+    args.overrides = {}
+    exported: list[Path] = []
+
+    def fake_export(model_name, out, **kwargs):  # stands in for the ONNX export of the release
+        exported.append(Path(out))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / spec.METADATA_FILE).write_text('{"model_name": "new"}')
+
+    import rsclip_core.export
+
+    monkeypatch.setattr(rsclip_core.export, "export_model", fake_export)
+    scores = {output: {"rsicd_val": {"mR": 13.0}, "rsscn7": {"top1": 62.0}, "model_name": "old"}}
+    monkeypatch.setattr(pipeline, "measure_model_dir", lambda a, d: scores.get(
+        d, {"rsicd_val": {"mR": 14.0}, "rsscn7": {"top1": 55.0}, "model_name": "new"}))
+    run = pipeline.CANDIDATES["effnetlite0-mct-s-128-next"]
+    decision = pipeline.stage_export(args, run)
+    assert not decision["shipped"] and "does not beat" in decision["reason"]
+    assert (output / spec.METADATA_FILE).read_bytes() == before  # the shipped model is untouched
+    assert exported == [tmp_path / "work" / "release" / run.name]  # no Core ML export of an unshipped model
+    assert json.loads((tmp_path / "work" / "ship_decision.json").read_text())["shipped"] is False
