@@ -125,6 +125,11 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
     evaluated = json.loads((root / "work" / "a-kd" / "eval.json").read_text())
     assert "`a-kd`" in sweep and "`b-kd`" in sweep and f"{evaluated['rsicd_val']['mR']:.2f}" in sweep
 
+    # --plain-twin trains (here: finds) the twin of the named candidate, not the candidate
+    twin_before = (root / "work" / twin / "model.pt").stat().st_mtime_ns
+    assert pipeline.main(argv + ["--stages", "train", "--candidates", selection["chosen"], "--plain-twin"]) == 0
+    assert (root / "work" / twin / "model.pt").stat().st_mtime_ns == twin_before
+
     # a second run skips every finished stage: no retraining, same selection
     before = {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/model.pt")}
     assert pipeline.main(argv + ["--stages", "teachers,train,evaluate,select,baseline"]) == 0
@@ -180,6 +185,9 @@ def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_p
     assert "--split train" in joined and f"--extra-source nwpu={tmp_path / 'nwpu'}" in joined
     assert "--augmentation multiscale-rs" in joined and "--object-names 0.3" in joined and "--agreement" not in joined
     assert f"--teacher a=offline:{tmp_path / 'a.pt'}" in joined and f"--teacher b=offline:{tmp_path / 'b.pt'}" in joined
+    assert "-k 5 " in joined
+    assert "-k 3 " in " ".join(pipeline.reinforce_command(pipeline.parse_args(
+        ["--work-dir", str(tmp_path), "--reinforce-views", "3"]), {"a": tmp_path / "a.pt"}))
     alone = pipeline.reinforce_command(pipeline.parse_args(["--work-dir", str(tmp_path), "--nwpu", ""]), {"a": tmp_path})
     assert "--extra-source" not in alone
 

@@ -95,8 +95,12 @@ def test_model_metadata_carries_the_config(tmp_path: Path):
 def test_bundled_model_metadata_still_loads():
     from rsclip_core.resources import bundled_model_dir
 
-    cfg = spec.ModelMetadata.read(bundled_model_dir()).preprocess
-    assert cfg.image_size == 128 and cfg.interpolation == "bilinear" and cfg.resize_mode == "shortest"
+    from rsclip_core.models import get_model_config, preprocess_config
+
+    meta = spec.ModelMetadata.read(bundled_model_dir())
+    # the shipped preprocessing is the registered model's, whichever model is bundled
+    assert meta.preprocess == preprocess_config(get_model_config(meta.model_name))
+    assert meta.preprocess.interpolation == "bilinear" and meta.preprocess.resize_mode == "shortest"
 
 
 def test_bad_model_config_preprocess_names_the_file(tmp_path: Path):

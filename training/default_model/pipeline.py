@@ -26,8 +26,9 @@ Stages (``--stages``, comma-separated, in this order):
              there (reinforced with the earlier teachers), the new candidates, the ship decision
   pictures   scripts/demo.sh with the shipped model on the sample raster -> docs/img/demo_*.png (README)
 
-Two candidates can train at once on a 2-core machine: run two ``--stages train --candidates X``
-processes, then the full command (which skips what is done). Training settings: the recipes in
+Two runs can train at once on a 2-core machine: run two ``--stages train --candidates X`` processes
+(or a candidate and, with ``--plain-twin``, its plain-CLIP twin), then the full command (which skips
+what is done). Training settings: the recipes in
 ``training/recipes/default_model/`` (``base.yaml`` + one per candidate; ``--set KEY=VALUE`` overrides them
 for every run). Work files: ``<--work-dir>/{teachers,teacher_features,reinforced,default_model}``.
 """
@@ -136,6 +137,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig value for every training run, over the recipes (repeatable): "
                         "e.g. device=cuda, batch_size=64, num_workers=4")
+    p.add_argument("--plain-twin", action="store_true",
+                   help="stage train: train the plain-CLIP twin of each --candidates entry instead of the candidate "
+                        "(a second process can train it alongside its candidate; stage baseline then finds it)")
+    p.add_argument("--reinforce-views", type=int, default=5, help="K stored augmentations per image (stage reinforce)")
+    p.add_argument("--reinforce-workers", type=int, default=1,
+                   help="stage reinforce: this many shard processes (--shard i/n) at --threads each, then one pass "
+                        "that finds every shard done and writes the manifest")
     p.add_argument("--reinforce-seed", type=int, default=0, help="seed of the stored augmentations (stage reinforce)")
     p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads per process")
     args = p.parse_args(argv)
@@ -208,7 +216,7 @@ def stage_teachers(args: argparse.Namespace) -> dict[str, Path]:
 def reinforce_command(args: argparse.Namespace, teachers: dict[str, Path]) -> list[str]:
     """``rsclip reinforce`` of stage reinforce: RSICD train (+ NWPU), every teacher, the augmentation preset."""
     cmd = [sys.executable, "-m", "rsclip_core.cli.main", "reinforce", str(args.rsicd), str(args.reinforced),
-           "--split", "train", "-k", "5", "-s", "5", "--seed", str(args.reinforce_seed),
+           "--split", "train", "-k", str(args.reinforce_views), "-s", "5", "--seed", str(args.reinforce_seed),
            "--augmentation", args.augmentation,
            # captions (training/results/captions.md): varied scene-label wording (the CLI default: +9 % distinct
            # captions, agreement unchanged), confident aerial ImageNet objects (p >= 0.3: 100 % precision on the
@@ -230,6 +238,19 @@ def stage_reinforce(args: argparse.Namespace) -> None:
     if not record.is_file():
         raise FileNotFoundError(f"{record}: no teachers chosen yet (run stage teachers first)")
     cmd = reinforce_command(args, {n: Path(p) for n, p in read_json(record).items()})
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    n = max(1, args.reinforce_workers)
+    if n > 1:  # shard g belongs to worker g % n; the final single pass below only writes what is missing
+        log(f"reinforce: {n} shard processes: " + " ".join(cmd))
+        workers = [subprocess.Popen(cmd + ["--shard", f"0/{n}"], cwd=REPO)]
+        # the caption bank (neighbour captioner) is embedded once: the others start when worker 0 has cached it
+        while not list(args.reinforced.glob("caption_bank-*.npz")) and workers[0].poll() is None:
+            time.sleep(5)
+        workers += [subprocess.Popen(cmd + ["--shard", f"{i}/{n}"], cwd=REPO) for i in range(1, n)]
+        codes = [w.wait() for w in workers]
+        if any(codes):
+            raise RuntimeError(f"reinforce: shard processes exited with {codes} (re-run to resume)")
     log("reinforce: " + " ".join(cmd))
     subprocess.run(cmd, check=True, cwd=REPO)  # resumes by shard when re-run
 
@@ -835,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_reinforce(args)
     if "train" in stages:
         for name in names:
-            train_run(args, CANDIDATES[name])
+            train_run(args, baseline_for(CANDIDATES[name]) if args.plain_twin else CANDIDATES[name])
     later = [s for s in stages if STAGES.index(s) >= STAGES.index("evaluate")]
     if not later:
         return 0
