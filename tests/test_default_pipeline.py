@@ -164,7 +164,7 @@ def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
     lite0 = pipeline.CANDIDATES["effnetlite0-mct-s-160-next"].config(args)
     assert (lite0.model, lite0.mode, lite0.lam, lite0.teacher_mix, lite0.ema_decay, lite0.steps, lite0.batch_size,
             lite0.checkpoint_every, lite0.device) == (
-        "effnetlite0-mct-s-160", "reinforced", 1.0, "probs", 0.998, 1200, 32, 50, "cpu")
+        "effnetlite0-mct-s-160", "reinforced", 1.0, "probs", 0.998, 1000, 32, 50, "cpu")
     assert lite0.output == str(tmp_path / "default_model" / "effnetlite0-mct-s-160-next")
     twin = pipeline.baseline_for(pipeline.CANDIDATES["effnetlite1-mct-s-192-next"]).config(args)
     assert twin.output.endswith("effnetlite1-mct-s-192-clip")
