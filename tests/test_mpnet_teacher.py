@@ -201,3 +201,19 @@ def test_mpnet_probe_recipe_differs_only_in_the_text_tower():
     assert asdict(minilm) | {"name": "", "text_tower": ""} == asdict(mpnet) | {"name": "", "text_tower": ""}
     lite2 = next(t for t in tune.RECIPES["default"].teachers if t.name == "lite2-tuned")
     assert asdict(lite2) | {"name": ""} == asdict(minilm) | {"name": ""}
+
+
+@pytest.mark.slow
+def test_mpnet_teacher_exports_and_the_torch_free_model_embeds_alike(mpnet_env, tmp_path):
+    """``rsclip export teacher-effnetlite0-mpnet --checkpoint``: MPNet's special ids go into the model
+    directory, and the exported text encoder matches the reinforcement teacher."""
+    from rsclip_core.export import export_model
+    from rsclip_core.inference.model import load_model
+    from rsclip_core.teachers.offline import OfflineTeacher
+
+    ckpt = _tuned_checkpoint(tmp_path / "m.pt", 32)
+    out = export_model("teacher-effnetlite0-mpnet", tmp_path / "exported", checkpoint=ckpt)
+    meta = json.loads((out / "rsclip.json").read_text())
+    assert (meta["pad_id"], meta["sot_id"], meta["eot_id"]) == (1, 0, 2)
+    want = OfflineTeacher(ckpt, backend="torch").encode_texts(TEXTS)
+    assert np.allclose(load_model(out).encode_text(TEXTS), want, atol=1e-4)
