@@ -90,7 +90,8 @@ def test_fitted_checkpoint_finds_the_registered_teacher_of_its_tower(tmp_path):
 
     assert [offline_teacher_name(f"efficientnet_lite{i}") for i in (0, 1, 2)] == [
         "teacher-effnetlite0-minilm", "teacher-effnetlite1-minilm", "teacher-effnetlite2-minilm"]
-    assert set(OFFLINE_TEACHERS) == {offline_teacher_name(f"efficientnet_lite{i}") for i in (0, 1, 2)}
+    assert set(OFFLINE_TEACHERS) == {offline_teacher_name(f"efficientnet_lite{i}", text)
+                                     for i in (0, 1, 2) for text in ("all-MiniLM-L6-v2", "all-mpnet-base-v2")}
     with pytest.raises(TeacherError, match="efficientnet_lite9"):
         offline_teacher_name("efficientnet_lite9")
     with pytest.raises(TeacherError, match="backend 'tensorflow'"):

@@ -47,13 +47,16 @@ def models(name: str | None, params: bool, as_json: bool, checkpoints: bool) -> 
             "reparameterizable": bool(cfg["vision_cfg"].get("reparameterizable") or cfg["text_cfg"].get("reparameterizable")),
         }
         if params:
-            row["params_m"] = round(create_model(model_name, pretrained_towers=False).num_params() / 1e6, 2)
+            try:
+                row["params_m"] = round(create_model(model_name, pretrained_towers=False).num_params() / 1e6, 2)
+            except FileNotFoundError:  # a local tower not installed / assembled (teacher-*-mpnet)
+                row["params_m"] = None
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        extra = f"  {row['params_m']:.2f}M" if params else ""
+        extra = (f"  {row['params_m']:.2f}M" if row["params_m"] is not None else "  (tower missing)") if params else ""
         click.echo(
             f"{row['name']:28s} image={row['image']:28s} text={row['text']:12s} dim={row['embed_dim']:<4d} "
             f"tokenizer={row['tokenizer']}{' reparam' if row['reparameterizable'] else ''}{extra}"

@@ -113,14 +113,23 @@ def tokenizer_spec(config: dict[str, Any]) -> TokenizerSpec:
         if not tokenizer_json.is_file():
             raise FileNotFoundError(f"{tokenizer_json}: tokenizer file not found")
         vocab = json.loads(tokenizer_json.read_text())["model"]["vocab"]
+        # special tokens: BERT's by default; MPNet's are <pad> / <s> / </s> (its vocab also holds a [PAD])
+        names = {k: tok.get(f"{k}_token", d) for k, d in (("pad", "[PAD]"), ("sot", "[CLS]"), ("eot", "[SEP]"))}
+        absent = [t for k, t in names.items() if t not in vocab and not (k == "pad" and t == "[PAD]")]
+        if absent:
+            raise ModelConfigError(f"{tokenizer_json}: special tokens {absent} not in the vocabulary")
+        pad_id = vocab.get(names["pad"], 0)
+        if int(config["text_cfg"].get("pad_id", pad_id)) != pad_id:
+            raise ModelConfigError(f"tokenizer pad token {names['pad']!r} is id {pad_id}, "
+                                   f"text_cfg pad_id is {config['text_cfg']['pad_id']}")
         return TokenizerSpec(
             kind,
             ctx,
             vocab_size=len(vocab),
             tokenizer_json=tokenizer_json,
-            pad_id=vocab.get("[PAD]", 0),
-            sot_id=vocab["[CLS]"],
-            eot_id=vocab["[SEP]"],
+            pad_id=pad_id,
+            sot_id=vocab[names["sot"]],
+            eot_id=vocab[names["eot"]],
             lowercase=bool(tok.get("lowercase", True)),
         )
     raise ModelConfigError(f"unknown tokenizer kind {kind!r} (known: clip-bpe, wordpiece)")

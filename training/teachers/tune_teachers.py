@@ -6,12 +6,17 @@ Resumable stage by stage, everything below ``W`` (the work dir, ``$RSCLIP_WORK_D
 
 1. tap caches (``W/teacher_features/<tower>-taps-<size>/``, resumable chunks) of RSICD train (+ the
    NWPU airplane/airport subset with scene-label captions; views 0..``aug_views``), RSICD val/test and
-   RSSCN7 (centre views), and MiniLM caption features (``W/teacher_features/all-MiniLM-L6-v2``);
+   RSSCN7 (centre views), and the caption features of each teacher's text tower
+   (``W/teacher_features/<text tower>``: all-MiniLM-L6-v2 by default, all-mpnet-base-v2 after
+   ``training/teachers/fetch_mpnet.py``);
 2. each teacher of the recipe trained on the caches (:func:`rsclip_core.teachers.tuned.fit_tuned`,
    best RSICD-val mR kept; test is only evaluated) -> ``W/teachers/<name>.pt`` (format
    ``rsclip-offline-teacher/2``; an existing checkpoint is kept, delete it to retrain);
 3. RSICD val/test mR and RSSCN7 zero-shot of each teacher and of their ensemble (mean cosine, as
-   reinforcement uses them) -> ``training/results/teachers_tuned.{md,json}``.
+   reinforcement uses them) -> ``training/results/teachers_tuned.{md,json}`` (other recipes: ``--results``).
+
+Recipe ``mpnet-probe`` trains the Lite2 teacher of ``default`` twice, on MiniLM and on mpnet caption
+features (same image tower, taps, budget and seed), to measure what the larger text tower buys.
 
 The last lines printed are the checkpoint paths (``offline:<path>`` teacher specs for reinforcement).
 ``OMP_NUM_THREADS`` / ``--threads`` bound the CPU use (the machine is shared).
@@ -45,12 +50,14 @@ RESULTS = REPO / "training" / "results" / "teachers_tuned.md"
 
 @dataclass
 class TeacherRecipe:
-    """One tuned teacher: name (checkpoint ``<name>.pt``), packaged image tower, training config."""
+    """One tuned teacher: name (checkpoint ``<name>.pt``), packaged image tower, training config and
+    the locked text tower whose caption features the text head is fitted on."""
 
     name: str
     image_tower: str
     tune: TuneConfig
     image_size: int = 224
+    text_tower: str = "all-MiniLM-L6-v2"  # or "all-mpnet-base-v2" (rsclip_core.teachers.towers.TEXT_TOWERS)
 
 
 @dataclass
@@ -82,6 +89,13 @@ RECIPES: dict[str, Recipe] = {
     # the reference at the same data and budget: locked tower, head only (the teachers of teachers.md)
     "locked-baseline": Recipe([
         TeacherRecipe("lite0-locked", "efficientnet_lite0", _tuned(unlock=0, adapter=False, embed_dim=256, epochs=15)),
+    ], aug_views=1),
+    # the text tower alone: default's Lite2 teacher on MiniLM (384-d) vs mpnet (768-d) caption features
+    "mpnet-probe": Recipe([
+        TeacherRecipe("lite2-adapter-minilm", "efficientnet_lite2",
+                      _tuned(unlock=0, adapter=True, embed_dim=512, epochs=12)),
+        TeacherRecipe("lite2-adapter-mpnet", "efficientnet_lite2",
+                      _tuned(unlock=0, adapter=True, embed_dim=512, epochs=12), text_tower="all-mpnet-base-v2"),
     ], aug_views=1),
     # a few minutes: tiny subsets, to check the pipeline end to end
     "quick": Recipe([
@@ -137,8 +151,8 @@ def tap_views(t: TeacherRecipe, splits: Splits, cache: Path, aug_views: int) -> 
     return out
 
 
-def text_data(splits: Splits, cache: Path) -> dict[str, Any]:
-    """MiniLM features of every caption and prompt the fit and the eval need."""
+def text_data(splits: Splits, cache: Path, tower: str = "all-MiniLM-L6-v2") -> dict[str, Any]:
+    """Text-tower ``tower`` features of every caption and prompt the fit and the eval need."""
     from rsclip_core.data.readers import clean_class_name
     from rsclip_core.prompts import CAPTION_TEMPLATES, fill_prompts
     from rsclip_core.teachers.fit import cached_text_features
@@ -146,13 +160,13 @@ def text_data(splits: Splits, cache: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split in ("train", "val", "test"):
         caps, owner = caption_owner(getattr(splits, split))
-        out[split] = (cached_text_features(caps, cache, progress=False), owner)
+        out[split] = (cached_text_features(caps, cache, tower, progress=split == "train"), owner)
     labels = sorted({r.label for r in splits.train if r.label})
     out["labels"] = labels
     out["label_feats"] = None
     if labels:
         prompts = [p for lab in labels for p in fill_prompts(clean_class_name(lab), CAPTION_TEMPLATES)]
-        out["label_feats"] = cached_text_features(prompts, cache, progress=False).reshape(
+        out["label_feats"] = cached_text_features(prompts, cache, tower, progress=False).reshape(
             len(labels), len(CAPTION_TEMPLATES), -1)
     out["image_label"] = np.array([labels.index(r.label) if r.label else -1 for r in splits.train], dtype=np.int64)
     return out
@@ -161,14 +175,16 @@ def text_data(splits: Splits, cache: Path) -> dict[str, Any]:
 # --- eval ----------------------------------------------------------------------------------------
 
 
-def zero_shot_setup(records: list[ImageTextRecord], cache: Path) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
-    """RSSCN7 class names, labels and the MiniLM features of each class's prompt ensemble."""
+def zero_shot_setup(records: list[ImageTextRecord], cache: Path,
+                    tower: str = "all-MiniLM-L6-v2") -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """RSSCN7 class names, labels and the text-tower ``tower`` features of each class's prompt ensemble."""
     from rsclip_core.prompts import ZERO_SHOT_TEMPLATES, fill_prompts
     from rsclip_core.teachers.fit import cached_text_features
 
     names = sorted({r.label for r in records if r.label})
     labels = np.array([names.index(r.label) for r in records], dtype=np.int64)
-    prompts = [cached_text_features(fill_prompts(n, ZERO_SHOT_TEMPLATES), cache, progress=False) for n in names]
+    prompts = [cached_text_features(fill_prompts(n, ZERO_SHOT_TEMPLATES), cache, tower, progress=False)
+               for n in names]
     return names, labels, prompts
 
 
@@ -206,15 +222,17 @@ def results_markdown(rows: dict[str, Any], command: str) -> str:
     lines = ["# Tuned offline teachers: RSICD val/test retrieval and RSSCN7 zero-shot", "",
              f"Produced by: `{command}`", "",
              "Packaged towers frozen up to stage 5 (taps cached per view), tuned top (stage 6 + conv_head at a",
-             "low lr with frozen BatchNorm statistics and/or CMER Focus-Adapter) + MiniLM text head, trained on",
+             "low lr with frozen BatchNorm statistics and/or CMER Focus-Adapter) + a text head on the locked",
+             "text tower's sentence features (column *text tower*), trained on",
              "RSICD train (+ NWPU airplane/airport with scene-label captions), selected on RSICD val (best",
              "epoch); RSICD test and RSSCN7 are only evaluated.", "",
-             "| teacher | tower | unlock | adapter | epochs (best) | train s | val mR | **test mR** | "
-             "test I→T R@1 | test T→I R@1 | RSSCN7 ZS top-1 |", "|---" * 11 + "|"]
+             "| teacher | tower | text tower | unlock | adapter | epochs (best) | train s | val mR | **test mR** | "
+             "test I→T R@1 | test T→I R@1 | RSSCN7 ZS top-1 |", "|---" * 12 + "|"]
     for name, r in rows.items():
         t = r["rsicd_test"]
         zs = f"{r['rsscn7_zero_shot']['top1']:.1f}" if "rsscn7_zero_shot" in r else "–"
-        lines.append(f"| {name} | {r.get('image_tower', '–')} | {r.get('unlock', '–')} | {r.get('adapter', '–')} | "
+        lines.append(f"| {name} | {r.get('image_tower', '–')} | {r.get('text_tower', '–')} | {r.get('unlock', '–')} | "
+                     f"{r.get('adapter', '–')} | "
                      f"{r.get('epochs', '–')} | {r.get('train_s', '–')} | {r['rsicd_val']['mR']:.2f} | "
                      f"**{t['mR']:.2f}** | {t['i2t_r1']:.2f} | {t['t2i_r1']:.2f} | {zs} |")
     lines += ["", "Checkpoints:", ""] + [f"- `{n}`: `{r['checkpoint']}`" for n, r in rows.items() if r.get("checkpoint")]
@@ -256,8 +274,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     splits = load_splits(args.data, recipe)
     print(f"train {len(splits.train)} val {len(splits.val)} test {len(splits.test)} rsscn7 {len(splits.rsscn7)}",
           flush=True)
-    text = text_data(splits, cache)
-    zs = zero_shot_setup(splits.rsscn7, cache) if splits.rsscn7 else None
+    towers = list(dict.fromkeys(t.text_tower for t in recipe.teachers))
+    texts = {tower: text_data(splits, cache, tower) for tower in towers}
+    zss = {tower: zero_shot_setup(splits.rsscn7, cache, tower) if splits.rsscn7 else None for tower in towers}
     rows: dict[str, Any] = {}
     embs = []
     paths = []
@@ -266,24 +285,29 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if args.stage == "cache":
             continue
         path = out_dir / f"{t.name}.pt"
+        text, zs = texts[t.text_tower], zss[t.text_tower]
         if not path.exists():
-            print(f"== training {t.name} ({t.image_tower}, unlock {t.tune.image.unlock}, "
+            print(f"== training {t.name} ({t.image_tower} + {t.text_tower}, unlock {t.tune.image.unlock}, "
                   f"adapter {t.tune.image.adapter is not None})", flush=True)
             data = TapData(views["train"], text["train"][0], text["train"][1], text["label_feats"],
                            text["image_label"])
             t0 = time.time()
             heads, info = fit_tuned(t.image_tower, data, (views["val"], *text["val"]), t.tune,
                                     log=lambda s: print(s, flush=True))
-            save_teacher_checkpoint(path, heads, image_tower=t.image_tower, text_tower="all-MiniLM-L6-v2",
+            save_teacher_checkpoint(path, heads, image_tower=t.image_tower, text_tower=t.text_tower,
                                     image_size=t.image_size, cfg=t.tune, fit_info=info,
                                     extra={"recipe": args.recipe, "aug_views": recipe.aug_views,
                                            "train_images": len(splits.train), "train_s": round(time.time() - t0),
                                            "history": info["history"], "step_time_s": info["step_time_s"]})
             print(f"saved {path} (best val mR {info['val']['mR']:.2f} at epoch {info['val']['epoch']})", flush=True)
         payload, heads = load_teacher_checkpoint(path)
+        if payload["text_tower"] != t.text_tower:
+            raise SystemExit(f"{path}: fitted on text tower {payload['text_tower']!r}, recipe says "
+                             f"{t.text_tower!r}; delete it to retrain")
         emb = embed_teacher(heads, views, text, zs)
         embs.append(emb)
-        rows[t.name] = {"checkpoint": str(path), "image_tower": t.image_tower, "unlock": t.tune.image.unlock,
+        rows[t.name] = {"checkpoint": str(path), "image_tower": t.image_tower, "text_tower": t.text_tower,
+                        "unlock": t.tune.image.unlock,
                         "adapter": t.tune.image.adapter is not None,
                         "epochs": f"{t.tune.epochs} ({payload['val']['epoch']})",
                         "train_s": payload["extra"].get("train_s"), **score(emb, text, zs)}
