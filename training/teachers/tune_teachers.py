@@ -25,6 +25,7 @@ The last lines printed are the checkpoint paths (``offline:<path>`` teacher spec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -78,25 +79,27 @@ def _tuned(unlock: int, adapter: bool, embed_dim: int, epochs: int) -> TuneConfi
                       text_head=HeadConfig(**asdict(head)), epochs=epochs)
 
 
+# the teachers, each defined once and shared by the recipes below
+LITE0_TUNED = TeacherRecipe("lite0-tuned", "efficientnet_lite0",  # stage 6 + conv_head fine-tuned + Focus-Adapter
+                            _tuned(unlock=1, adapter=True, embed_dim=256, epochs=15))
+# Lite2: Focus-Adapter only (benchmarks/results/teacher_tuning.md: unlocking stage 6 added 0.1-0.2 mR at ~3x the
+# step time) and 12 epochs, so both teachers fit one ~1 h window of this 2-core CPU
+LITE2_TUNED = TeacherRecipe("lite2-tuned", "efficientnet_lite2", _tuned(unlock=0, adapter=True, embed_dim=512, epochs=12))
+LITE2_MINILM = dataclasses.replace(LITE2_TUNED, name="lite2-adapter-minilm")
+LITE2_MPNET = dataclasses.replace(LITE2_TUNED, name="lite2-adapter-mpnet", text_tower="all-mpnet-base-v2")
+
 RECIPES: dict[str, Recipe] = {
-    # the real stage: two backbones, stage 6 + conv_head fine-tuned on the cache + Focus-Adapter
-    "default": Recipe([
-        TeacherRecipe("lite0-tuned", "efficientnet_lite0", _tuned(unlock=1, adapter=True, embed_dim=256, epochs=15)),
-        # Lite2: Focus-Adapter only (benchmarks/results/teacher_tuning.md: unlocking stage 6 added 0.1-0.2 mR
-        # at ~3x the step time) and 12 epochs, so both teachers fit one ~1 h window of this 2-core CPU
-        TeacherRecipe("lite2-tuned", "efficientnet_lite2", _tuned(unlock=0, adapter=True, embed_dim=512, epochs=12)),
-    ], aug_views=1),
+    # the real stage: two backbones
+    "default": Recipe([LITE0_TUNED, LITE2_TUNED], aug_views=1),
     # the reference at the same data and budget: locked tower, head only (the teachers of teachers.md)
     "locked-baseline": Recipe([
         TeacherRecipe("lite0-locked", "efficientnet_lite0", _tuned(unlock=0, adapter=False, embed_dim=256, epochs=15)),
     ], aug_views=1),
     # the text tower alone: default's Lite2 teacher on MiniLM (384-d) vs mpnet (768-d) caption features
-    "mpnet-probe": Recipe([
-        TeacherRecipe("lite2-adapter-minilm", "efficientnet_lite2",
-                      _tuned(unlock=0, adapter=True, embed_dim=512, epochs=12)),
-        TeacherRecipe("lite2-adapter-mpnet", "efficientnet_lite2",
-                      _tuned(unlock=0, adapter=True, embed_dim=512, epochs=12), text_tower="all-mpnet-base-v2"),
-    ], aug_views=1),
+    "mpnet-probe": Recipe([LITE2_MINILM, LITE2_MPNET], aug_views=1),
+    # the default pair + the probe's mpnet teacher: does a third, other-text-tower teacher lift the ensemble?
+    # (every checkpoint already exists after the two recipes above: evaluation only)
+    "default+mpnet": Recipe([LITE0_TUNED, LITE2_TUNED, LITE2_MPNET], aug_views=1),
     # a few minutes: tiny subsets, to check the pipeline end to end
     "quick": Recipe([
         TeacherRecipe("lite0-quick", "efficientnet_lite0", _tuned(unlock=1, adapter=True, embed_dim=64, epochs=2)),
