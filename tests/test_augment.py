@@ -118,6 +118,20 @@ def test_old_parameter_sets_replay_and_old_configs_sample_as_before() -> None:
         assert _sha(reapply(img, params, size=24, interpolation="bicubic")) == model_view_24
 
 
+def test_uniform_multiscale_preset_reaches_the_same_zoom_with_fewer_deep_crops() -> None:
+    log_cfg, uni_cfg = augmentation_preset("multiscale-rs", 32), augmentation_preset("multiscale-rs-uniform", 32)
+    assert uni_cfg.scale == log_cfg.scale and uni_cfg.dihedral == "uniform" and uni_cfg.haze_p == log_cfg.haze_p
+
+    def areas(cfg: AugmentationConfig) -> np.ndarray:
+        rng = random.Random(5)
+        return np.array([p["crop"][2] * p["crop"][3] / 200**2
+                         for p in (sample_params(200, 200, rng, cfg) for _ in range(2000))])
+
+    a_log, a_uni = areas(log_cfg), areas(uni_cfg)
+    assert a_uni.min() < 0.15 and 0.45 < np.median(a_uni) < 0.65  # uniform in [0.1, 1]: median ~0.55
+    assert (a_uni < 0.25).mean() < 0.25 < (a_log < 0.25).mean()  # ~17 % vs ~40 % deep zooms
+
+
 def test_multiscale_preset_zooms_covers_the_dihedral_group_and_hazes() -> None:
     cfg = augmentation_preset("multiscale-rs", 32)
     assert DEFAULT_PRESET == "multiscale-rs" and cfg.scale == (0.1, 1.0)

@@ -151,7 +151,9 @@ def test_pipeline_paths_default_into_the_work_dir(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("RSCLIP_WORK_DIR", str(tmp_path / "env"))
     args = pipeline.parse_args([])
     assert args.work == tmp_path / "env" / "default_model"
-    assert args.reinforced == tmp_path / "env" / "reinforced" / "rsicd-nwpu-multiscale"
+    assert args.reinforced == tmp_path / "env" / "reinforced" / "rsicd-nwpu-multiscale-rs-uniform"
+    assert pipeline.parse_args(["--augmentation", "multiscale-rs"]).reinforced == (
+        tmp_path / "env" / "reinforced" / "rsicd-nwpu-multiscale")  # the λ=1 run's dataset keeps its folder
     assert args.teachers == tmp_path / "env" / "teachers" and args.teacher_features == tmp_path / "env" / "teacher_features"
     args = pipeline.parse_args(["--work-dir", str(tmp_path / "flag"), "--work", str(tmp_path / "mine")])
     assert args.work == tmp_path / "mine" and args.teachers == tmp_path / "flag" / "teachers"
@@ -172,8 +174,12 @@ def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
     # every candidate's model is registered, and the shipped model's recipe still resolves
     for run in pipeline.CANDIDATES.values():
         assert run.config(args).model in list_models()
-    old = pipeline.Run("effnetlite0-mct-s-kd", pipeline.RECIPES / "effnetlite0-mct-s-kd.yaml").config(args)
-    assert (old.model, old.lam, old.teacher_mix, old.steps) == ("effnetlite0-mct-s", 0.7, "kl", 1200)
+    old = pipeline.CANDIDATES["effnetlite0-mct-s-kd"].config(args)  # the shipped model's recipe, as a candidate
+    assert (old.model, old.lam, old.teacher_mix, old.ema_decay, old.steps) == ("effnetlite0-mct-s", 0.7, "kl", None, 1200)
+    l07 = pipeline.CANDIDATES["effnetlite0-mct-s-160-l07"].config(args)  # 160-next but λ=0.7
+    assert (l07.model, l07.lam, l07.teacher_mix, l07.ema_decay, l07.steps) == ("effnetlite0-mct-s-160", 0.7, "probs",
+                                                                              0.998, 1000)
+    assert pipeline.baseline_for(pipeline.CANDIDATES["effnetlite0-mct-s-kd"]).name == "effnetlite0-mct-s-clip"
 
 
 def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_path: Path):
@@ -183,7 +189,7 @@ def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_p
     joined = " ".join(cmd)
     assert cmd[:4] == [sys.executable, "-m", "rsclip_core.cli.main", "reinforce"]
     assert "--split train" in joined and f"--extra-source nwpu={tmp_path / 'nwpu'}" in joined
-    assert "--augmentation multiscale-rs" in joined and "--object-names 0.3" in joined and "--agreement" not in joined
+    assert "--augmentation multiscale-rs-uniform " in joined and "--object-names 0.3" in joined and "--agreement" not in joined
     assert f"--teacher a=offline:{tmp_path / 'a.pt'}" in joined and f"--teacher b=offline:{tmp_path / 'b.pt'}" in joined
     assert "-k 5 " in joined
     assert "-k 3 " in " ".join(pipeline.reinforce_command(pipeline.parse_args(

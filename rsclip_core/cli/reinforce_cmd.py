@@ -42,6 +42,7 @@ import click
 @click.option("--image-size", type=int, default=224, show_default=True, help="Augmented view size.")
 @click.option("--augmentation", default=None,
               help="Augmentation preset: multiscale-rs (default: zoom to 10 % area, 8 dihedral transforms, haze) "
+                   "multiscale-rs-uniform (the same zoom range, crop area uniform: most views near the whole scene) "
                    "or rsicd-v1 (the first bundled model's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--shard-size", type=int, default=256, show_default=True)

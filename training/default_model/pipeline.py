@@ -11,7 +11,8 @@ Stages (``--stages``, comma-separated, in this order):
   teachers   tune the offline teachers (training/teachers/tune_teachers.py --work-dir W -> W/teachers/<name>.pt;
              ``--teacher-stage fit``: the first model's fitted heads, training/teachers/fit_teachers.sh)
   reinforce  reinforce RSICD train + the NWPU airplane/airport subset (scene-label captions) into one dataset:
-             K=5 stored multi-scale augmentations (zoom to 10 % area, 8 dihedral transforms, haze), S=5
+             K=5 stored multi-scale augmentations (zoom to 10 % area with uniform area, 8 dihedral transforms,
+             haze; --augmentation multiscale-rs: log-uniform area, the λ=1 run's), S=5
              synthetic captions, every teacher's embeddings
   train      distil the candidate students (training/recipes/default_model/*-next.yaml: λ=1, teacher_mix probs, EMA)
   evaluate   candidates on RSICD val (selection) + test and RSSCN7 zero-shot; image-encoder latency
@@ -91,11 +92,20 @@ class Run:
 
 
 # one recipe per candidate: training/recipes/default_model/<name>.yaml. The next model's candidates: every
-# shape under the speed bar in training/results/resolution_sweep.md (the shipped model's recipes,
-# effnetlite0-mct-s-kd / mci0-mct-s-kd, stay in that folder for its reproduction)
+# shape under the speed bar in training/results/resolution_sweep.md (*-next: λ=1), the 160 px one with the
+# CLIP term back (-l07: λ=0.7), and the shipped model's own recipe (effnetlite0-mct-s-kd: 128 px, λ=0.7,
+# 1,200 steps), which on new teachers and data isolates what they bring (mci0-mct-s-kd stays in the
+# folder for the shipped model's reproduction)
 CANDIDATES = {name: Run(name, RECIPES / f"{name}.yaml") for name in (
     "effnetlite0-mct-s-128-next", "effnetlite0-mct-s-160-next", "effnetlite0-mct-s-192-next",
-    "effnetlite0-mct-s-224-next", "effnetlite1-mct-s-192-next")}
+    "effnetlite0-mct-s-224-next", "effnetlite1-mct-s-192-next", "effnetlite0-mct-s-160-l07",
+    "effnetlite0-mct-s-kd")}
+DEFAULT_AUGMENTATION = "multiscale-rs-uniform"  # stage reinforce (rsclip_core.data.augment.AUGMENTATION_PRESETS)
+
+
+def reinforced_name(augmentation: str) -> str:
+    """The default reinforced-dataset folder of an augmentation preset (one dataset per preset)."""
+    return "rsicd-nwpu-multiscale" if augmentation == "multiscale-rs" else f"rsicd-nwpu-{augmentation}"
 
 
 def baseline_for(candidate: Run) -> Run:
@@ -115,13 +125,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra training source (class folders, scene-label captions); '' to leave it out")
     p.add_argument("--teacher-stage", choices=TEACHER_STAGES, default="tune",
                    help="tune: training/teachers/tune_teachers.py; fit: the first model's fit_teachers.sh")
-    p.add_argument("--augmentation", default="multiscale-rs", help="augmentation preset of stage reinforce")
+    p.add_argument("--augmentation", default=DEFAULT_AUGMENTATION,
+                   help="augmentation preset of stage reinforce (multiscale-rs: the λ=1 run of students.md)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help=f"work-file root (default: ${WORK_DIR_ENV} or ~/.cache/rsclip); the paths below default into it")
     p.add_argument("--teachers", type=Path, default=None,
                    help=f"teacher checkpoints + {TEACHERS_FILE} (stage teachers; default: <work-dir>/teachers)")
     p.add_argument("--reinforced", type=Path, default=None,
-                   help="default: <work-dir>/reinforced/rsicd-nwpu-multiscale")
+                   help="default: <work-dir>/reinforced/rsicd-nwpu-<preset> (multiscale-rs: rsicd-nwpu-multiscale)")
     p.add_argument("--work", type=Path, default=None, help="runs, evaluations, exports (default: <work-dir>/default_model)")
     p.add_argument("--output", type=Path, default=REPO / "rsclip_core" / "resources" / "models" / "default")
     p.add_argument("--coreml-output", type=Path, default=REPO / "build" / "default-coreml")
@@ -151,7 +162,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.teacher_results = args.teacher_results or TEACHER_RESULTS[args.teacher_stage]
     args.teacher_features = stage_dir("teacher_features", args.work_dir)
     args.teachers = args.teachers or stage_dir("teachers", args.work_dir)
-    args.reinforced = args.reinforced or stage_dir("reinforced", args.work_dir) / "rsicd-nwpu-multiscale"
+    args.reinforced = args.reinforced or stage_dir("reinforced", args.work_dir) / reinforced_name(args.augmentation)
     args.work = args.work or stage_dir("default_model", args.work_dir)
     return args
 
