@@ -265,3 +265,31 @@ def test_export_keeps_the_shipped_model_when_the_release_does_not_beat_it(tmp_pa
     assert (output / spec.METADATA_FILE).read_bytes() == before  # the shipped model is untouched
     assert exported == [tmp_path / "work" / "release" / run.name]  # no Core ML export of an unshipped model
     assert json.loads((tmp_path / "work" / "ship_decision.json").read_text())["shipped"] is False
+
+
+def test_students_table_keeps_the_earlier_runs_it_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A new run adds to students.md's measured history; re-running the same command replaces its own row."""
+    import argparse
+
+    pipeline = _load_pipeline()
+
+    def metrics(val: float, test: float, top1: float) -> dict:
+        return {"rsicd_val": {"mR": val}, "rsicd_test": {"mR": test}, "rsscn7": {"top1": top1}}
+
+    students = tmp_path / "students.md"
+    students.with_suffix(".json").write_text(json.dumps({
+        "command": "python training/default_model/pipeline.py --candidates old-kd",
+        "candidates": {"old-kd": metrics(10.92, 16.88, 65.18)}, "baseline": {"run": "old-clip", **metrics(8.2, 13.95, 54.25)},
+        "decision": {"candidate": "old-kd", "shipped": False, "reason": "r"}}))
+    args = argparse.Namespace(students=students, work=tmp_path / "work", output=tmp_path / "out",
+                              teacher_results=tmp_path / "none.json")
+    monkeypatch.setattr(sys, "argv", ["pipeline.py", "--candidates", "new-kd"])
+    pipeline.write_students(args, {"new-kd": metrics(14.0, 19.0, 70.0)}, None, None)
+    text = students.read_text()
+    assert "| candidate `new-kd` (reinforced with this run's teachers) | torch | – | 14.00 | **19.00** | 70.00 |" in text
+    assert "`old-kd` | 10.92 | **16.88** | 65.18 | no |" in text and "`old-clip` | 8.20 | **13.95** | 54.25 | no |" in text
+    pipeline.write_students(args, {"new-kd": metrics(15.0, 20.0, 71.0)}, None, None)  # the same command again
+    text = students.read_text()
+    assert "14.00" not in text and "**20.00**" in text and text.count("`old-kd` |") == 1
+    assert [r["command"] for r in json.loads(students.with_suffix(".json").read_text())["earlier"]] == [
+        "python training/default_model/pipeline.py --candidates old-kd"]

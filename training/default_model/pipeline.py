@@ -787,10 +787,34 @@ def write_students(args: argparse.Namespace, candidates: dict[str, Any], baselin
         r = candidates[decision["candidate"]]
         lines.append(f"Reinforced / plain CLIP at equal steps (test mR, torch): {r['rsicd_test']['mR']:.2f} / "
                      f"{baseline['rsicd_test']['mR']:.2f} = **{r['rsicd_test']['mR'] / baseline['rsicd_test']['mR']:.2f}x**.")
+    earlier = _earlier_runs(args.students.with_suffix(".json"), command.strip())
+    if earlier:
+        lines += ["", "## Earlier runs (kept from the previous versions of this file)", "",
+                  "| run | student | val mR | **test mR** | RSSCN7 top-1 | shipped |", "|---|---|---|---|---|---|"]
+        for run in earlier:
+            shipped = (run.get("decision") or {}).get("candidate") if (run.get("decision") or {}).get("shipped") else None
+            for name, r in {**run.get("candidates", {}),
+                            **({run["baseline"]["run"]: run["baseline"]} if run.get("baseline") else {})}.items():
+                lines.append(f"| `{run['command']}` | `{name}` | {r['rsicd_val']['mR']:.2f} | "
+                             f"**{r['rsicd_test']['mR']:.2f}** | {r['rsscn7']['top1']:.2f} | "
+                             f"{'yes' if name == shipped else 'no'} |")
     atomic_write_text(args.students, "\n".join(lines) + "\n")
     write_json(args.students.with_suffix(".json"), {"command": command.strip(), "candidates": candidates,
-                                                    "baseline": baseline, "decision": decision})
+                                                    "baseline": baseline, "decision": decision, "earlier": earlier})
     log(f"wrote {args.students}")
+
+
+def _earlier_runs(students_json: Path, command: str) -> list[dict[str, Any]]:
+    """The runs recorded in an existing ``students.json`` (its own and its ``earlier``), newest first, so a
+    new run adds to the measured history instead of erasing it; a re-run of the same command replaces its entry."""
+    if not students_json.is_file():
+        return []
+    try:
+        old = read_json(students_json)
+    except (OSError, ValueError):
+        return []
+    runs = [{k: old.get(k) for k in ("command", "candidates", "baseline", "decision")}, *old.get("earlier", [])]
+    return [r for r in runs if r.get("command") and r["command"] != command and (r.get("candidates") or r.get("baseline"))]
 
 
 def _sources_text(source: dict[str, Any], n_train: int) -> str:
