@@ -293,3 +293,29 @@ def test_students_table_keeps_the_earlier_runs_it_replaces(tmp_path: Path, monke
     assert "14.00" not in text and "**20.00**" in text and text.count("`old-kd` |") == 1
     assert [r["command"] for r in json.loads(students.with_suffix(".json").read_text())["earlier"]] == [
         "python training/default_model/pipeline.py --candidates old-kd"]
+
+
+def test_one_session_script_uses_real_flags_candidates_and_teachers():
+    """training/default_model/one_session.sh: valid bash; every flag, stage, candidate and teacher it names exists."""
+    import re
+    import subprocess
+
+    script = REPO / "training" / "default_model" / "one_session.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    pipeline = _load_pipeline()
+    default = re.search(r'candidate="\$\{1:-([^}]+)\}"', text).group(1)
+    assert default in pipeline.CANDIDATES
+    calls = re.findall(r'"\$pipeline" ([^>\n]*)', text)
+    assert len(calls) == 4
+    for call in calls:  # each invocation parses with the pipeline's own parser
+        argv = call.replace('"$candidate"', default).split()
+        assert pipeline.parse_args(argv).candidates
+    for stages in re.findall(r"--stages (\S+)", text):
+        assert set(stages.split(",")) <= set(pipeline.STAGES)
+    teachers = importlib.util.spec_from_file_location("tune_teachers_script", REPO / "training" / "teachers" / "tune_teachers.py")
+    module = importlib.util.module_from_spec(teachers)
+    sys.modules[teachers.name] = module  # its dataclasses resolve annotations through sys.modules
+    teachers.loader.exec_module(module)
+    named = {r.name for r in module.RECIPES["default"].teachers}
+    assert set(re.findall(r"--teachers (\S+)", text)) == named
