@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -136,6 +137,16 @@ def test_pipeline_runs_every_stage_and_resumes(world, monkeypatch: pytest.Monkey
     assert {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/model.pt")} == before
     assert len(tuned) == 1  # the teachers were found, not tuned again
 
+    # the card without stage baseline does not train a missing twin: it says the ratio was not measured
+    threads = json.loads((root / "work" / selection["chosen"] / "pipeline_run.json").read_text())["threads"]
+    assert f"on {threads} CPU thread" in card
+    shutil.rmtree(root / "work" / twin)
+    assert pipeline.main(argv + ["--stages", "evaluate,card"]) == 0
+    assert not (root / "work" / twin).exists()
+    card = (root / "CARD.md").read_text()
+    assert "plain-CLIP twin `" not in card and f"its plain twin `{twin}` was not trained" in card
+    assert f"**{shipped['rsicd_test']['mR']:.2f}**" in card
+
 
 def test_pipeline_rejects_unknown_stage_in_one_line(world, capsys: pytest.CaptureFixture[str]):
     pipeline = _load_pipeline()
@@ -180,6 +191,10 @@ def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
     assert (l07.model, l07.lam, l07.teacher_mix, l07.ema_decay, l07.steps) == ("effnetlite0-mct-s-160", 0.7, "probs",
                                                                               0.998, 1000)
     assert pipeline.baseline_for(pipeline.CANDIDATES["effnetlite0-mct-s-kd"]).name == "effnetlite0-mct-s-clip"
+    long = pipeline.CANDIDATES["effnetlite0-mct-s-long-kd"]  # the shipped recipe, longer and with EMA
+    cfg = long.config(args)
+    assert (cfg.model, cfg.lam, cfg.teacher_mix, cfg.ema_decay, cfg.steps) == ("effnetlite0-mct-s", 0.7, "kl", 0.998, 1800)
+    assert pipeline.baseline_for(long).name == "effnetlite0-mct-s-long-clip"
 
 
 def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_path: Path):
