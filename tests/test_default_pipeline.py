@@ -334,3 +334,17 @@ def test_one_session_script_uses_real_flags_candidates_and_teachers():
     teachers.loader.exec_module(module)
     named = {r.name for r in module.RECIPES["default"].teachers}
     assert set(re.findall(r"--teachers (\S+)", text)) == named
+
+
+def test_text_quantization_probe_names_a_bad_run_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]):
+    spec_ = importlib.util.spec_from_file_location("text_quantization", REPO / "training" / "default_model" / "text_quantization.py")
+    probe = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(probe)
+    monkeypatch.setenv("RSCLIP_WORK_DIR", str(tmp_path))
+    results = tmp_path / "tq.md"
+    assert probe.main(["no-such-run", "--results", str(results)]) == 2
+    assert "unknown candidate 'no-such-run'" in capsys.readouterr().err
+    assert probe.main(["effnetlite0-mct-s-long-kd", "--results", str(results)]) == 2  # not trained in tmp_path
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.pt not found" in err and not results.exists()
