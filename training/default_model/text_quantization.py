@@ -11,7 +11,6 @@ path (``ModelDirEncoder``), next to the run's torch numbers (``<run>/eval.json``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -26,11 +25,13 @@ FORMATS = {  # label: export_model keywords
 
 
 def _pipeline():
-    spec = importlib.util.spec_from_file_location("pipeline", REPO / "training" / "default_model" / "pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pipeline"] = module
-    spec.loader.exec_module(module)
-    return module
+    """``pipeline.py`` beside this file (its candidates, paths and evaluation)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import pipeline
+
+    return pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
