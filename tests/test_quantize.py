@@ -149,3 +149,20 @@ def test_cli_quantize_needs_calibration(tmp_path):
     result = CliRunner().invoke(cli, ["export", "tiny-effnet-mct", "-o", str(tmp_path / "m"), "--quantize", "int8"])
     assert result.exit_code != 0 and "Error:" in result.output and "calibration" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_int8_embedding_quantizes_only_the_token_table(exported, tmp_path: Path):
+    fp32, _, _ = exported
+    model = _model(json.loads((fp32 / spec.METADATA_FILE).read_text())["model_name"])
+    emb = export_model(model, tmp_path / "emb", fp16=True, quantize="int8-embedding")
+    text = onnx.load(str(emb / spec.TEXT_ONNX))
+    ops = {n.op_type for n in text.graph.node}
+    assert "MatMulInteger" not in ops and "DynamicQuantizeLinear" not in ops  # MatMuls stay float
+    inits = {i.name: i for i in text.graph.initializer}
+    gathers = [n for n in text.graph.node if n.op_type == "Gather" and n.input[0] in inits]
+    assert any(inits[n.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for n in gathers)
+    assert (emb / spec.TEXT_ONNX).stat().st_size < (fp32 / spec.TEXT_ONNX).stat().st_size
+    meta = json.loads((emb / spec.METADATA_FILE).read_text())
+    assert "Gather weights" in meta["source"]["quantization"]["text"] and "MatMul" not in meta["source"]["quantization"]["text"]
+    image = onnx.load(str(emb / spec.IMAGE_ONNX))  # the image graph keeps its fp16 weights
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in image.graph.initializer)

@@ -64,5 +64,5 @@ def test_bundled_model_has_dense_output_whose_mean_is_the_embedding():
     assert check_dense_graph(model_dir, batch=2).ok
     # the dense output shares the image weights (a copy would double image.onnx, 7.5 MB in fp16)
     assert (model_dir / spec.IMAGE_ONNX).stat().st_size < 10 * 2**20
-    # the bundle bound of training/default_model/README.md (fp16 text: 40 MiB; int8 text cost 0.49 val mR)
+    # the bundle bound of training/default_model/README.md
     assert sum(p.stat().st_size for p in model_dir.iterdir()) < 50 * 10**6

@@ -38,8 +38,9 @@ import click
     help="Ground resolution the model was trained at, in metres per pixel (tiling hint).",
 )
 @click.option(
-    "--quantize", type=click.Choice(["none", "int8-text", "int8"]), default="none", show_default=True,
-    help="int8-text: dynamic int8 text graph; int8: also a static QDQ int8 image graph (needs --calibration-images).",
+    "--quantize", type=click.Choice(["none", "int8-embedding", "int8-text", "int8"]), default="none", show_default=True,
+    help="int8-embedding: int8 token-embedding table only; int8-text: dynamic int8 text graph; "
+         "int8: also a static QDQ int8 image graph (needs --calibration-images).",
 )
 @click.option(
     "--calibration-images", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",

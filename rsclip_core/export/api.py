@@ -200,6 +200,7 @@ def export_model(
     weights as float16 (half the size; compute stays float32). ``classes``: default land-cover
     classes (JSON file or list) written as ``classes.json``. ``resolution_m``: ground resolution
     the model expects (m/px), a tiling hint for inference and QGIS tools. ``quantize``:
+    ``"int8-embedding"`` stores only the text graph's token-embedding table as int8 (MatMuls fp32),
     ``"int8-text"`` stores the text graph dynamically int8-quantized, ``"int8"`` also the image
     graph (static QDQ int8, calibrated on ``calibration_images``: a folder or a list of image
     files); ``fp16`` then only applies to graphs that stay float (see ``rsclip_core.export.quantize``).
