@@ -76,6 +76,11 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def text_op_types(mode: str) -> tuple[str, ...]:
+    """The text-graph op types whose weights ``mode`` stores as int8."""
+    return EMBEDDING_OP_TYPES if check_mode(mode) == "int8-embedding" else TEXT_OP_TYPES
+
+
 def list_calibration_images(folder: str | Path, limit: int = DEFAULT_CALIBRATION_LIMIT) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted), evenly subsampled to at most ``limit``."""
     root = Path(folder).expanduser()
@@ -216,9 +221,8 @@ def quantization_source(mode: str, n_calibration: int = 0) -> dict[str, Any]:
     check_mode(mode)
     if mode == "none":
         return {}
-    ops = EMBEDDING_OP_TYPES if mode == "int8-embedding" else TEXT_OP_TYPES
     info: dict[str, Any] = {
-        "text": f"dynamic int8 ({'/'.join(ops)} weights per channel, onnxruntime quantize_dynamic)",
+        "text": f"dynamic int8 ({'/'.join(text_op_types(mode))} weights per channel, onnxruntime quantize_dynamic)",
     }
     if mode == "int8":
         info["image"] = (f"static QDQ int8 ({'/'.join(IMAGE_OP_TYPES)}; first {KEEP_FLOAT_CONVS} convs float; "
@@ -290,7 +294,6 @@ def quantize_model_dir(model_dir: str | Path, mode: str, calibration_images: Seq
     if mode == "none":
         return
     metadata = spec.ModelMetadata.read(model_dir)
-    quantize_text_graph(model_dir / spec.TEXT_ONNX, model_dir / spec.TEXT_ONNX,
-                        EMBEDDING_OP_TYPES if mode == "int8-embedding" else TEXT_OP_TYPES)
+    quantize_text_graph(model_dir / spec.TEXT_ONNX, model_dir / spec.TEXT_ONNX, text_op_types(mode))
     if mode == "int8":
         quantize_image_graph(model_dir / spec.IMAGE_ONNX, model_dir / spec.IMAGE_ONNX, calibration_images, metadata)
