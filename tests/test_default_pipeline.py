@@ -310,6 +310,35 @@ def test_students_table_keeps_the_earlier_runs_it_replaces(tmp_path: Path, monke
         "python training/default_model/pipeline.py --candidates old-kd"]
 
 
+def test_resolution_sweep_keeps_the_earlier_runs_it_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The sweep lists this run's candidates, then earlier runs with the speed ratio of their own timing."""
+    import argparse
+
+    pipeline = _load_pipeline()
+    sweep = tmp_path / "sweep.md"
+    old_row = {"model": "m-160", "image_size": 160, "ms_b1": 4.4, "reference_ms_b1": 61.6, "rsicd_val_mR": 11.22,
+               "rsicd_test_mR": 16.78, "rsscn7_top1": 65.3}
+    sweep.with_suffix(".json").write_text(json.dumps({"command": "python training/default_model/pipeline.py --old",
+                                                      "rows": {"old-next": old_row}}))
+    export = tmp_path / "work" / "exports" / "new-kd"
+    export.mkdir(parents=True)
+    (export / "rsclip.json").write_text(json.dumps({"image_size": 128}))
+    monkeypatch.setattr(pipeline, "CANDIDATES", {"new-kd": pipeline.Run("new-kd", tmp_path / "new-kd.yaml")})
+    monkeypatch.setattr(pipeline, "export_candidate", lambda args, run: export)
+    args = argparse.Namespace(sweep=sweep, work=tmp_path / "work", threads=1)
+    result = {"model": "m", "latency_ms": {"b1": 5.0}, "rsicd_val": {"mR": 13.0}, "rsicd_test": {"mR": 19.0},
+              "rsscn7": {"top1": 63.0}}
+    monkeypatch.setattr(sys, "argv", ["pipeline.py", "--candidates", "new-kd"])
+    for _ in range(2):  # the same command twice: its own row is replaced, the earlier run kept once
+        pipeline.write_resolution_sweep(args, {"new-kd": result}, {pipeline.REFERENCE: {"b1": 100.0}, "new-kd": {"b1": 5.0}})
+    text = sweep.read_text()
+    assert "| `new-kd` | `m` | 128 | 5.0 | 20.0x | 13.00 | 19.00 | 63.0 | 2.60 |" in text
+    assert "| `old-next` | `m-160` | 160 | 4.4 | 14.0x | 11.22 | 16.78 | 65.3 | 2.55 |" in text
+    assert text.count("`old-next`") == 1 and "`python training/default_model/pipeline.py --old`" in text
+    recorded = json.loads(sweep.with_suffix(".json").read_text())
+    assert recorded["command"].endswith("--candidates new-kd") and len(recorded["earlier"]) == 1
+
+
 def test_one_session_script_uses_real_flags_candidates_and_teachers():
     """training/default_model/one_session.sh: valid bash; every flag, stage, candidate and teacher it names exists."""
     import re

@@ -435,27 +435,41 @@ def stage_evaluate(args: argparse.Namespace, names: list[str]) -> dict[str, Any]
 
 
 def write_resolution_sweep(args: argparse.Namespace, results: dict[str, Any], latency: dict[str, Any]) -> None:
-    """``--sweep``: accuracy per latency of the candidates, every number from this run's JSON."""
-    from rsclip_core.evaluate.runners import atomic_write_text
+    """``--sweep``: accuracy per latency of this run's candidates, every number from this run's JSON, then the
+    rows of earlier runs (kept in the ``.json`` beside it; each speed ratio is against its own run's ViT-B-32)."""
+    from rsclip_core.workdir import atomic_write_text
 
     ref = latency[REFERENCE]["b1"]
+    rows = {name: {"model": r["model"], "image_size": read_json(export_candidate(args, CANDIDATES[name]) / "rsclip.json")[
+                "image_size"], "ms_b1": r["latency_ms"]["b1"], "reference_ms_b1": ref, "rsicd_val_mR": r["rsicd_val"]["mR"],
+                "rsicd_test_mR": r["rsicd_test"]["mR"], "rsscn7_top1": r["rsscn7"]["top1"]} for name, r in results.items()}
+    command = ("python training/default_model/pipeline.py " + " ".join(sys.argv[1:])).strip()
+    earlier = _earlier_runs(args.sweep.with_suffix(".json"), command, ("command", "rows"))
+    header = ["| candidate | model | input px | ms/img b1 | speed vs ViT-B-32 | RSICD val mR | RSICD test mR | RSSCN7 top-1 | "
+              "val mR per ms |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        speed = r["reference_ms_b1"] / r["ms_b1"]
+        return (f"| `{name}` | `{r['model']}` | {r['image_size']} | {r['ms_b1']:.1f} | {speed:.1f}x"
+                f"{'' if speed >= SPEED_TARGET else ' (below the bar)'} | {r['rsicd_val_mR']:.2f} | "
+                f"{r['rsicd_test_mR']:.2f} | {r['rsscn7_top1']:.1f} | {r['rsicd_val_mR'] / r['ms_b1']:.2f} |")
+
     lines = ["# Resolution sweep: accuracy per latency of the default-model candidates", "",
-             "Written by `python training/default_model/pipeline.py` (stage evaluate) from "
+             f"Written by `{command}` (stage evaluate) from "
              f"`{_display(args.work)}/*/eval.json` and `candidate_latency.json`: image-encoder ONNX fp32 latency at each "
              f"candidate's own input size next to open_clip {REFERENCE} (random init, 224 px), batch 1, "
              f"{args.threads} thread(s), timed round-robin in one run. Selection uses RSICD **val** only; the speed bar is "
-             f"≥ {SPEED_TARGET:g}x {REFERENCE}.", "",
-             "| candidate | model | input px | ms/img b1 | speed vs ViT-B-32 | RSICD val mR | RSICD test mR | RSSCN7 top-1 | "
-             "val mR per ms |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        ms = r["latency_ms"]["b1"]
-        size = read_json(export_candidate(args, CANDIDATES[name]) / "rsclip.json")["image_size"]
-        lines.append(f"| `{name}` | `{r['model']}` | {size} | {ms:.1f} | {ref / ms:.1f}x"
-                     f"{'' if ref / ms >= SPEED_TARGET else ' (below the bar)'} | {r['rsicd_val']['mR']:.2f} | "
-                     f"{r['rsicd_test']['mR']:.2f} | {r['rsscn7']['top1']:.1f} | {r['rsicd_val']['mR'] / ms:.2f} |")
-    lines += ["", f"{REFERENCE}: {ref:.1f} ms/img. Pre-training latency of every registered shape (one benchmark run, "
-              "ONNX, batch 1 and 16): [resolution_sweep_latency.md](resolution_sweep_latency.md)."]
-    atomic_write_text(args.sweep, "\n".join(lines) + "\n")
+             f"≥ {SPEED_TARGET:g}x {REFERENCE}.", "", *header, *(row(n, r) for n, r in rows.items()),
+             "", f"{REFERENCE}: {ref:.1f} ms/img. Pre-training latency of every registered shape (one benchmark run, "
+             "ONNX, batch 1 and 16): [resolution_sweep_latency.md](resolution_sweep_latency.md)."]
+    if earlier:
+        lines += ["", "## Earlier runs (kept from the previous versions of this file)", "",
+                  f"Each run's speed is against its own {REFERENCE} timing (this machine's timings vary between runs, "
+                  "so compare ratios, not milliseconds, across runs).", ""]
+        for run in earlier:
+            lines += [f"`{run['command']}`", "", *header, *(row(n, r) for n, r in run["rows"].items()), ""]
+    atomic_write_text(args.sweep, "\n".join(lines).rstrip("\n") + "\n")
+    write_json(args.sweep.with_suffix(".json"), {"command": command, "rows": rows, "earlier": earlier})
 
 
 def stage_select(args: argparse.Namespace, results: dict[str, Any]) -> str:
@@ -824,17 +838,19 @@ def write_students(args: argparse.Namespace, candidates: dict[str, Any], baselin
     log(f"wrote {args.students}")
 
 
-def _earlier_runs(students_json: Path, command: str) -> list[dict[str, Any]]:
-    """The runs recorded in an existing ``students.json`` (its own and its ``earlier``), newest first, so a
-    new run adds to the measured history instead of erasing it; a re-run of the same command replaces its entry."""
-    if not students_json.is_file():
+def _earlier_runs(history_json: Path, command: str,
+                  keys: tuple[str, ...] = ("command", "candidates", "baseline", "decision")) -> list[dict[str, Any]]:
+    """The runs recorded in an existing results JSON (its own and its ``earlier``), newest first, so a new run
+    adds to the measured history instead of erasing it; a re-run of the same command replaces its entry."""
+    if not history_json.is_file():
         return []
     try:
-        old = read_json(students_json)
+        old = read_json(history_json)
     except (OSError, ValueError):
         return []
-    runs = [{k: old.get(k) for k in ("command", "candidates", "baseline", "decision")}, *old.get("earlier", [])]
-    return [r for r in runs if r.get("command") and r["command"] != command and (r.get("candidates") or r.get("baseline"))]
+    runs = [{k: old.get(k) for k in keys}, *old.get("earlier", [])]
+    return [r for r in runs if r.get("command") and r["command"] != command
+            and any(r.get(k) for k in keys if k not in ("command", "decision"))]
 
 
 def _sources_text(source: dict[str, Any], n_train: int) -> str:
