@@ -195,6 +195,11 @@ def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
     cfg = long.config(args)
     assert (cfg.model, cfg.lam, cfg.teacher_mix, cfg.ema_decay, cfg.steps) == ("effnetlite0-mct-s", 0.7, "kl", 0.998, 1800)
     assert pipeline.baseline_for(long).name == "effnetlite0-mct-s-long-clip"
+    pure_run = pipeline.CANDIDATES["effnetlite0-mct-s-long-l1"]  # one change: λ=1, and the same plain twin
+    pure = pure_run.config(args)
+    assert vars(pure) == {**vars(cfg), "lam": 1.0, "output": str(tmp_path / "default_model" / pure_run.name)}
+    assert pipeline.baseline_for(pure_run).name == "effnetlite0-mct-s-long-clip"
+    assert pipeline.baseline_for(pure_run).config(args) == pipeline.baseline_for(long).config(args)
 
 
 def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_path: Path):

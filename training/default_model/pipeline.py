@@ -86,6 +86,7 @@ class Run:
     recipe: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     note: str = ""  # default: the recipe's description
+    twin: str = ""  # the plain-CLIP twin's run name when it is another candidate's (default: from the name)
 
     def config(self, args: argparse.Namespace) -> TrainConfig:
         """The resolved TrainConfig: recipe < ``--set`` < this run's overrides < data/output."""
@@ -101,11 +102,14 @@ class Run:
 # shape under the speed bar in training/results/resolution_sweep.md (*-next: λ=1), the 160 px one with the
 # CLIP term back (-l07: λ=0.7), and the shipped model's own recipe (effnetlite0-mct-s-kd: 128 px, λ=0.7,
 # 1,200 steps), which on new teachers and data isolates what they bring, and that recipe with a longer schedule
-# and EMA (effnetlite0-mct-s-long-kd) (mci0-mct-s-kd stays in the folder for the shipped model's reproduction)
+# and EMA (effnetlite0-mct-s-long-kd), and that with λ=1 (effnetlite0-mct-s-long-l1, sharing its twin)
+# (mci0-mct-s-kd stays in the folder for the shipped model's reproduction)
 CANDIDATES = {name: Run(name, RECIPES / f"{name}.yaml") for name in (
     "effnetlite0-mct-s-128-next", "effnetlite0-mct-s-160-next", "effnetlite0-mct-s-192-next",
     "effnetlite0-mct-s-224-next", "effnetlite1-mct-s-192-next", "effnetlite0-mct-s-160-l07",
     "effnetlite0-mct-s-kd", "effnetlite0-mct-s-long-kd")}
+CANDIDATES["effnetlite0-mct-s-long-l1"] = Run("effnetlite0-mct-s-long-l1", RECIPES / "effnetlite0-mct-s-long-l1.yaml",
+                                              twin="effnetlite0-mct-s-long-clip")
 DEFAULT_AUGMENTATION = "multiscale-rs-uniform"  # stage reinforce (rsclip_core.data.augment.AUGMENTATION_PRESETS)
 
 
@@ -116,7 +120,7 @@ def reinforced_name(augmentation: str) -> str:
 
 def baseline_for(candidate: Run) -> Run:
     """The plain-CLIP twin: same recipe (shape, steps, data order, seed); λ=0 and real captions only."""
-    return Run(candidate.name.removesuffix("-kd").removesuffix("-next") + "-clip", candidate.recipe,
+    return Run(candidate.twin or candidate.name.removesuffix("-kd").removesuffix("-next") + "-clip", candidate.recipe,
                {**candidate.overrides, "mode": "clip", "lam": 0.0, "synthetic": False},
                f"plain CLIP twin of {candidate.name} (λ=0, real captions only)")
 
