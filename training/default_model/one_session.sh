@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The default-model run sized to one 3-hour session of a 2-core CPU, from an empty work dir:
-#   1. the two tuned teachers in parallel, one core each          (~40 min)
-#   2. reinforce RSICD train + NWPU with both teachers, K=3      (~30 min)
-#   3. the candidate and its plain-CLIP twin side by side          (~40 min at 128 px)
+#   1. the two tuned teachers in parallel, one core each          (~20 min)
+#   2. reinforce RSICD train + NWPU with both teachers, K=3      (~15-30 min)
+#   3. the candidate and its plain-CLIP twin side by side          (~47 min for 1,800 steps at 128 px)
 #   4. the full pipeline: evaluate, select, baseline (found), export through the ship gate, measure, card
 # Every step resumes (re-run this script after an interruption). Usage:
 #   RSCLIP_WORK_DIR=/path/to/work bash training/default_model/one_session.sh [CANDIDATE]
-# CANDIDATE defaults to effnetlite0-mct-s-kd (the recipe of the model in place, on the new teachers and data).
+# CANDIDATE defaults to effnetlite0-mct-s-long-kd (the recipe of the shipped model).
 # Logs: $RSCLIP_WORK_DIR/logs/{lite0,lite2,reinforce,candidate,twin,full}.log
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${RSCLIP_WORK_DIR:?set RSCLIP_WORK_DIR to the work dir (it holds teachers, reinforced data and runs)}"
-candidate="${1:-effnetlite0-mct-s-kd}"
+candidate="${1:-effnetlite0-mct-s-long-kd}"
 py="${PYTHON:-.venv/bin/python}"
 pipeline=training/default_model/pipeline.py
 logs="$RSCLIP_WORK_DIR/logs"
