@@ -447,8 +447,8 @@ def write_resolution_sweep(args: argparse.Namespace, results: dict[str, Any], la
     rows = {name: {"model": r["model"], "image_size": read_json(export_candidate(args, CANDIDATES[name]) / "rsclip.json")[
                 "image_size"], "ms_b1": r["latency_ms"]["b1"], "reference_ms_b1": ref, "rsicd_val_mR": r["rsicd_val"]["mR"],
                 "rsicd_test_mR": r["rsicd_test"]["mR"], "rsscn7_top1": r["rsscn7"]["top1"]} for name, r in results.items()}
-    command = ("python training/default_model/pipeline.py " + " ".join(sys.argv[1:])).strip()
-    earlier = _earlier_runs(args.sweep.with_suffix(".json"), command, ("command", "rows"))
+    command = _pipeline_command()
+    earlier = _earlier_runs(args.sweep.with_suffix(".json"), command, measured=("rows",), kept=())
     header = ["| candidate | model | input px | ms/img b1 | speed vs ViT-B-32 | RSICD val mR | RSICD test mR | RSSCN7 top-1 | "
               "val mR per ms |", "|---|---|---|---|---|---|---|---|---|"]
 
@@ -793,9 +793,9 @@ def write_students(args: argparse.Namespace, candidates: dict[str, Any], baselin
         return (f"| {label} | {how} | {steps} | {r['rsicd_val']['mR']:.2f} | **{r['rsicd_test']['mR']:.2f}** | "
                 f"{r['rsscn7']['top1']:.2f} |")
 
-    command = "python training/default_model/pipeline.py " + " ".join(sys.argv[1:])
+    command = _pipeline_command()
     lines = ["# Students: plain CLIP, reinforced with the earlier teachers, reinforced with the tuned teachers", "",
-             f"Produced by: `{command.strip()}` (stage card, from `{_display(args.work)}/*/eval.json`, "
+             f"Produced by: `{command}` (stage card, from `{_display(args.work)}/*/eval.json`, "
              f"`{SHIP_FILE}`).", "",
              "RSICD val (selection) / test mR (%, RS retrieval protocol) and RSSCN7 zero-shot top-1 (%). Candidates",
              "and the twin are evaluated in torch, model directories on their ONNX files (torch-free path).", "",
@@ -825,7 +825,7 @@ def write_students(args: argparse.Namespace, candidates: dict[str, Any], baselin
         r = candidates[decision["candidate"]]
         lines.append(f"Reinforced / plain CLIP at equal steps (test mR, torch): {r['rsicd_test']['mR']:.2f} / "
                      f"{baseline['rsicd_test']['mR']:.2f} = **{r['rsicd_test']['mR'] / baseline['rsicd_test']['mR']:.2f}x**.")
-    earlier = _earlier_runs(args.students.with_suffix(".json"), command.strip())
+    earlier = _earlier_runs(args.students.with_suffix(".json"), command)
     if earlier:
         lines += ["", "## Earlier runs (kept from the previous versions of this file)", "",
                   "| run | student | val mR | **test mR** | RSSCN7 top-1 | shipped |", "|---|---|---|---|---|---|"]
@@ -837,24 +837,29 @@ def write_students(args: argparse.Namespace, candidates: dict[str, Any], baselin
                              f"**{r['rsicd_test']['mR']:.2f}** | {r['rsscn7']['top1']:.2f} | "
                              f"{'yes' if name == shipped else 'no'} |")
     atomic_write_text(args.students, "\n".join(lines) + "\n")
-    write_json(args.students.with_suffix(".json"), {"command": command.strip(), "candidates": candidates,
+    write_json(args.students.with_suffix(".json"), {"command": command, "candidates": candidates,
                                                     "baseline": baseline, "decision": decision, "earlier": earlier})
     log(f"wrote {args.students}")
 
 
-def _earlier_runs(history_json: Path, command: str,
-                  keys: tuple[str, ...] = ("command", "candidates", "baseline", "decision")) -> list[dict[str, Any]]:
+def _pipeline_command() -> str:
+    """This invocation as the command line the results files name."""
+    return ("python training/default_model/pipeline.py " + " ".join(sys.argv[1:])).strip()
+
+
+def _earlier_runs(history_json: Path, command: str, measured: tuple[str, ...] = ("candidates", "baseline"),
+                  kept: tuple[str, ...] = ("decision",)) -> list[dict[str, Any]]:
     """The runs recorded in an existing results JSON (its own and its ``earlier``), newest first, so a new run
-    adds to the measured history instead of erasing it; a re-run of the same command replaces its entry."""
+    adds to the measured history instead of erasing it; a re-run of the same command replaces its entry. A run
+    is kept when one of its ``measured`` entries is non-empty; ``kept`` entries travel with it."""
     if not history_json.is_file():
         return []
     try:
         old = read_json(history_json)
     except (OSError, ValueError):
         return []
-    runs = [{k: old.get(k) for k in keys}, *old.get("earlier", [])]
-    return [r for r in runs if r.get("command") and r["command"] != command
-            and any(r.get(k) for k in keys if k not in ("command", "decision"))]
+    runs = [{k: old.get(k) for k in ("command", *measured, *kept)}, *old.get("earlier", [])]
+    return [r for r in runs if r.get("command") and r["command"] != command and any(r.get(k) for k in measured)]
 
 
 def _sources_text(source: dict[str, Any], n_train: int) -> str:
