@@ -61,7 +61,8 @@ def _stub_tuning(pipeline, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Stage teachers without tune_teachers.py: two checkpoints 'tuned elsewhere' (the dataset is pre-built)."""
     calls: list[Path] = []
 
-    def tune(work_dir: Path) -> dict[str, Path]:
+    def tune(work_dir: Path, recipe: str, results: Path) -> dict[str, Path]:
+        assert (recipe, results.name) == ("default", "teachers_tuned.json")  # the flag given in the test
         calls.append(work_dir)
         out = {}
         for name in ("lite2-tuned", "lite1-tuned"):
@@ -166,8 +167,33 @@ def test_pipeline_paths_default_into_the_work_dir(tmp_path: Path, monkeypatch: p
     assert pipeline.parse_args(["--augmentation", "multiscale-rs"]).reinforced == (
         tmp_path / "env" / "reinforced" / "rsicd-nwpu-multiscale")  # the λ=1 run's dataset keeps its folder
     assert args.teachers == tmp_path / "env" / "teachers" and args.teacher_features == tmp_path / "env" / "teacher_features"
+    assert pipeline.teachers_file(args) == tmp_path / "env" / "teachers" / "pipeline_teachers.json"
+    assert args.teacher_results == REPO / "training" / "results" / "teachers_tuned.json"
     args = pipeline.parse_args(["--work-dir", str(tmp_path / "flag"), "--work", str(tmp_path / "mine")])
     assert args.work == tmp_path / "mine" and args.teachers == tmp_path / "flag" / "teachers"
+
+
+def test_a_teacher_recipe_gets_its_own_data_runs_and_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]):
+    """--teacher-recipe default+mpnet: the same teacher checkpoints folder, but its own record, reinforced
+    dataset and runs folder (candidates of two teacher sets never share a run folder), and the recipe's results."""
+    pipeline = _load_pipeline()
+    monkeypatch.setenv("RSCLIP_WORK_DIR", str(tmp_path))
+    args = pipeline.parse_args(["--teacher-recipe", "default+mpnet"])
+    args.overrides = {}
+    assert args.teachers == tmp_path / "teachers"
+    assert pipeline.teachers_file(args) == tmp_path / "teachers" / "pipeline_teachers-default-mpnet.json"
+    assert args.reinforced == tmp_path / "reinforced" / "rsicd-nwpu-multiscale-rs-uniform-teachers-default-mpnet"
+    assert args.work == tmp_path / "default_model-teachers-default-mpnet"
+    assert args.teacher_results == REPO / "training" / "results" / "teachers_ensemble3.json"
+    assert pipeline.CANDIDATES["effnetlite0-mct-s-long-kd"].config(args).data == str(args.reinforced)
+    quick = pipeline.parse_args(["--teacher-recipe", "quick"])  # a recipe without a results file: beside its checkpoints
+    assert quick.teacher_results == tmp_path / "teachers" / "results-quick.json"
+    for bad in (["--teacher-recipe", "nope"], ["--teacher-recipe", "default+mpnet", "--teacher-stage", "fit"]):
+        with pytest.raises(SystemExit):
+            pipeline.parse_args(bad)
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--teacher-recipe" in err and bad[1] in err
 
 
 def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
@@ -200,6 +226,10 @@ def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
     assert vars(pure) == {**vars(cfg), "lam": 1.0, "output": str(tmp_path / "default_model" / pure_run.name)}
     assert pipeline.baseline_for(pure_run).name == "effnetlite0-mct-s-long-clip"
     assert pipeline.baseline_for(pure_run).config(args) == pipeline.baseline_for(long).config(args)
+    mix_run = pipeline.CANDIDATES["effnetlite0-mct-s-long-probs"]  # one change: one KL to the averaged probabilities
+    assert vars(mix_run.config(args)) == {**vars(cfg), "teacher_mix": "probs",
+                                          "output": str(tmp_path / "default_model" / mix_run.name)}
+    assert pipeline.baseline_for(mix_run).config(args) == pipeline.baseline_for(long).config(args)
 
 
 def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_path: Path):
@@ -218,24 +248,27 @@ def test_pipeline_reinforces_rsicd_train_and_nwpu_with_the_chosen_teachers(tmp_p
     assert "--extra-source" not in alone
 
 
-def test_tune_teachers_runs_the_tuning_script_and_reads_the_paths_it_prints(tmp_path: Path, monkeypatch):
+def test_tune_teachers_runs_the_tuning_script_and_reads_the_paths_it_prints(tmp_path: Path, monkeypatch,
+                                                                            capsys: pytest.CaptureFixture[str]):
     pipeline = _load_pipeline()
     script = tmp_path / "tune_teachers.py"
     script.write_text(
         "import sys, pathlib\n"
         "w = pathlib.Path(sys.argv[sys.argv.index('--work-dir') + 1]) / 'teachers'\n"
+        "print('args', *sys.argv[sys.argv.index('--recipe'):])\n"
         "w.mkdir(parents=True, exist_ok=True)\n"
         "for n in ('fa-lite2', 'ft-lite0'):\n"
         "    (w / f'{n}.pt').write_bytes(b'x')\n"
         "    print(f'tuned teacher: {w / n}.pt')\n"
         "print('not a path.pt')\n")
     monkeypatch.setattr(pipeline, "TUNE_TEACHERS", script)
-    found = pipeline.tune_teachers(tmp_path / "w")
+    found = pipeline.tune_teachers(tmp_path / "w", "default+mpnet", tmp_path / "r" / "ens.json")
+    assert f"args --recipe default+mpnet --results {tmp_path / 'r' / 'ens.md'}" in capsys.readouterr().out
     assert found == {"fa-lite2": tmp_path / "w" / "teachers" / "fa-lite2.pt",
                      "ft-lite0": tmp_path / "w" / "teachers" / "ft-lite0.pt"}
     monkeypatch.setattr(pipeline, "TUNE_TEACHERS", tmp_path / "missing.py")
     with pytest.raises(FileNotFoundError, match="--teacher-stage fit"):
-        pipeline.tune_teachers(tmp_path / "w")
+        pipeline.tune_teachers(tmp_path / "w", "default", tmp_path / "r.json")
 
 
 def test_pipeline_rejects_unknown_set_key_in_one_line(world, capsys: pytest.CaptureFixture[str]):

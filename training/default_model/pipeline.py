@@ -8,7 +8,9 @@ stages are skipped, an interrupted training run continues from its last checkpoi
 
 Stages (``--stages``, comma-separated, in this order):
 
-  teachers   tune the offline teachers (training/teachers/tune_teachers.py --work-dir W -> W/teachers/<name>.pt;
+  teachers   tune the offline teachers (training/teachers/tune_teachers.py --work-dir W --recipe R ->
+             W/teachers/<name>.pt; ``--teacher-recipe R``, default ``default``: Lite0 + Lite2 on MiniLM;
+             ``default+mpnet``: + Lite2 on all-mpnet-base-v2, after training/teachers/fetch_mpnet.py;
              ``--teacher-stage fit``: the first model's fitted heads, training/teachers/fit_teachers.sh)
   reinforce  reinforce RSICD train + the NWPU airplane/airport subset (scene-label captions) into one dataset:
              K=5 stored multi-scale augmentations (zoom to 10 % area with uniform area, 8 dihedral transforms,
@@ -29,7 +31,8 @@ Stages (``--stages``, comma-separated, in this order):
 
 Two runs can train at once on a 2-core machine: run two ``--stages train --candidates X`` processes
 (or a candidate and, with ``--plain-twin``, its plain-CLIP twin), then the full command (which skips
-what is done). Training settings: the recipes in
+what is done). A teacher recipe other than ``default`` gets its own reinforced dataset and runs folder
+(``...-teachers-<recipe>``), so its candidates never mix with the default teachers' ones. Training settings: the recipes in
 ``training/recipes/default_model/`` (``base.yaml`` + one per candidate; ``--set KEY=VALUE`` overrides them
 for every run). Work files: ``<--work-dir>/{teachers,teacher_features,reinforced,default_model}``.
 """
@@ -63,7 +66,8 @@ DATA = Path(os.environ.get("RSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"
 RECIPES = REPO / "training" / "recipes" / "default_model"
 STAGES = ("teachers", "reinforce", "train", "evaluate", "select", "baseline", "export", "measure", "card", "pictures")
 TEACHER_STAGES = ("tune", "fit")
-TEACHERS_FILE = "pipeline_teachers.json"  # in --teachers: {name: checkpoint} the teacher stage chose
+TEACHERS_FILE = "pipeline_teachers.json"  # in --teachers: {name: checkpoint} the teacher stage chose (teachers_file())
+DEFAULT_TEACHER_RECIPE = "default"  # tune_teachers.py's recipe of stage teachers (--teacher-recipe)
 RUN_ENV = "pipeline_run.json"  # in each run folder: the torch threads it trained on
 SHIP_FILE = "ship_decision.json"
 # image fp16, text int8 on the token-embedding table only: full dynamic int8 text cost the 1,800-step 128 px
@@ -71,8 +75,7 @@ SHIP_FILE = "ship_decision.json"
 # text.onnx under 25 MB (fp16: 30.8 MB) (training/results/text_quantization.md)
 RELEASE_QUANTIZE = "int8-embedding"
 RELEASE_FORMAT = "image graph float16 weights, text graph int8 token embedding + float32 MatMuls, compute float32"  # in --work: the export stage's comparison with the model in --output
-TEACHER_RESULTS = {"tune": REPO / "training" / "results" / "teachers_tuned.json",  # tune_teachers.py's results
-                   "fit": REPO / "training" / "results" / "teachers.json"}  # fit_teachers.sh's (the first model's)
+FIT_TEACHER_RESULTS = REPO / "training" / "results" / "teachers.json"  # fit_teachers.sh's (the first model's)
 TUNE_TEACHERS = REPO / "training" / "teachers" / "tune_teachers.py"  # the tuning helper's script (issue 14)
 SPEED_TARGET = 8.0  # image encoder vs open_clip ViT-B-32, batch 1, 1 thread (issue 3's target)
 REFERENCE = "ViT-B-32"
@@ -102,26 +105,53 @@ class Run:
 # shape under the speed bar in training/results/resolution_sweep.md (*-next: λ=1), the 160 px one with the
 # CLIP term back (-l07: λ=0.7), and the shipped model's own recipe (effnetlite0-mct-s-kd: 128 px, λ=0.7,
 # 1,200 steps), which on new teachers and data isolates what they bring, and that recipe with a longer schedule
-# and EMA (effnetlite0-mct-s-long-kd), and that with λ=1 (effnetlite0-mct-s-long-l1, sharing its twin)
+# and EMA (effnetlite0-mct-s-long-kd), and that with λ=1 (effnetlite0-mct-s-long-l1) or the teachers' averaged
+# probabilities as one target (effnetlite0-mct-s-long-probs), both sharing its twin
 # (mci0-mct-s-kd stays in the folder for the shipped model's reproduction)
 CANDIDATES = {name: Run(name, RECIPES / f"{name}.yaml") for name in (
     "effnetlite0-mct-s-128-next", "effnetlite0-mct-s-160-next", "effnetlite0-mct-s-192-next",
     "effnetlite0-mct-s-224-next", "effnetlite1-mct-s-192-next", "effnetlite0-mct-s-160-l07",
     "effnetlite0-mct-s-kd", "effnetlite0-mct-s-long-kd")}
-CANDIDATES["effnetlite0-mct-s-long-l1"] = Run("effnetlite0-mct-s-long-l1", RECIPES / "effnetlite0-mct-s-long-l1.yaml",
-                                              twin="effnetlite0-mct-s-long-clip")
+CANDIDATES.update({name: Run(name, RECIPES / f"{name}.yaml", twin="effnetlite0-mct-s-long-clip")  # one change each
+                   for name in ("effnetlite0-mct-s-long-l1", "effnetlite0-mct-s-long-probs")})
 DEFAULT_AUGMENTATION = "multiscale-rs-uniform"  # stage reinforce (rsclip_core.data.augment.AUGMENTATION_PRESETS)
 
 
-def reinforced_name(augmentation: str) -> str:
-    """The default reinforced-dataset folder of an augmentation preset (one dataset per preset)."""
-    return "rsicd-nwpu-multiscale" if augmentation == "multiscale-rs" else f"rsicd-nwpu-{augmentation}"
+def teacher_recipe_suffix(teacher_recipe: str) -> str:
+    """``""`` for the default teachers, else ``-teachers-<recipe>`` (``+`` -> ``-``): the folders of its data and runs."""
+    return "" if teacher_recipe == DEFAULT_TEACHER_RECIPE else "-teachers-" + teacher_recipe.replace("+", "-")
+
+
+def reinforced_name(augmentation: str, teacher_recipe: str = DEFAULT_TEACHER_RECIPE) -> str:
+    """The default reinforced-dataset folder of an augmentation preset and teacher recipe (one dataset each)."""
+    base = "rsicd-nwpu-multiscale" if augmentation == "multiscale-rs" else f"rsicd-nwpu-{augmentation}"
+    return base + teacher_recipe_suffix(teacher_recipe)
+
+
+def teachers_file(args: argparse.Namespace) -> Path:
+    """``<teachers>/pipeline_teachers[-<recipe>].json``: the checkpoints stage teachers chose for this recipe."""
+    suffix = teacher_recipe_suffix(args.teacher_recipe) if args.teacher_stage == "tune" else ""
+    return args.teachers / (TEACHERS_FILE.removesuffix(".json") + suffix.removeprefix("-teachers") + ".json")
+
+
+def teacher_recipes() -> dict[str, Any]:
+    """tune_teachers.py's ``RECIPES`` (the script is not a package module: loaded from its file)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rsclip_tune_teachers", TUNE_TEACHERS)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{TUNE_TEACHERS}: the teacher-tuning script is missing (use --teacher-stage fit)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return dict(module.RECIPES)
 
 
 def baseline_for(candidate: Run) -> Run:
     """The plain-CLIP twin: same recipe (shape, steps, data order, seed); λ=0 and real captions only."""
     return Run(candidate.twin or candidate.name.removesuffix("-kd").removesuffix("-next") + "-clip", candidate.recipe,
-               {**candidate.overrides, "mode": "clip", "lam": 0.0, "synthetic": False},
+               # λ=0 leaves no distillation term: its mix is fixed, so candidates that differ only there share one twin
+               {**candidate.overrides, "mode": "clip", "lam": 0.0, "synthetic": False, "teacher_mix": "kl"},
                f"plain CLIP twin of {candidate.name} (λ=0, real captions only)")
 
 
@@ -135,6 +165,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra training source (class folders, scene-label captions); '' to leave it out")
     p.add_argument("--teacher-stage", choices=TEACHER_STAGES, default="tune",
                    help="tune: training/teachers/tune_teachers.py; fit: the first model's fit_teachers.sh")
+    p.add_argument("--teacher-recipe", default=DEFAULT_TEACHER_RECIPE,
+                   help="stage teachers (--teacher-stage tune): the training/teachers/tune_teachers.py recipe "
+                        "(default; default+mpnet: a third, all-mpnet-base-v2 teacher); other than default, its "
+                        "reinforced data and runs get folders of their own")
     p.add_argument("--augmentation", default=DEFAULT_AUGMENTATION,
                    help="augmentation preset of stage reinforce (multiscale-rs: the λ=1 run of students.md)")
     p.add_argument("--work-dir", type=Path, default=None,
@@ -143,7 +177,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"teacher checkpoints + {TEACHERS_FILE} (stage teachers; default: <work-dir>/teachers)")
     p.add_argument("--reinforced", type=Path, default=None,
                    help="default: <work-dir>/reinforced/rsicd-nwpu-<preset> (multiscale-rs: rsicd-nwpu-multiscale)")
-    p.add_argument("--work", type=Path, default=None, help="runs, evaluations, exports (default: <work-dir>/default_model)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="runs, evaluations, exports (default: <work-dir>/default_model[-teachers-<recipe>])")
     p.add_argument("--output", type=Path, default=REPO / "rsclip_core" / "resources" / "models" / "default")
     p.add_argument("--coreml-output", type=Path, default=REPO / "build" / "default-coreml")
     p.add_argument("--card", type=Path, default=REPO / "rsclip_core" / "resources" / "models" / "MODEL_CARD.md")
@@ -153,8 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--students", type=Path, default=REPO / "training" / "results" / "students.md",
                    help="plain twin / earlier model / new candidates side by side + the ship decision (stage card)")
     p.add_argument("--teacher-results", type=Path, default=None,
-                   help="teacher metrics JSON quoted by the card (default: by --teacher-stage, "
-                        "training/results/teachers_tuned.json or teachers.json)")
+                   help="teacher metrics JSON quoted by the card (default: the --teacher-recipe's results, "
+                        "training/results/teachers_tuned.json for default; --teacher-stage fit: teachers.json)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig value for every training run, over the recipes (repeatable): "
                         "e.g. device=cuda, batch_size=64, num_workers=4")
@@ -169,11 +204,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads per process")
     args = p.parse_args(argv)
     args.nwpu = Path(args.nwpu) if args.nwpu else None
-    args.teacher_results = args.teacher_results or TEACHER_RESULTS[args.teacher_stage]
+    if args.teacher_stage == "tune":
+        recipes = teacher_recipes()
+        if args.teacher_recipe not in recipes:
+            p.error(f"--teacher-recipe: {args.teacher_recipe!r} is not one of {', '.join(sorted(recipes))} "
+                    f"({_display(TUNE_TEACHERS)})")
+        results = recipes[args.teacher_recipe].results_path  # None (quick): kept beside its checkpoints
+        args.teacher_results = args.teacher_results or (results.with_suffix(".json") if results else None)
+    elif args.teacher_recipe != DEFAULT_TEACHER_RECIPE:
+        p.error(f"--teacher-recipe {args.teacher_recipe}: only with --teacher-stage tune (fit has one fixed pair)")
+    else:
+        args.teacher_results = args.teacher_results or FIT_TEACHER_RESULTS
+    suffix = teacher_recipe_suffix(args.teacher_recipe)
     args.teacher_features = stage_dir("teacher_features", args.work_dir)
     args.teachers = args.teachers or stage_dir("teachers", args.work_dir)
-    args.reinforced = args.reinforced or stage_dir("reinforced", args.work_dir) / reinforced_name(args.augmentation)
-    args.work = args.work or stage_dir("default_model", args.work_dir)
+    args.teacher_results = args.teacher_results or args.teachers / f"results-{args.teacher_recipe}.json"
+    args.reinforced = args.reinforced or (stage_dir("reinforced", args.work_dir)
+                                          / reinforced_name(args.augmentation, args.teacher_recipe))
+    args.work = args.work or stage_dir("default_model", args.work_dir).with_name("default_model" + suffix)
     return args
 
 
@@ -195,14 +243,15 @@ def write_json(path: Path, data: Any) -> None:
 # --- stages 1-2: teachers and reinforced data (resumable scripts of their own) ------------------------
 
 
-def tune_teachers(work_dir: Path) -> dict[str, Path]:
-    """The tuned offline teachers: ``training/teachers/tune_teachers.py --work-dir W`` (resumable; it writes
-    ``W/teachers/<name>.pt`` and prints their paths) -> ``{name: checkpoint}`` (the ``.pt`` paths it printed)."""
+def tune_teachers(work_dir: Path, recipe: str, results: Path) -> dict[str, Path]:
+    """The tuned offline teachers: ``training/teachers/tune_teachers.py --work-dir W --recipe R --results M`` (resumable;
+    it writes ``W/teachers/<name>.pt``, their metrics to ``M`` (.md + .json) and prints the checkpoint paths) ->
+    ``{name: checkpoint}`` (the ``.pt`` paths it printed)."""
     script = TUNE_TEACHERS
     if not script.is_file():
         raise FileNotFoundError(f"{script}: the teacher-tuning script is missing (use --teacher-stage fit)")
-    proc = subprocess.run([sys.executable, str(script), "--work-dir", str(work_dir)], check=True,
-                          stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run([sys.executable, str(script), "--work-dir", str(work_dir), "--recipe", recipe,
+                           "--results", str(results.with_suffix(".md"))], check=True, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(proc.stdout)
     found = {Path(tok).stem: Path(tok) for line in proc.stdout.splitlines() for tok in line.split()
              if tok.endswith(".pt") and Path(tok).is_file()}
@@ -221,14 +270,15 @@ def fit_teachers(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def stage_teachers(args: argparse.Namespace) -> dict[str, Path]:
-    """Teachers for stage reinforce, recorded in ``<teachers>/pipeline_teachers.json`` (found there: skipped)."""
-    record = args.teachers / TEACHERS_FILE
+    """Teachers for stage reinforce, recorded in :func:`teachers_file` (found there: skipped)."""
+    record = teachers_file(args)
     if record.is_file():
         chosen = {name: Path(path) for name, path in read_json(record).items()}
         if all(p.is_file() for p in chosen.values()):
             log(f"teachers: found {', '.join(f'{n}={p}' for n, p in chosen.items())}")
             return chosen
-    chosen = tune_teachers(args.teachers.parent) if args.teacher_stage == "tune" else fit_teachers(args)
+    chosen = (tune_teachers(args.teachers.parent, args.teacher_recipe, args.teacher_results)
+              if args.teacher_stage == "tune" else fit_teachers(args))
     write_json(record, {name: str(path) for name, path in chosen.items()})
     log(f"teachers: {', '.join(f'{n}={p}' for n, p in chosen.items())}")
     return chosen
@@ -255,7 +305,7 @@ def stage_reinforce(args: argparse.Namespace) -> None:
     if report.is_file():
         log(f"reinforce: found {args.reinforced} ({read_json(report).get('samples', '?')} samples)")
         return
-    record = args.teachers / TEACHERS_FILE
+    record = teachers_file(args)
     if not record.is_file():
         raise FileNotFoundError(f"{record}: no teachers chosen yet (run stage teachers first)")
     cmd = reinforce_command(args, {n: Path(p) for n, p in read_json(record).items()})
@@ -668,7 +718,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         f"| text tower | MCt: 2 Text-RepMixer blocks (reparameterized for export) + 2 attention layers, width 256, CLIP BPE, {shipped['metadata']['context_length']}-token context; {params['text']:.2f} M params (12.6 M of them the 49,408-token embedding) |",
         f"| embedding | {shipped['metadata']['embed_dim']}-d, L2-normalised, logit scale {shipped['metadata']['logit_scale']:.1f} |",
         f"| training data | {_sources_text(manifest.source, n_train)}, reinforced once: K={manifest.num_augmentations} stored augmentations per image ({_augmentation_text(manifest.augmentation)} — replayed exactly), S={manifest.num_syn_captions} synthetic captions per image ({manifest.captioner.get('name', manifest.captioner.get('kind'))}), teacher embeddings stored in bf16 |",
-        f"| teachers | {', '.join(f'`{t.name}` ({t.dim}-d, {t.kind})' for t in manifest.teachers)}: offline teachers on the packaged ImageNet / MiniLM towers, trained on RSICD train{' + NWPU subset (Focus-Adapter on cached taps)' if args.teacher_stage == 'tune' else ' (locked towers, fitted heads)'}, selected on val (`{_display(args.teacher_results.with_suffix('.md'))}`) |",
+        f"| teachers | {', '.join(f'`{t.name}` ({t.dim}-d, {t.kind})' for t in manifest.teachers)}: offline teachers on the packaged {_towers_text(teachers)} towers, trained on RSICD train{' + NWPU subset (Focus-Adapter on cached taps)' if args.teacher_stage == 'tune' else ' (locked towers, fitted heads)'}, selected on val (`{_display(args.teacher_results.with_suffix('.md'))}`) |",
         f"| objective | (1-λ)·CLIP + λ·{'KL(mean_k teacher_k ‖ student) (teachers averaged after the softmax)' if cfg.teacher_mix == 'probs' else 'mean_k KL(teacher_k ‖ student)'}, λ={cfg.lam}, over a real-caption batch and a synthetic-caption batch, teacher logit scales τ_k = {teacher_scales} (each teacher's own learned temperature) |",
         f"| schedule | {student['training']['steps']} steps x batch {cfg.batch_size} (= {student['training']['steps'] * cfg.batch_size / n_train:.1f} epochs), AdamW lr {cfg.lr:g}, wd {cfg.weight_decay:g}, warmup {cfg.warmup_steps}, cosine, grad clip {cfg.grad_clip or 'off'}, {f'EMA {cfg.ema_decay:g} (exported), ' if cfg.ema_decay else ''}fp32, seed {cfg.seed} (recipe `{_display(chosen.recipe)}`) |",
         f"| training time | {student['training']['train_seconds'] / 60:.0f} min on {_training_threads(args.work / chosen.name)} ({student['training']['median_step_s']:.2f} s/step median; 2-core machine, no GPU) |",
@@ -741,7 +791,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         "## Known limits",
         "",
         "- The students can only be as good as their teachers: the offline teacher ensemble (ImageNet",
-        "  EfficientNet-Lite and all-MiniLM-L6-v2 towers, the only pretrained weights available offline here,",
+        f"  EfficientNet-Lite and {_text_towers_text(teachers)} towers, the only pretrained weights available offline here,",
         f"  {'tuned on RSICD' if args.teacher_stage == 'tune' else 'locked, with fitted heads'}) reaches {e['mR']:.1f} mR; "
         "published RS CLIP models reach 35–39. With an open_clip RS teacher from",
         "  user weights (`rsclip reinforce --teacher name=open_clip:ARCH:/path`) the same pipeline distils from it.",
@@ -775,6 +825,18 @@ def _training_threads(run_dir: Path) -> str:
     return f"{threads} CPU thread{'s' if threads != 1 else ''}"
 
 
+def _text_towers_text(teachers: dict[str, Any]) -> str:
+    """The text towers of the teacher rows (``all-MiniLM-L6-v2`` when the rows do not say, as fit_teachers' do not)."""
+    towers = dict.fromkeys(r.get("text_tower", "all-MiniLM-L6-v2") for n, r in teachers.items() if n != "ensemble")
+    return " / ".join(towers) or "all-MiniLM-L6-v2"
+
+
+def _towers_text(teachers: dict[str, Any]) -> str:
+    """``ImageNet / <text towers>`` for the card's teacher row."""
+    short = {"all-MiniLM-L6-v2": "MiniLM", "all-mpnet-base-v2": "mpnet"}
+    return "ImageNet / " + " + ".join(short.get(t, t) for t in _text_towers_text(teachers).split(" / "))
+
+
 def _teacher_rows(path: Path) -> dict[str, Any]:
     """Teacher metrics of a teacher-results JSON (tune_teachers.py's ``{"rows": ...}`` or fit_teachers' flat form)."""
     if not path.is_file():
@@ -794,7 +856,7 @@ def write_students(args: argparse.Namespace, candidates: dict[str, Any], baselin
                 f"{r['rsscn7']['top1']:.2f} |")
 
     command = _pipeline_command()
-    lines = ["# Students: plain CLIP, reinforced with the earlier teachers, reinforced with the tuned teachers", "",
+    lines = ["# Students: plain CLIP, the model in place, this run's reinforced candidates", "",
              f"Produced by: `{command}` (stage card, from `{_display(args.work)}/*/eval.json`, "
              f"`{SHIP_FILE}`).", "",
              "RSICD val (selection) / test mR (%, RS retrieval protocol) and RSSCN7 zero-shot top-1 (%). Candidates",
@@ -804,8 +866,8 @@ def write_students(args: argparse.Namespace, candidates: dict[str, Any], baselin
         lines.append(row(f"plain-CLIP twin `{baseline['run']}` (λ=0, real captions)", baseline, "torch"))
     current = (decision or {}).get("current")
     if current:
-        lines.append(row(f"`{current.get('model_name')}` that was in `{_display(args.output)}` before this run "
-                         "(reinforced with the earlier teachers)", current, "ONNX"))
+        lines.append(row(f"`{current.get('model_name')}` that was in `{_display(args.output)}` before this run",
+                         current, "ONNX"))
     for name, r in candidates.items():
         lines.append(row(f"candidate `{name}` (reinforced with this run's teachers)", r, "torch"))
         if decision and decision.get("candidate") == name and decision.get("release_eval"):

@@ -13,7 +13,8 @@ Resumable stage by stage, everything below ``W`` (the work dir, ``$RSCLIP_WORK_D
    best RSICD-val mR kept; test is only evaluated) -> ``W/teachers/<name>.pt`` (format
    ``rsclip-offline-teacher/2``; an existing checkpoint is kept, delete it to retrain);
 3. RSICD val/test mR and RSSCN7 zero-shot of each teacher and of their ensemble (mean cosine, as
-   reinforcement uses them) -> ``training/results/teachers_tuned.{md,json}`` (other recipes: ``--results``).
+   reinforcement uses them) -> the recipe's results file (``Recipe.results``: ``default`` ->
+   ``training/results/teachers_tuned.{md,json}``; ``--results`` overrides it).
 
 Recipe ``mpnet-probe`` trains the Lite2 teacher of ``default`` twice, on MiniLM and on mpnet caption
 features (same image tower, taps, budget and seed), to measure what the larger text tower buys.
@@ -46,7 +47,7 @@ from rsclip_core.teachers.heads import HeadConfig  # noqa: E402
 from rsclip_core.teachers.tuned import TuneConfig, TunedImageConfig  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
-RESULTS = REPO / "training" / "results" / "teachers_tuned.md"
+RESULTS_DIR = REPO / "training" / "results"
 
 
 @dataclass
@@ -70,6 +71,11 @@ class Recipe:
     train_limit: int | None = None  # quick recipe: the first N train images
     eval_limit: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    results: str | None = None  # results .md in training/results/ (its .json beside it); None: printed only
+
+    @property
+    def results_path(self) -> Path | None:
+        return RESULTS_DIR / self.results if self.results else None
 
 
 def _tuned(unlock: int, adapter: bool, embed_dim: int, epochs: int) -> TuneConfig:
@@ -90,16 +96,17 @@ LITE2_MPNET = dataclasses.replace(LITE2_TUNED, name="lite2-adapter-mpnet", text_
 
 RECIPES: dict[str, Recipe] = {
     # the real stage: two backbones
-    "default": Recipe([LITE0_TUNED, LITE2_TUNED], aug_views=1),
+    "default": Recipe([LITE0_TUNED, LITE2_TUNED], aug_views=1, results="teachers_tuned.md"),
     # the reference at the same data and budget: locked tower, head only (the teachers of teachers.md)
     "locked-baseline": Recipe([
         TeacherRecipe("lite0-locked", "efficientnet_lite0", _tuned(unlock=0, adapter=False, embed_dim=256, epochs=15)),
-    ], aug_views=1),
+    ], aug_views=1, results="teachers_locked_baseline.md"),
     # the text tower alone: default's Lite2 teacher on MiniLM (384-d) vs mpnet (768-d) caption features
-    "mpnet-probe": Recipe([LITE2_MINILM, LITE2_MPNET], aug_views=1),
+    "mpnet-probe": Recipe([LITE2_MINILM, LITE2_MPNET], aug_views=1, results="teachers_mpnet_probe.md"),
     # the default pair + the probe's mpnet teacher: does a third, other-text-tower teacher lift the ensemble?
-    # (every checkpoint already exists after the two recipes above: evaluation only)
-    "default+mpnet": Recipe([LITE0_TUNED, LITE2_TUNED, LITE2_MPNET], aug_views=1),
+    # (after the two recipes above every checkpoint exists: evaluation only); the default model's pipeline
+    # reinforces with it under --teacher-recipe default+mpnet
+    "default+mpnet": Recipe([LITE0_TUNED, LITE2_TUNED, LITE2_MPNET], aug_views=1, results="teachers_ensemble3.md"),
     # a few minutes: tiny subsets, to check the pipeline end to end
     "quick": Recipe([
         TeacherRecipe("lite0-quick", "efficientnet_lite0", _tuned(unlock=1, adapter=True, embed_dim=64, epochs=2)),
@@ -251,7 +258,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     ap.add_argument("--stage", choices=["cache", "all"], default="all", help="cache: build the caches only")
     ap.add_argument("--data", type=Path, default=DATA, help="shared data root (rsicd/, nwpu_subset/, rsscn7/)")
-    ap.add_argument("--results", type=Path, default=None, help=f"results .md (default {RESULTS}; quick: none)")
+    ap.add_argument("--results", type=Path, default=None, help="results .md (default: the recipe's, in training/results/; quick: none)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--teachers", default=None, help="comma-separated subset of the recipe's teachers")
     args = ap.parse_args(argv)
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         return []
     if len(embs) > 1:
         rows["ensemble"] = {"checkpoint": None, **score(ensemble_embeddings(embs), text, zs)}
-    results = args.results or (RESULTS if args.recipe == "default" else None)
+    results = args.results or RECIPES[args.recipe].results_path
     command = "python training/teachers/tune_teachers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = results_markdown(rows, command)
     print(md, flush=True)
