@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if len(embs) > 1:
         rows["ensemble"] = {"checkpoint": None, **score(ensemble_embeddings(embs), text, zs)}
     results = args.results or RECIPES[args.recipe].results_path
-    command = "python training/teachers/tune_teachers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python training/teachers/tune_teachers.py " + " ".join(  # repo paths as the reader's checkout has them
+        a.replace(f"{REPO}/", "") for a in (argv if argv is not None else sys.argv[1:]))
     md = results_markdown(rows, command)
     print(md, flush=True)
     if results is not None:
