@@ -388,10 +388,11 @@ def test_one_session_script_uses_real_flags_candidates_and_teachers():
     pipeline = _load_pipeline()
     default = re.search(r'candidate="\$\{1:-([^}]+)\}"', text).group(1)
     assert default in pipeline.CANDIDATES
+    recipe = re.search(r'recipe="\$\{TEACHER_RECIPE:-([^}]+)\}"', text).group(1)
     calls = re.findall(r'"\$pipeline" ([^>\n]*)', text)
-    assert len(calls) == 4
+    assert len(calls) == 4 and all('--teacher-recipe "$recipe"' in call for call in calls)
     for call in calls:  # each invocation parses with the pipeline's own parser
-        argv = call.replace('"$candidate"', default).split()
+        argv = call.replace('"$candidate"', default).replace('"$recipe"', recipe).rstrip("\\ ").split()
         assert pipeline.parse_args(argv).candidates
     for stages in re.findall(r"--stages (\S+)", text):
         assert set(stages.split(",")) <= set(pipeline.STAGES)
