@@ -396,11 +396,8 @@ def test_one_session_script_uses_real_flags_candidates_and_teachers():
         assert pipeline.parse_args(argv).candidates
     for stages in re.findall(r"--stages (\S+)", text):
         assert set(stages.split(",")) <= set(pipeline.STAGES)
-    teachers = importlib.util.spec_from_file_location("tune_teachers_script", REPO / "training" / "teachers" / "tune_teachers.py")
-    module = importlib.util.module_from_spec(teachers)
-    sys.modules[teachers.name] = module  # its dataclasses resolve annotations through sys.modules
-    teachers.loader.exec_module(module)
-    named = {r.name for r in module.RECIPES["default"].teachers}
+    named = {r.name for r in pipeline.teacher_recipes()["default"].teachers}
+    assert recipe in pipeline.teacher_recipes()
     assert set(re.findall(r"--teachers (\S+)", text)) == named
 
 

@@ -40,6 +40,7 @@ for every run). Work files: ``<--work-dir>/{teachers,teacher_features,reinforced
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -117,9 +118,15 @@ CANDIDATES.update({name: Run(name, RECIPES / f"{name}.yaml", twin="effnetlite0-m
 DEFAULT_AUGMENTATION = "multiscale-rs-uniform"  # stage reinforce (rsclip_core.data.augment.AUGMENTATION_PRESETS)
 
 
+def teacher_recipe_slug(teacher_recipe: str) -> str:
+    """``""`` for the default teachers, else ``-<recipe>`` (``+`` -> ``-``): what its files and folders add."""
+    return "" if teacher_recipe == DEFAULT_TEACHER_RECIPE else "-" + teacher_recipe.replace("+", "-")
+
+
 def teacher_recipe_suffix(teacher_recipe: str) -> str:
-    """``""`` for the default teachers, else ``-teachers-<recipe>`` (``+`` -> ``-``): the folders of its data and runs."""
-    return "" if teacher_recipe == DEFAULT_TEACHER_RECIPE else "-teachers-" + teacher_recipe.replace("+", "-")
+    """``""`` for the default teachers, else ``-teachers-<slug>``: the folders of its data and runs."""
+    slug = teacher_recipe_slug(teacher_recipe)
+    return slug and "-teachers" + slug
 
 
 def reinforced_name(augmentation: str, teacher_recipe: str = DEFAULT_TEACHER_RECIPE) -> str:
@@ -130,12 +137,14 @@ def reinforced_name(augmentation: str, teacher_recipe: str = DEFAULT_TEACHER_REC
 
 def teachers_file(args: argparse.Namespace) -> Path:
     """``<teachers>/pipeline_teachers[-<recipe>].json``: the checkpoints stage teachers chose for this recipe."""
-    suffix = teacher_recipe_suffix(args.teacher_recipe) if args.teacher_stage == "tune" else ""
-    return args.teachers / (TEACHERS_FILE.removesuffix(".json") + suffix.removeprefix("-teachers") + ".json")
+    slug = teacher_recipe_slug(args.teacher_recipe) if args.teacher_stage == "tune" else ""
+    return args.teachers / TEACHERS_FILE.replace(".json", slug + ".json")
 
 
+@functools.lru_cache(maxsize=1)
 def teacher_recipes() -> dict[str, Any]:
-    """tune_teachers.py's ``RECIPES`` (the script is not a package module: loaded from its file)."""
+    """tune_teachers.py's ``RECIPES`` (the script is not a package module: loaded from its file, once per process,
+    as it imports torch)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("rsclip_tune_teachers", TUNE_TEACHERS)
