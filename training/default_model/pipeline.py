@@ -777,7 +777,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         "",
         "Targets (issue 14), measured:",
         "",
-        f"- student RSICD-test mR = **{ship_test['mR']:.2f}** (target ≥ 25; {'met' if ship_test['mR'] >= 25 else 'not met'})",
+        f"- student RSICD-test mR = **{ship_test['mR']:.2f}** (target ≥ 25; {_verdict(ship_test['mR'], 25)})",
         f"- student mR / teacher-ensemble mR = {ship_test['mR']:.2f} / {e['mR']:.2f} = **{ship_test['mR'] / e['mR']:.2f}** "
         f"(target ≥ 0.95; {_verdict(ship_test['mR'] / e['mR'], 0.95)})",
         # three decimals and the verdict on the unrounded ratio: 1.297 must not read as a met 1.30
@@ -786,7 +786,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         f"(target ≥ 1.3x; {_verdict(student['rsicd_test']['mR'] / baseline['rsicd_test']['mR'], 1.3)})" if baseline is not None else
         f"- reinforced / plain CLIP at equal steps: not measured for this model (its plain twin `{baseline_for(chosen).name}` "
         "was not trained: stage baseline trains it)",
-        f"- RSSCN7 zero-shot = **{ship_zs['top1']:.1f} %** (target ≥ 80 %; {'met' if ship_zs['top1'] >= 80 else 'not met — bounded by the teachers, see limits'})",
+        f"- RSSCN7 zero-shot = **{ship_zs['top1']:.1f} %** (target ≥ 80 %; {_verdict(ship_zs['top1'], 80)}{'' if ship_zs['top1'] >= 80 else ' — bounded by the teachers, see limits'})",
         "",
         "RSSCN7 per class (shipped files): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(ship_zs.get("per_class", {}).items(), key=lambda kv: -kv[1])),
         "",
