@@ -413,3 +413,46 @@ def test_text_quantization_probe_names_a_bad_run_in_one_line(tmp_path: Path, mon
     assert probe.main(["effnetlite0-mct-s-long-kd", "--results", str(results)]) == 2  # not trained in tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.pt not found" in err and not results.exists()
+
+
+def _load_teacher_as_model():
+    spec_ = importlib.util.spec_from_file_location("teacher_as_model", REPO / "training" / "default_model" / "teacher_as_model.py")
+    probe = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(probe)
+    return probe
+
+
+def test_teacher_as_model_names_a_missing_teacher_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]):
+    probe = _load_teacher_as_model()
+    monkeypatch.setenv("RSCLIP_WORK_DIR", str(tmp_path))
+    results = tmp_path / "tam.md"
+    assert probe.main(["no-such-teacher", "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no-such-teacher.pt not found" in err and not results.exists()
+
+
+def test_teacher_as_model_results_quote_every_export_and_the_gate(tmp_path: Path):
+    probe = _load_teacher_as_model()
+
+    def row(val: float, test: float, zs: float, text_ms: float, gate: dict | None = None) -> dict:
+        out = {"eval": {"rsicd_val": {"mR": val}, "rsicd_test": {"mR": test}, "rsscn7": {"top1": zs},
+                        "model_name": "effnetlite0-mct-s"},
+               "sizes": {"image.onnx": 7_000_000, "text.onnx": 23_000_000}, "text_latency_ms_per_caption": text_ms}
+        return {**out, "gate": gate} if gate else out
+
+    rows = {"fp16 image + dynamic int8 text": row(16.76, 20.83, 65.0, 2.5, {"would_ship": True, "reason": "beats it"}),
+            "fp16 image + int8 token embedding, fp16 MatMuls": row(13.0, 19.0, 60.0, 3.0,
+                                                                 {"would_ship": False, "reason": "does not"})}
+    latency = {"shipped default": {"b1": 3.0, "b16": 2.4}, "fp16 image + dynamic int8 text": {"b1": 6.0, "b16": 8.0},
+               "fp16 image + int8 token embedding, fp16 MatMuls": {"b1": 6.0, "b16": 8.0},
+               "ViT-B-32": {"b1": 60.0, "b16": 44.0}}
+    md = tmp_path / "tam.md"
+    probe.write_results(md, "python x.py lite0-tuned", "lite0-tuned", "teacher-effnetlite0-minilm", {"mR": 17.48},
+                        row(13.34, 19.38, 64.64, 1.0), rows, latency, "ViT-B-32")
+    text = md.read_text()
+    assert "`python x.py lite0-tuned`" in text and "17.48" in text
+    assert "| 16.76 | **20.83** | 65.00 | 30.0 | 6.0 (10.0x) | 8.0 | 2.50 | would ship: beats it |" in text
+    assert "would not ship: does not" in text and "3.0 (20.0x)" in text
+    saved = json.loads(md.with_suffix(".json").read_text())
+    assert saved["command"] == "python x.py lite0-tuned" and set(saved["exports"]) == set(rows)
