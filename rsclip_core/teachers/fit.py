@@ -51,7 +51,8 @@ def view_params(record: ImageTextRecord, view: int, width: int, height: int, ima
     return sample_params(width, height, rng, cfg)
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file (for atomic cache writes)."""
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
@@ -131,7 +132,7 @@ def cached_view_arrays(
                 arrays.setdefault(k, []).append(z[k])
     keys = sorted(arrays)
     for k in keys:
-        atomic_write_bytes(cache / f"{stem}.{k}.npy", _npy_bytes(np.concatenate(arrays[k])))
+        atomic_write_bytes(cache / f"{stem}.{k}.npy", npy_bytes(np.concatenate(arrays[k])))
     atomic_write_bytes(done, json.dumps(keys).encode())
     for p in chunk_paths:
         p.unlink(missing_ok=True)
@@ -207,7 +208,7 @@ def cached_text_features(texts: Sequence[str], cache_dir: str | Path, tower_name
                     print(f"text features: {min(i + step, len(missing))}/{len(missing)}", flush=True)
             feats = np.concatenate([*([feats] if feats is not None else []), *new]).astype(np.float32)
             known = known + missing
-            atomic_write_bytes(feats_path, _npy_bytes(feats))
+            atomic_write_bytes(feats_path, npy_bytes(feats))
             atomic_write_bytes(index_path, json.dumps(known).encode())
             row = {t: i for i, t in enumerate(known)}
     if feats is None:  # no texts asked, none stored
@@ -282,6 +283,17 @@ def multi_positive_clip_loss(zi: Any, zt: Any, logit_scale: Any, text_ids: np.nd
                   + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
 
 
+@dataclass
+class CaptionDraw:
+    """One batch's caption choice: a caption row per image, replaced by a label template where
+    ``use_label`` (``label_rows`` / ``template``: one entry per replaced image)."""
+
+    caption_rows: np.ndarray
+    use_label: np.ndarray
+    label_rows: np.ndarray
+    template: np.ndarray
+
+
 class CaptionSampler:
     """One training caption per image of a batch, shared by every teacher fit (heads and tuned tops).
 
@@ -307,19 +319,42 @@ class CaptionSampler:
         self.image_label = image_label
         self.label_caption_prob = label_caption_prob
 
-    def sample(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[Any, np.ndarray]:
-        """(caption features ``[B, C]`` for images ``idx``, their text ids for the multi-positive loss)."""
-        import torch
-
+    def draw(self, idx: np.ndarray, rng: np.random.Generator) -> CaptionDraw:
+        """Which caption each image of batch ``idx`` gets (a caption row or a label template)."""
         cap_rows = self.order[self.first[idx] + (rng.random(len(idx)) * self.count[idx]).astype(np.int64)]
-        t = self.caps[torch.from_numpy(cap_rows)]
+        use = np.zeros(len(idx), bool)
+        label_rows: np.ndarray = np.zeros(0, np.int64)
+        template: np.ndarray = np.zeros(0, np.int64)
         if self.labels is not None and self.image_label is not None and self.label_caption_prob > 0:
             use = (rng.random(len(idx)) < self.label_caption_prob) & (self.image_label[idx] >= 0)
             if use.any():
-                t = t.clone()
-                tmpl = rng.integers(0, self.labels.shape[1], size=int(use.sum()))
-                t[torch.from_numpy(use)] = self.labels[self.image_label[idx][use], tmpl]
-        return t, self.text_id[cap_rows]
+                template = rng.integers(0, self.labels.shape[1], size=int(use.sum()))
+                label_rows = self.image_label[idx][use]
+            else:
+                use = np.zeros(len(idx), bool)
+        return CaptionDraw(cap_rows, use, label_rows, template)
+
+    @staticmethod
+    def gather(draw: CaptionDraw, caps: Any, labels: Any = None) -> Any:
+        """Rows of ``caps`` ``[M, C]`` (and ``labels`` ``[L, templates, C]``) as ``draw`` chose them:
+        the same draw gathers the text features of any tower, or a teacher's caption embeddings."""
+        import torch
+
+        t = caps[torch.from_numpy(draw.caption_rows)]
+        if draw.use_label.any():
+            t = t.clone()
+            t[torch.from_numpy(draw.use_label)] = labels[draw.label_rows, draw.template]
+        return t
+
+    def sample(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[Any, np.ndarray]:
+        """(caption features ``[B, C]`` for images ``idx``, their text ids for the multi-positive loss)."""
+        t, text_ids, _ = self.sample_with_draw(idx, rng)
+        return t, text_ids
+
+    def sample_with_draw(self, idx: np.ndarray, rng: np.random.Generator) -> tuple[Any, np.ndarray, CaptionDraw]:
+        """:meth:`sample` plus the draw, to gather the same captions' rows elsewhere."""
+        d = self.draw(idx, rng)
+        return self.gather(d, self.caps, self.labels), self.text_id[d.caption_rows], d
 
 
 class BestEpoch:

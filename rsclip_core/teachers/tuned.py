@@ -181,6 +181,7 @@ class TuneConfig:
     label_caption_prob: float = 0.1
     max_steps_per_epoch: int | None = None  # benchmarks: a fixed small budget
     seed: int = 0
+    kd_weight: float = 0.0  # lambda of (1-lambda)*CLIP + lambda*KL(teacher ensemble || this), with DistillTargets
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TuneConfig:
@@ -199,6 +200,24 @@ class TapData:
     caption_owner: np.ndarray  # [M] image index of each caption
     label_feats: np.ndarray | None = None  # [L, templates, T]
     image_label: np.ndarray | None = None  # [N] index into label_feats or -1
+
+
+@dataclass
+class DistillTargets:
+    """A teacher ensemble's L2-normalised embeddings of the same stored views and captions as a
+    :class:`TapData` (the views align across towers: ``view_params`` depends on the record and view
+    index only), for distilling it into a tuned top.
+
+    ``images[k][v]``: teacher ``k``'s ``[N, D_k]`` embeddings of view ``v``; ``captions[k]``: ``[M, D_k]``
+    of the caption rows; ``labels[k]``: ``[L, templates, D_k]`` of the label-template captions (or
+    ``None``); ``logit_scales[k]``: its fitted temperature as a multiplier.
+    """
+
+    names: list[str]
+    images: list[list[np.ndarray]]
+    captions: list[np.ndarray]
+    labels: list[np.ndarray | None]
+    logit_scales: list[float]
 
 
 def _batch_taps(view: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, torch.Tensor]:
@@ -225,6 +244,19 @@ def encode_text_feats(head: nn.Module, feats: np.ndarray) -> np.ndarray:
         return nn.functional.normalize(head(torch.from_numpy(np.asarray(feats, np.float32))), dim=-1).numpy()
 
 
+def teacher_targets(heads: nn.ModuleDict, views: list[dict[str, np.ndarray]], caption_feats: np.ndarray,
+                    label_feats: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
+    """One teacher's part of :class:`DistillTargets` (float16): its embeddings of every stored view
+    (``views``: the tap caches of *its* tower), of the caption rows and of the label templates
+    (``caption_feats`` / ``label_feats``: *its* text tower's features)."""
+    images = [encode_taps(cast(TunedImageTop, heads["image"]), v).astype(np.float16) for v in views]
+    captions = encode_text_feats(heads["text"], caption_feats).astype(np.float16)
+    labels = None if label_feats is None else encode_text_feats(
+        heads["text"], label_feats.reshape(-1, label_feats.shape[-1])).reshape(
+        label_feats.shape[0], label_feats.shape[1], -1).astype(np.float16)
+    return images, captions, labels
+
+
 def retrieval_of(top: TunedImageTop, text_head: nn.Module, view: dict[str, np.ndarray],
                  caption_feats: np.ndarray, owner: np.ndarray) -> dict[str, float]:
     from rsclip_core.evaluate.metrics import retrieval_metrics
@@ -235,18 +267,37 @@ def retrieval_of(top: TunedImageTop, text_head: nn.Module, view: dict[str, np.nd
 
 def fit_tuned(image_tower: str, data: TapData, val: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray],
               cfg: TuneConfig, log: Callable[[str], None] = print,
-              top: TunedImageTop | None = None) -> tuple[nn.ModuleDict, dict[str, Any]]:
+              top: TunedImageTop | None = None, init: tuple[nn.ModuleDict, float] | None = None,
+              distill: DistillTargets | None = None) -> tuple[nn.ModuleDict, dict[str, Any]]:
     """Train the image top + text head (+ temperature) with the multi-positive CLIP loss on cached
     taps; keep the best RSICD-val mR state. ``val``: (tap view, caption features, caption owner).
+
+    ``init``: (heads, log logit scale) of a trained teacher of the same shape to start from (its
+    weights are copied). ``distill`` with ``cfg.kd_weight`` > 0: the loss becomes
+    ``(1-kd_weight)*CLIP + kd_weight*KL``, one KL to the teachers' batch similarity distributions
+    averaged after the softmax (:func:`rsclip_core.train.loss.reinforced_loss`, ``teacher_mix="probs"``),
+    each teacher at its own fitted temperature.
 
     Returns (``ModuleDict(image=top, text=head)`` in eval mode, info with ``val``, ``history``,
     ``logit_scale``, ``step_time_s``).
     """
+    from rsclip_core.train.loss import reinforced_loss
+
+    if cfg.kd_weight > 0 and distill is None:
+        raise TeacherFitError(f"kd_weight {cfg.kd_weight} needs the teachers' DistillTargets")
+    if not 0.0 <= cfg.kd_weight <= 1.0:
+        raise TeacherFitError(f"kd_weight must lie in [0, 1], got {cfg.kd_weight}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     top = top or build_tuned_top(image_tower, cfg.embed_dim, cfg.image)
     text_head = build_head(data.caption_feats.shape[1], cfg.embed_dim, cfg.text_head)
     logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+    if init is not None:
+        nn.ModuleDict({"image": top, "text": text_head}).load_state_dict(init[0].state_dict())
+        logit_scale.data.fill_(float(init[1]))
+    kd = distill if cfg.kd_weight > 0 else None
+    kd_caps = [torch.from_numpy(np.asarray(c, np.float32)) for c in kd.captions] if kd else []
+    kd_labels = [None if lab is None else torch.from_numpy(np.asarray(lab, np.float32)) for lab in kd.labels] if kd else []
     groups = top.param_groups(cfg.lr, cfg.backbone_lr, cfg.layer_decay)
     groups[0]["params"] = groups[0]["params"] + list(text_head.parameters()) + [logit_scale]
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -284,10 +335,17 @@ def fit_tuned(image_tower: str, data: TapData, val: tuple[dict[str, np.ndarray],
                 zi = top.head(pooled)
             else:
                 zi = top(taps, pooled)
-            t, text_ids = captions.sample(idx, rng)
+            t, text_ids, draw = captions.sample_with_draw(idx, rng)
             zi = nn.functional.normalize(zi, dim=-1)
             zt = nn.functional.normalize(text_head(t), dim=-1)
             loss = multi_positive_clip_loss(zi, zt, logit_scale, text_ids)
+            if kd is not None:
+                names = kd.names
+                t_img = {n: torch.from_numpy(np.asarray(kd.images[k][v][idx], np.float32)) for k, n in enumerate(names)}
+                t_txt = {n: CaptionSampler.gather(draw, kd_caps[k], kd_labels[k]) for k, n in enumerate(names)}
+                parts = reinforced_loss(zi, zt, logit_scale.exp().clamp(max=100), t_img, t_txt,
+                                        dict(zip(names, kd.logit_scales)), lam=1.0, teacher_mix="probs")
+                loss = (1.0 - cfg.kd_weight) * loss + cfg.kd_weight * parts.total
             opt.zero_grad()
             loss.backward()
             opt.step()

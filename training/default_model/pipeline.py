@@ -75,7 +75,8 @@ SHIP_FILE = "ship_decision.json"
 # student 0.49 RSICD val mR on the exported files (12.61 vs 13.09 fp16, 13.07 torch), this 0.03, and keeps
 # text.onnx under 25 MB (fp16: 30.8 MB) (training/results/text_quantization.md)
 RELEASE_QUANTIZE = "int8-embedding"
-RELEASE_FORMAT = "image graph float16 weights, text graph int8 token embedding + float32 MatMuls, compute float32"  # in --work: the export stage's comparison with the model in --output
+RELEASE_FORMAT = "image graph float16 weights, text graph int8 token embedding + float32 MatMuls, compute float32"
+TUNED_RELEASE_FORMAT = "image graph float16 weights, text graph dynamic int8 (weights and MatMuls), compute float32"  # in --work: the export stage's comparison with the model in --output
 FIT_TEACHER_RESULTS = REPO / "training" / "results" / "teachers.json"  # fit_teachers.sh's (the first model's)
 TUNE_TEACHERS = REPO / "training" / "teachers" / "tune_teachers.py"  # the tuning helper's script (issue 14)
 SPEED_TARGET = 8.0  # image encoder vs open_clip ViT-B-32, batch 1, 1 thread (issue 3's target)
@@ -109,12 +110,45 @@ class Run:
 # and EMA (effnetlite0-mct-s-long-kd), and that with λ=1 (effnetlite0-mct-s-long-l1) or the teachers' averaged
 # probabilities as one target (effnetlite0-mct-s-long-probs), both sharing its twin
 # (mci0-mct-s-kd stays in the folder for the shipped model's reproduction)
-CANDIDATES = {name: Run(name, RECIPES / f"{name}.yaml") for name in (
+CANDIDATES: dict[str, Run | TunedRun] = {name: Run(name, RECIPES / f"{name}.yaml") for name in (
     "effnetlite0-mct-s-128-next", "effnetlite0-mct-s-160-next", "effnetlite0-mct-s-192-next",
     "effnetlite0-mct-s-224-next", "effnetlite1-mct-s-192-next", "effnetlite0-mct-s-160-l07",
     "effnetlite0-mct-s-kd", "effnetlite0-mct-s-long-kd")}
 CANDIDATES.update({name: Run(name, RECIPES / f"{name}.yaml", twin="effnetlite0-mct-s-long-clip")  # one change each
                    for name in ("effnetlite0-mct-s-long-l1", "effnetlite0-mct-s-long-probs")})
+
+
+@dataclass(frozen=True)
+class TunedRun:
+    """A candidate in the tuned teacher's shape, trained by ``training/teachers/tune_teachers.py --recipe R
+    --teachers NAME`` on the tap caches (not by ``rsclip train``): ``<teachers>/<name>.pt``, a registered
+    ``teacher-*`` model (packaged EfficientNet-Lite frozen to stage 5 + tuned top and Focus-Adapter; the locked
+    sentence text tower + a head). Its twin is the recipe's λ=0 run of the same start, epochs and data."""
+
+    name: str
+    tune_recipe: str
+    twin: str = ""
+    note: str = ""
+    release_quantize: str = "int8-text"  # MiniLM's int8 embedding + fp16 MatMuls is 70.6 MB (teacher_as_model.md)
+
+    def teacher_recipe(self) -> Any:
+        """tune_teachers.py's ``TeacherRecipe`` of this run."""
+        recipe = teacher_recipes()[self.tune_recipe]
+        found = [t for t in recipe.teachers if t.name == self.name]
+        if not found:
+            raise TrainConfigError(f"candidate {self.name}: not a teacher of tune_teachers.py recipe {self.tune_recipe!r}")
+        return found[0]
+
+    def describe(self) -> str:
+        t = self.teacher_recipe()
+        return self.note or (f"{t.image_tower} @{t.image_size} px tuned top + {t.text_tower} head, from "
+                             f"{t.init_from or 'the packaged weights'}, λ={t.tune.kd_weight:g} on "
+                             f"{'+'.join(t.distil_from) or 'no teachers'}, {t.tune.epochs} epochs")
+
+
+# the teacher-shaped students (training/results/teacher_as_model.md: the tuned Lite0 teacher clears the speed bar and
+# beats the 128 px student): lite0-tuned distilled from the three-teacher ensemble on 6 stored views; twin: λ=0
+CANDIDATES.update({"lite0-distilled-6v": TunedRun("lite0-distilled-6v", "distilled-6v", twin="lite0-continued-6v")})
 DEFAULT_AUGMENTATION = "multiscale-rs-uniform"  # stage reinforce (rsclip_core.data.augment.AUGMENTATION_PRESETS)
 
 
@@ -156,8 +190,11 @@ def teacher_recipes() -> dict[str, Any]:
     return dict(module.RECIPES)
 
 
-def baseline_for(candidate: Run) -> Run:
-    """The plain-CLIP twin: same recipe (shape, steps, data order, seed); λ=0 and real captions only."""
+def baseline_for(candidate: Run | TunedRun) -> Run | TunedRun:
+    """The plain-CLIP twin: same recipe (shape, steps, data order, seed); λ=0 and real captions only (a tuned
+    candidate's: the λ=0 run its tune recipe names)."""
+    if isinstance(candidate, TunedRun):
+        return TunedRun(candidate.twin, candidate.tune_recipe, note=f"plain CLIP twin of {candidate.name} (λ=0)")
     return Run(candidate.twin or candidate.name.removesuffix("-kd").removesuffix("-next") + "-clip", candidate.recipe,
                # λ=0 leaves no distillation term: its mix is fixed, so candidates that differ only there share one twin
                {**candidate.overrides, "mode": "clip", "lam": 0.0, "synthetic": False, "teacher_mix": "kl"},
@@ -252,17 +289,25 @@ def write_json(path: Path, data: Any) -> None:
 # --- stages 1-2: teachers and reinforced data (resumable scripts of their own) ------------------------
 
 
-def tune_teachers(work_dir: Path, recipe: str, results: Path) -> dict[str, Path]:
+def tune_teachers(work_dir: Path, recipe: str, results: Path, only: list[str] | None = None) -> dict[str, Path]:
     """The tuned offline teachers: ``training/teachers/tune_teachers.py --work-dir W --recipe R --results M`` (resumable;
     it writes ``W/teachers/<name>.pt``, their metrics to ``M`` (.md + .json) and prints the checkpoint paths) ->
-    ``{name: checkpoint}`` (the ``.pt`` paths it printed)."""
+    ``{name: checkpoint}`` (the ``.pt`` paths it printed). ``only``: ``--teachers``, a subset of the recipe."""
     script = TUNE_TEACHERS
     if not script.is_file():
         raise FileNotFoundError(f"{script}: the teacher-tuning script is missing (use --teacher-stage fit)")
-    proc = subprocess.run([sys.executable, str(script), "--work-dir", str(work_dir), "--recipe", recipe,
-                           "--results", str(results.with_suffix(".md"))], check=True, stdout=subprocess.PIPE, text=True)
-    sys.stdout.write(proc.stdout)
-    found = {Path(tok).stem: Path(tok) for line in proc.stdout.splitlines() for tok in line.split()
+    command = [sys.executable, str(script), "--work-dir", str(work_dir), "--recipe", recipe,
+               "--results", str(results.with_suffix(".md"))] + (["--teachers", ",".join(only)] if only else [])
+    printed: list[str] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:  # its progress shows as it runs
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            printed.append(line)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command)
+    found = {Path(tok).stem: Path(tok) for line in printed for tok in line.split()
              if tok.endswith(".pt") and Path(tok).is_file()}
     if not found:
         raise RuntimeError(f"{script} printed no teacher checkpoint paths")
@@ -338,7 +383,33 @@ def stage_reinforce(args: argparse.Namespace) -> None:
 # --- stage 3/6: training ---------------------------------------------------------------------------------
 
 
-def train_run(args: argparse.Namespace, run: Run) -> Path:
+def candidate_model(args: argparse.Namespace, run: Run | TunedRun) -> str:
+    """The registry name a run's weights load into."""
+    if isinstance(run, TunedRun):
+        from rsclip_core.teachers.offline import offline_teacher_name
+
+        t = run.teacher_recipe()
+        return offline_teacher_name(t.image_tower, t.text_tower)
+    return run.config(args).model
+
+
+def candidate_checkpoint(args: argparse.Namespace, run: Run | TunedRun) -> Path:
+    """The trained weights of a run (``<work>/<run>/model.pt``; a tuned run's ``<teachers>/<run>.pt``)."""
+    from rsclip_core.train.trainer import FINAL_WEIGHTS
+
+    return args.teachers / f"{run.name}.pt" if isinstance(run, TunedRun) else Path(run.config(args).output) / FINAL_WEIGHTS
+
+
+def train_run(args: argparse.Namespace, run: Run | TunedRun) -> Path:
+    if isinstance(run, TunedRun):
+        ckpt = candidate_checkpoint(args, run)
+        if ckpt.is_file():
+            log(f"train {run.name}: done ({ckpt})")
+            return ckpt
+        log(f"train {run.name}: tune_teachers.py --recipe {run.tune_recipe} ({run.describe()})")
+        (args.work / run.name).mkdir(parents=True, exist_ok=True)
+        tune_teachers(args.teachers.parent, run.tune_recipe, args.work / run.name / "tune_results.json", only=[run.name])
+        return ckpt
     from rsclip_core.train.trainer import FINAL_WEIGHTS, LAST_CHECKPOINT, train
 
     cfg = run.config(args)
@@ -386,33 +457,59 @@ def evaluate_encoder(args: argparse.Namespace, encoder: Any, splits: tuple[str, 
     return result
 
 
-def evaluate_checkpoint(args: argparse.Namespace, run: Run) -> dict[str, Any]:
-    """RSICD val/test + RSSCN7 of a trained run's torch weights (cached in eval.json)."""
+def evaluate_checkpoint(args: argparse.Namespace, run: Run | TunedRun) -> dict[str, Any]:
+    """RSICD val/test + RSSCN7 of a trained run's torch weights (cached in eval.json); images go through the
+    model's own preprocessing (a tuned run too, not its tap caches)."""
     cache = args.work / run.name / "eval.json"
     if cache.is_file():
         return read_json(cache)
     from rsclip_core.evaluate import TorchEncoder
     from rsclip_core.models import get_tokenizer
-    from rsclip_core.train.checkpoint import load_trained_model
 
     log(f"evaluate {run.name}")
-    cfg = run.config(args)
-    model = load_trained_model(cfg.model, args.work / run.name / "model.pt")
+    name = candidate_model(args, run)
+    if isinstance(run, TunedRun):
+        from rsclip_core.teachers.offline import load_offline_teacher
+
+        model = load_offline_teacher(candidate_checkpoint(args, run))
+        info: dict[str, Any] = {"mode": "tuned", "lam": run.teacher_recipe().tune.kd_weight,
+                                "training": tuned_summary(candidate_checkpoint(args, run))}
+    else:
+        from rsclip_core.train.checkpoint import load_trained_model
+
+        cfg = run.config(args)
+        model = load_trained_model(cfg.model, candidate_checkpoint(args, run))
+        info = {"mode": cfg.mode, "lam": cfg.lam, "training": train_summary(args.work / run.name)}
     t0 = time.perf_counter()
-    result = evaluate_encoder(args, TorchEncoder.from_model(model, get_tokenizer(cfg.model)))
-    result.update(run=run.name, model=cfg.model, mode=cfg.mode, lam=cfg.lam, eval_seconds=time.perf_counter() - t0,
-                  training=train_summary(args.work / run.name))
+    result = evaluate_encoder(args, TorchEncoder.from_model(model, get_tokenizer(name)))
+    result.update(run=run.name, model=name, eval_seconds=time.perf_counter() - t0, **info)
+    (args.work / run.name).mkdir(parents=True, exist_ok=True)
     write_json(cache, result)
     return result
 
 
-def export_candidate(args: argparse.Namespace, run: Run) -> Path:
+def tuned_summary(checkpoint: Path) -> dict[str, Any]:
+    """:func:`train_summary` of a tuned run, from its checkpoint (epochs x steps per epoch, all run; best kept)."""
+    from rsclip_core.teachers.heads import load_teacher_checkpoint
+
+    payload, _ = load_teacher_checkpoint(checkpoint)
+    cfg, extra = payload["fit_config"], payload["extra"]
+    per_epoch = extra.get("steps_per_epoch") or max(1, int(extra["train_images"]) // int(cfg["batch_size"]))
+    return {"steps": int(cfg["epochs"]) * int(per_epoch), "epochs": int(cfg["epochs"]),
+            "best_epoch": int(payload["val"]["epoch"]), "train_seconds": float(extra["train_s"]),
+            "median_step_s": float(extra["step_time_s"]), "batch_size": int(cfg["batch_size"]),
+            "init_from": extra.get("init_from"), "distil_from": extra.get("distil_from") or [],
+            "aug_views": int(extra.get("aug_views", 0)), "train_images": int(extra["train_images"]),
+            "fit_config": cfg, "logit_scale": payload.get("logit_scale")}
+
+
+def export_candidate(args: argparse.Namespace, run: Run | TunedRun) -> Path:
     """fp32 ONNX export of a run (for latency; the parity check runs as part of the export)."""
     from rsclip_core.export import export_model
 
     out = args.work / "exports" / run.name
     if not (out / "rsclip.json").is_file():
-        export_model(run.config(args).model, out, checkpoint=args.work / run.name / "model.pt", overwrite=True)
+        export_model(candidate_model(args, run), out, checkpoint=candidate_checkpoint(args, run), overwrite=True)
     return out
 
 
@@ -604,18 +701,26 @@ def replace_model_dir(release: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def stage_export(args: argparse.Namespace, chosen: Run) -> dict[str, Any]:
+def release_format(run: Run | TunedRun) -> tuple[str, str]:
+    """(``export_model`` quantize mode, its words) of a run's release files."""
+    if isinstance(run, TunedRun):
+        return run.release_quantize, TUNED_RELEASE_FORMAT
+    return RELEASE_QUANTIZE, RELEASE_FORMAT
+
+
+def stage_export(args: argparse.Namespace, chosen: Run | TunedRun) -> dict[str, Any]:
     """Export the chosen run to ``<work>/release``; ship it into ``--output`` only if it beats the model there."""
     from rsclip_core import spec
     from rsclip_core.export import export_model
 
-    ckpt = args.work / chosen.name / "model.pt"
-    model_name = chosen.config(args).model
+    ckpt = candidate_checkpoint(args, chosen)
+    model_name = candidate_model(args, chosen)
     classes = REPO / "rsclip_core" / "resources" / "classes" / "landcover.yaml"
     release = args.work / "release" / chosen.name
+    quantize, words = release_format(chosen)
     if not (release / spec.METADATA_FILE).is_file():
-        log(f"export {chosen.name} -> {release} (ONNX: {RELEASE_FORMAT})")
-        export_model(model_name, release, checkpoint=ckpt, fp16=True, quantize=RELEASE_QUANTIZE, classes=classes,
+        log(f"export {chosen.name} -> {release} (ONNX: {words})")
+        export_model(model_name, release, checkpoint=ckpt, fp16=True, quantize=quantize, classes=classes,
                      resolution_m=1.0, overwrite=True, log=log)
     decision_file = args.work / SHIP_FILE
     recorded = read_json(decision_file) if decision_file.is_file() else None
@@ -684,36 +789,27 @@ def count_params(model_name: str) -> dict[str, float]:
             "text": sum(p.numel() for p in model.text.parameters()) / 1e6}
 
 
-def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any], baseline: dict[str, Any] | None,
-               shipped: dict[str, Any]) -> None:
+def stage_card(args: argparse.Namespace, chosen: Run | TunedRun, candidates: dict[str, Any],
+               baseline: dict[str, Any] | None, shipped: dict[str, Any]) -> None:
     from rsclip_core.workdir import atomic_write_text
-    from rsclip_core.reinforce.shards import load_manifest
 
     teachers = _teacher_rows(args.teacher_results)
-    manifest = load_manifest(args.reinforced)
     sel = read_json(args.work / "selection.json")
-    cfg = chosen.config(args)
     ens = teachers["ensemble"]
     student = candidates[chosen.name]
     ship_test, ship_zs = shipped["rsicd_test"], shipped["rsscn7"]
     lat = shipped["image_latency_ms"]
-    params = count_params(cfg.model)
     sizes = shipped["sizes"]
     total = sum(sizes.values())
     cmd = "python training/default_model/pipeline.py"
-    run_cfg = read_json(args.work / chosen.name / "train_config.json")
-    teacher_scales = ", ".join(f"{k} {v:.1f}" for k, v in sorted(run_cfg.get("teacher_logit_scales", {}).items()))
-    from rsclip_core.train.data import ShardStore
-
-    store = ShardStore(args.reinforced)
-    n_train = len(store)
-    store.close()
-    extra_sources = "".join(f" + {x['num_records']:,} `{x['name']}` images"
-                            for x in manifest.source.get("sources", []) if x.get("name"))
+    if isinstance(chosen, TunedRun):
+        intro, what, teacher_names, extra_sources = _tuned_card_rows(args, chosen, student, shipped, teachers)
+    else:
+        intro, what, teacher_names, extra_sources = _trained_card_rows(args, chosen, student, shipped, teachers)
     lines = [
         "# Bundled model `rsclip_core/resources/models/default`",
         "",
-        f"`{cfg.model}` distilled with MobileCLIP-style multi-modal reinforced training on RSICD `train`, on a",
+        intro,
         "2-core CPU. Generated by `training/default_model/pipeline.py` from its JSON results (numbers are",
         "measured, not edited). The first results row, the RSSCN7 per-class line, the latency table and the",
         "file sizes are measured on the files in this directory through the torch-free inference path.",
@@ -722,15 +818,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         "",
         "| | |",
         "|---|---|",
-        f"| registry name | `{cfg.model}` (`rsclip models`) |",
-        f"| image tower | {'EfficientNet-Lite0, initialised from the packaged ImageNet weights' if 'effnet' in cfg.model else 'MCi0 (timm `fastvit_mci0`), random init'}; {shipped['metadata']['image_size']} px, mean/std {shipped['metadata']['mean']}/{shipped['metadata']['std']}; {params['image']:.2f} M params |",
-        f"| text tower | MCt: 2 Text-RepMixer blocks (reparameterized for export) + 2 attention layers, width 256, CLIP BPE, {shipped['metadata']['context_length']}-token context; {params['text']:.2f} M params (12.6 M of them the 49,408-token embedding) |",
-        f"| embedding | {shipped['metadata']['embed_dim']}-d, L2-normalised, logit scale {shipped['metadata']['logit_scale']:.1f} |",
-        f"| training data | {_sources_text(manifest.source, n_train)}, reinforced once: K={manifest.num_augmentations} stored augmentations per image ({_augmentation_text(manifest.augmentation)} — replayed exactly), S={manifest.num_syn_captions} synthetic captions per image ({manifest.captioner.get('name', manifest.captioner.get('kind'))}), teacher embeddings stored in bf16 |",
-        f"| teachers | {', '.join(f'`{t.name}` ({t.dim}-d, {t.kind})' for t in manifest.teachers)}: offline teachers on the packaged {_towers_text(teachers)} towers, trained on RSICD train{' + NWPU subset (Focus-Adapter on cached taps)' if args.teacher_stage == 'tune' else ' (locked towers, fitted heads)'}, selected on val (`{_display(args.teacher_results.with_suffix('.md'))}`) |",
-        f"| objective | (1-λ)·CLIP + λ·{'KL(mean_k teacher_k ‖ student) (teachers averaged after the softmax)' if cfg.teacher_mix == 'probs' else 'mean_k KL(teacher_k ‖ student)'}, λ={cfg.lam}, over a real-caption batch and a synthetic-caption batch, teacher logit scales τ_k = {teacher_scales} (each teacher's own learned temperature) |",
-        f"| schedule | {student['training']['steps']} steps x batch {cfg.batch_size} (= {student['training']['steps'] * cfg.batch_size / n_train:.1f} epochs), AdamW lr {cfg.lr:g}, wd {cfg.weight_decay:g}, warmup {cfg.warmup_steps}, cosine, grad clip {cfg.grad_clip or 'off'}, {f'EMA {cfg.ema_decay:g} (exported), ' if cfg.ema_decay else ''}fp32, seed {cfg.seed} (recipe `{_display(chosen.recipe)}`) |",
-        f"| training time | {student['training']['train_seconds'] / 60:.0f} min on {_training_threads(args.work / chosen.name)} ({student['training']['median_step_s']:.2f} s/step median; 2-core machine, no GPU) |",
+        *what,
         "| selection | " + sel["rule"] + "; val mR: " + ", ".join(f"{n} {v['val_mR']:.2f} ({v['speedup']:.1f}x)" for n, v in sel["candidates"].items()) + " |",
         "| resolution hint | `resolution_m = 1.0` (informational). RSICD scenes span roughly 0.5–8 m/px |",
         "",
@@ -740,7 +828,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         "|---|---|",
     ]
     lines += [f"| `{name}` | {size:,} |" for name, size in sizes.items()]
-    lines += [f"| **total** | **{total:,}** ({total / 2**20:.1f} MiB; {RELEASE_FORMAT}) |", ""]
+    lines += [f"| **total** | **{total:,}** ({total / 2**20:.1f} MiB; {release_format(chosen)[1]}) |", ""]
     if shipped.get("coreml_sizes"):
         lines += ["Core ML (`image.mlpackage`, `text.mlpackage`, FP16) is a **build artefact**, not committed: "
                   f"`{args.coreml_output.relative_to(REPO) if args.coreml_output.is_relative_to(REPO) else args.coreml_output}` "
@@ -762,7 +850,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
     if baseline is not None:
         lines.append(f"| plain-CLIP twin `{baseline['run']}` (same shape, steps, data) | {_r(baseline['rsicd_test'])} | "
                      f"{baseline['rsicd_test']['mR']:.2f} | {baseline['rsscn7']['top1']:.2f} |")
-    for key in (t.name for t in manifest.teachers):  # the teachers this dataset was reinforced with, where measured
+    for key in teacher_names:  # the teachers the student distils, where measured
         t = teachers.get(key)
         if t is not None and "rsicd_test" in t:
             lines.append(f"| teacher `{key}` | {_r(t['rsicd_test'])} | {t['rsicd_test']['mR']:.2f} | {t['rsscn7_zero_shot']['top1']:.1f} |")
@@ -816,7 +904,7 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
         "## Reproduce",
         "",
         "```bash",
-        f"{cmd}            # teachers -> reinforce -> train -> evaluate -> select -> baseline -> export -> measure -> card",
+        f"{cmd}{_reproduce_flags(args, chosen)}   # teachers -> reinforce -> train -> evaluate -> select -> baseline -> export -> measure -> card",
         "```",
         "",
         f"Work files in `{args.work}`; each stage resumes. Full JSON results: `training/results/default_model.json`.",
@@ -827,6 +915,95 @@ def stage_card(args: argparse.Namespace, chosen: Run, candidates: dict[str, Any]
     write_json(args.results.with_suffix(".json"), {"chosen": chosen.name, "selection": sel, "candidates": candidates,
                                                    "baseline": baseline, "shipped": shipped})
     log(f"wrote {args.card} and {args.results}")
+
+
+def _reproduce_flags(args: argparse.Namespace, chosen: Run | TunedRun) -> str:
+    """The card's reproduce command's flags: the teacher recipe and candidate when they are not the defaults."""
+    flags = "" if args.teacher_recipe == DEFAULT_TEACHER_RECIPE else f" --teacher-recipe {args.teacher_recipe}"
+    return flags + (f" --candidates {chosen.name}" if isinstance(chosen, TunedRun) else "")
+
+
+def _trained_card_rows(args: argparse.Namespace, chosen: Run, student: dict[str, Any], shipped: dict[str, Any],
+                       teachers: dict[str, Any]) -> tuple[str, list[str], list[str], str]:
+    """(intro line, "What it is" rows, teacher names, extra sources) of an ``rsclip train`` student."""
+    from rsclip_core.reinforce.shards import load_manifest
+    from rsclip_core.train.data import ShardStore
+
+    manifest = load_manifest(args.reinforced)
+    cfg = chosen.config(args)
+    params = count_params(cfg.model)
+    run_cfg = read_json(args.work / chosen.name / "train_config.json")
+    teacher_scales = ", ".join(f"{k} {v:.1f}" for k, v in sorted(run_cfg.get("teacher_logit_scales", {}).items()))
+    store = ShardStore(args.reinforced)
+    n_train = len(store)
+    store.close()
+    extra_sources = "".join(f" + {x['num_records']:,} `{x['name']}` images"
+                            for x in manifest.source.get("sources", []) if x.get("name"))
+    meta = shipped["metadata"]
+    intro = (f"`{cfg.model}` distilled with MobileCLIP-style multi-modal reinforced training on RSICD `train`, on a")
+    what = [
+        f"| registry name | `{cfg.model}` (`rsclip models`) |",
+        f"| image tower | {'EfficientNet-Lite0, initialised from the packaged ImageNet weights' if 'effnet' in cfg.model else 'MCi0 (timm `fastvit_mci0`), random init'}; {meta['image_size']} px, mean/std {meta['mean']}/{meta['std']}; {params['image']:.2f} M params |",
+        f"| text tower | MCt: 2 Text-RepMixer blocks (reparameterized for export) + 2 attention layers, width 256, CLIP BPE, {meta['context_length']}-token context; {params['text']:.2f} M params (12.6 M of them the 49,408-token embedding) |",
+        f"| embedding | {meta['embed_dim']}-d, L2-normalised, logit scale {meta['logit_scale']:.1f} |",
+        f"| training data | {_sources_text(manifest.source, n_train)}, reinforced once: K={manifest.num_augmentations} stored augmentations per image ({_augmentation_text(manifest.augmentation)} — replayed exactly), S={manifest.num_syn_captions} synthetic captions per image ({manifest.captioner.get('name', manifest.captioner.get('kind'))}), teacher embeddings stored in bf16 |",
+        f"| teachers | {', '.join(f'`{t.name}` ({t.dim}-d, {t.kind})' for t in manifest.teachers)}: offline teachers on the packaged {_towers_text(teachers)} towers, trained on RSICD train{' + NWPU subset (Focus-Adapter on cached taps)' if args.teacher_stage == 'tune' else ' (locked towers, fitted heads)'}, selected on val (`{_display(args.teacher_results.with_suffix('.md'))}`) |",
+        f"| objective | (1-λ)·CLIP + λ·{'KL(mean_k teacher_k ‖ student) (teachers averaged after the softmax)' if cfg.teacher_mix == 'probs' else 'mean_k KL(teacher_k ‖ student)'}, λ={cfg.lam}, over a real-caption batch and a synthetic-caption batch, teacher logit scales τ_k = {teacher_scales} (each teacher's own learned temperature) |",
+        f"| schedule | {student['training']['steps']} steps x batch {cfg.batch_size} (= {student['training']['steps'] * cfg.batch_size / n_train:.1f} epochs), AdamW lr {cfg.lr:g}, wd {cfg.weight_decay:g}, warmup {cfg.warmup_steps}, cosine, grad clip {cfg.grad_clip or 'off'}, {f'EMA {cfg.ema_decay:g} (exported), ' if cfg.ema_decay else ''}fp32, seed {cfg.seed} (recipe `{_display(chosen.recipe)}`) |",
+        f"| training time | {student['training']['train_seconds'] / 60:.0f} min on {_training_threads(args.work / chosen.name)} ({student['training']['median_step_s']:.2f} s/step median; 2-core machine, no GPU) |",
+    ]
+    return intro, what, [t.name for t in manifest.teachers], extra_sources
+
+
+def _tuned_card_rows(args: argparse.Namespace, chosen: TunedRun, student: dict[str, Any], shipped: dict[str, Any],
+                     teachers: dict[str, Any]) -> tuple[str, list[str], list[str], str]:
+    """(intro line, "What it is" rows, teacher names, extra sources) of a tuned-teacher-shaped student."""
+    from rsclip_core.teachers.fit import FEATURE_AUG
+    from rsclip_core.teachers.heads import offline_logit_scale
+
+    t = chosen.teacher_recipe()
+    tr = student["training"]
+    cfg = tr["fit_config"]
+    model = candidate_model(args, chosen)
+    params = count_params(model)
+    meta = shipped["metadata"]
+    adapter = cfg["image"].get("adapter")
+    unlocked = {0: "nothing", 1: "stage 6 + conv_head", 2: "stages 5-6 + conv_head"}[int(cfg["image"]["unlock"])]
+    nwpu = " + the NWPU-RESISC45 airplane/airport subset (scene-label captions)" if tr["train_images"] > 9000 else ""
+    scales = []
+    for name in tr["distil_from"]:
+        from rsclip_core.teachers.heads import load_teacher_checkpoint
+
+        payload, _ = load_teacher_checkpoint(args.teachers / f"{name}.pt")
+        scales.append(f"{name} {offline_logit_scale(payload) or 0:.1f}")
+    intro = (f"`{model}`: the tuned teacher's shape, started from `{tr['init_from'] or 'the packaged weights'}` and "
+             f"distilled from the teacher ensemble on cached backbone taps ({'+'.join(tr['distil_from']) or 'no teachers'}), on a")
+    what = [
+        f"| registry name | `{model}` (`rsclip models`) |",
+        f"| image tower | EfficientNet-Lite{t.image_tower[-1]} from the packaged ImageNet weights, frozen through stage 5; "
+        f"{unlocked} fine-tuned (lr {cfg['backbone_lr']:g}, frozen BatchNorm statistics)"
+        f"{'; CMER Focus-Adapter side branch on the stage 2/4/5 taps' if adapter else ''}; MLP head; {meta['image_size']} px, "
+        f"mean/std {meta['mean']}/{meta['std']}; {params['image']:.2f} M params |",
+        f"| text tower | {t.text_tower} (sentence-transformers, its WordPiece tokenizer, {meta['context_length']}-token context), "
+        f"locked, + a fitted MLP head; {params['text']:.2f} M params |",
+        f"| embedding | {meta['embed_dim']}-d, L2-normalised, logit scale {meta['logit_scale']:.1f} |",
+        f"| training data | RSICD `train`{nwpu}: {tr['train_images']:,} images, {tr['aug_views'] + 1} stored views each (the centre "
+        f"view + {tr['aug_views']} replayable augmentations: crops of {FEATURE_AUG.scale[0]:.0%}–{FEATURE_AUG.scale[1]:.0%} of "
+        "the area, flips and quarter turns, colour jitter), whose frozen-backbone taps are cached once |",
+        f"| teachers | {', '.join(f'`{n}`' for n in tr['distil_from'])}: tuned offline teachers on the packaged "
+        f"{_towers_text(teachers)} towers, selected on val (`{_display(args.teacher_results.with_suffix('.md'))}`); "
+        "their embeddings of the same stored views and captions are the targets |",
+        f"| objective | (1-λ)·multi-positive CLIP + λ·KL(mean_k teacher_k ‖ student) (teachers averaged after the softmax), "
+        f"λ={cfg['kd_weight']:g}, one caption per image per step (scene-label template with p={cfg['label_caption_prob']:g}), "
+        f"teacher logit scales τ_k = {', '.join(scales)} (each teacher's own learned temperature) |",
+        f"| schedule | {tr['epochs']} epochs x {tr['steps'] // tr['epochs']} steps x batch {tr['batch_size']} "
+        f"({tr['steps']} steps; best val epoch {tr['best_epoch']} kept), AdamW one-cycle lr {cfg['lr']:g} (top, heads) / "
+        f"{cfg['backbone_lr']:g} (stage 6), wd {cfg['weight_decay']:g}, fp32, seed {cfg['seed']} "
+        f"(`{_display(TUNE_TEACHERS)} --recipe {chosen.tune_recipe}`) |",
+        f"| training time | {tr['train_seconds'] / 60:.0f} min on 1 CPU thread ({tr['median_step_s']:.2f} s/step median; "
+        "2-core machine, no GPU; the tap caches and teacher targets are built once before) |",
+    ]
+    return intro, what, list(tr["distil_from"]), " + 1,400 NWPU-RESISC45 airplane/airport" if nwpu else ""
 
 
 def _verdict(value: float, target: float) -> str:
@@ -998,8 +1175,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         args.overrides = parse_assignments(args.overrides)
-        for name in names:
-            CANDIDATES[name].config(args)  # a bad recipe or --set fails here, before any stage runs
+        for name in names:  # a bad recipe or --set fails here, before any stage runs
+            run = CANDIDATES[name]
+            run.teacher_recipe() if isinstance(run, TunedRun) else run.config(args)
     except TrainConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
@@ -1012,16 +1190,17 @@ def main(argv: list[str] | None = None) -> int:
     if "teachers" in stages:
         stage_teachers(args)
     if "reinforce" in stages:
-        stage_reinforce(args)
+        if all(isinstance(CANDIDATES[n], TunedRun) for n in names):  # they train on the tap caches, not the shards
+            log(f"reinforce: skipped (not needed by {', '.join(names)})")
+        else:
+            stage_reinforce(args)
     if "train" in stages:
         for name in names:
             train_run(args, baseline_for(CANDIDATES[name]) if args.plain_twin else CANDIDATES[name])
     later = [s for s in stages if STAGES.index(s) >= STAGES.index("evaluate")]
     if not later:
         return 0
-    from rsclip_core.train.trainer import FINAL_WEIGHTS
-
-    trained = [n for n in (names or list(CANDIDATES)) if (args.work / n / FINAL_WEIGHTS).is_file()]
+    trained = [n for n in (names or list(CANDIDATES)) if candidate_checkpoint(args, CANDIDATES[n]).is_file()]
     if not trained:
         print(f"Error: --candidates: none of {', '.join(names)} is trained yet in {args.work} "
               "(run --stages train first)", file=sys.stderr)
@@ -1033,7 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = None
     if "baseline" in stages:
         train_run(args, base_run)
-    if "baseline" in stages or ("card" in stages and (Path(base_run.config(args).output) / FINAL_WEIGHTS).is_file()):
+    if "baseline" in stages or ("card" in stages and candidate_checkpoint(args, base_run).is_file()):
         baseline = evaluate_checkpoint(args, base_run)  # card without stage baseline: the twin only where trained
     decision = stage_export(args, chosen) if "export" in stages else None
     if decision is None and (args.work / SHIP_FILE).is_file():

@@ -45,6 +45,7 @@ from rsclip_core.data.readers import ImageTextRecord  # noqa: E402
 from rsclip_core.teachers.focus_adapter import FocusAdapterConfig  # noqa: E402
 from rsclip_core.teachers.heads import HeadConfig  # noqa: E402
 from rsclip_core.teachers.tuned import TuneConfig, TunedImageConfig  # noqa: E402
+from rsclip_core.workdir import atomic_write_bytes  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 RESULTS_DIR = REPO / "training" / "results"
@@ -60,6 +61,8 @@ class TeacherRecipe:
     tune: TuneConfig
     image_size: int = 224
     text_tower: str = "all-MiniLM-L6-v2"  # or "all-mpnet-base-v2" (rsclip_core.teachers.towers.TEXT_TOWERS)
+    init_from: str | None = None  # start from this teacher's checkpoint (same shape)
+    distil_from: tuple[str, ...] = ()  # teachers (checkpoints in W/teachers) distilled in with tune.kd_weight
 
 
 @dataclass
@@ -94,6 +97,21 @@ LITE2_TUNED = TeacherRecipe("lite2-tuned", "efficientnet_lite2", _tuned(unlock=0
 LITE2_MINILM = dataclasses.replace(LITE2_TUNED, name="lite2-adapter-minilm")
 LITE2_MPNET = dataclasses.replace(LITE2_TUNED, name="lite2-adapter-mpnet", text_tower="all-mpnet-base-v2")
 
+# the teacher ensemble distilled into the Lite0 teacher's shape (the bundled-model candidate of
+# training/results/teacher_as_model.md): started from lite0-tuned, 10 more epochs at a lower learning rate with
+# (1-λ)·CLIP + λ·KL(ensemble || student), λ=0.7; its twin continues the same 10 epochs with λ=0 (plain CLIP)
+ENSEMBLE3 = ("lite0-tuned", "lite2-tuned", "lite2-adapter-mpnet")
+_CONTINUE = dataclasses.replace(LITE0_TUNED.tune, epochs=10, lr=3e-4, backbone_lr=2e-5)
+LITE0_DISTILLED = dataclasses.replace(LITE0_TUNED, name="lite0-distilled", init_from="lite0-tuned",
+                                      distil_from=ENSEMBLE3, tune=dataclasses.replace(_CONTINUE, kd_weight=0.7))
+LITE0_CONTINUED = dataclasses.replace(LITE0_TUNED, name="lite0-continued", init_from="lite0-tuned", tune=_CONTINUE)
+# the same with 6 stored views per image (centre + 5 replayable augmentations) and 15 epochs: distillation pays
+# for more views (the teachers supply a target for each), plain CLIP on 2 views already overfits
+LITE0_DISTILLED_6V = dataclasses.replace(LITE0_DISTILLED, name="lite0-distilled-6v",
+                                         tune=dataclasses.replace(LITE0_DISTILLED.tune, epochs=15))
+LITE0_CONTINUED_6V = dataclasses.replace(LITE0_CONTINUED, name="lite0-continued-6v",
+                                         tune=dataclasses.replace(LITE0_CONTINUED.tune, epochs=15))
+
 RECIPES: dict[str, Recipe] = {
     # the real stage: two backbones
     "default": Recipe([LITE0_TUNED, LITE2_TUNED], aug_views=1, results="teachers_tuned.md"),
@@ -107,10 +125,18 @@ RECIPES: dict[str, Recipe] = {
     # (after the two recipes above every checkpoint exists: evaluation only); the default model's pipeline
     # reinforces with it under --teacher-recipe default+mpnet
     "default+mpnet": Recipe([LITE0_TUNED, LITE2_TUNED, LITE2_MPNET], aug_views=1, results="teachers_ensemble3.md"),
+    # the ensemble of default+mpnet (evaluated, not retrained) and Lite0 students of it in the teacher's shape
+    "distilled": Recipe([LITE0_TUNED, LITE2_TUNED, LITE2_MPNET, LITE0_DISTILLED, LITE0_CONTINUED], aug_views=1,
+                        results="teachers_distilled.md"),
+    "distilled-6v": Recipe([LITE0_TUNED, LITE2_TUNED, LITE2_MPNET, LITE0_DISTILLED_6V, LITE0_CONTINUED_6V],
+                           aug_views=5, results="teachers_distilled_6v.md"),
     # a few minutes: tiny subsets, to check the pipeline end to end
     "quick": Recipe([
         TeacherRecipe("lite0-quick", "efficientnet_lite0", _tuned(unlock=1, adapter=True, embed_dim=64, epochs=2)),
         TeacherRecipe("lite0-quick-b", "efficientnet_lite0", _tuned(unlock=0, adapter=False, embed_dim=64, epochs=2)),
+        TeacherRecipe("lite0-quick-distilled", "efficientnet_lite0",
+                      dataclasses.replace(_tuned(unlock=1, adapter=True, embed_dim=64, epochs=1), kd_weight=0.7),
+                      init_from="lite0-quick", distil_from=("lite0-quick", "lite0-quick-b")),
     ], aug_views=0, nwpu=False, train_limit=64, val_images=32, eval_limit=32),
 }
 
@@ -182,6 +208,56 @@ def text_data(splits: Splits, cache: Path, tower: str = "all-MiniLM-L6-v2") -> d
     return out
 
 
+def source_checkpoint(out_dir: Path, name: str, student: str) -> Path:
+    """``out_dir/<name>.pt`` that ``student`` starts from or distils (one clear line if missing)."""
+    path = out_dir / f"{name}.pt"
+    if not path.is_file():
+        raise SystemExit(f"{student}: teacher checkpoint {path} not found (train {name!r} first: it is in the "
+                         "recipe before it, or in another recipe)")
+    return path
+
+
+def distillation_targets(names: tuple[str, ...], out_dir: Path, splits: Splits, cache: Path, aug_views: int,
+                         student: str) -> Any:
+    """Each teacher's embeddings of the train views (its own tower's tap caches) and captions (its own
+    text tower's features): :class:`rsclip_core.teachers.tuned.DistillTargets`, cached per checkpoint
+    (content hash) and view under ``cache/distill_targets/`` (minutes per teacher to recompute)."""
+    import hashlib
+
+    from rsclip_core.teachers.fit import npy_bytes
+    from rsclip_core.teachers.heads import load_teacher_checkpoint, offline_logit_scale
+    from rsclip_core.teachers.tuned import DistillTargets, teacher_targets
+
+    records_hash = hashlib.sha256("\n".join(r.key for r in splits.train).encode()).hexdigest()[:12]
+    targets = DistillTargets([], [], [], [], [])
+    for name in names:
+        path = source_checkpoint(out_dir, name, student)
+        payload, heads = load_teacher_checkpoint(path)
+        folder = cache / "distill_targets" / f"{name}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}-{records_hash}"
+        files = [folder / f"view{v}.npy" for v in range(aug_views + 1)] + [folder / "captions.npy", folder / "labels.npy"]
+        if not (folder / "done").is_file():  # written last: a killed run recomputes
+            tower = TeacherRecipe(name, payload["image_tower"], TuneConfig(), image_size=int(payload["image_size"]),
+                                  text_tower=payload["text_tower"])
+            text = text_data(splits, cache, tower.text_tower)
+            print(f"distillation targets: embedding {aug_views + 1} views with {name} -> {folder}", flush=True)
+            images, captions, labels = teacher_targets(heads, tap_views(tower, splits, cache, aug_views)["train"],
+                                                       text["train"][0], text["label_feats"])
+            folder.mkdir(parents=True, exist_ok=True)
+            for f, a in zip(files, [*images, captions, labels]):
+                if a is not None:
+                    atomic_write_bytes(f, npy_bytes(a))
+            atomic_write_bytes(folder / "done", b"")
+        scale = offline_logit_scale(payload) or 1 / 0.07
+        targets.names.append(name)
+        targets.images.append([np.load(f) for f in files[:aug_views + 1]])
+        targets.captions.append(np.load(files[-2]))
+        targets.labels.append(np.load(files[-1]) if files[-1].is_file() else None)
+        targets.logit_scales.append(scale)
+        print(f"distillation targets: {name} ({payload['image_tower']} + {payload['text_tower']}, T={1 / scale:.4f})",
+              flush=True)
+    return targets
+
+
 # --- eval ----------------------------------------------------------------------------------------
 
 
@@ -228,6 +304,10 @@ def ensemble_embeddings(embs: list[dict[str, Any]]) -> dict[str, Any]:
             for s in embs[0] if all(s in e for e in embs)}
 
 
+def distils(row: dict[str, Any]) -> str:
+    return f"{row['distil_from']} ({row['kd_weight']:g})" if row.get("distil_from") else "–"
+
+
 def results_markdown(rows: dict[str, Any], command: str) -> str:
     lines = ["# Tuned offline teachers: RSICD val/test retrieval and RSSCN7 zero-shot", "",
              f"Produced by: `{command}`", "",
@@ -236,14 +316,18 @@ def results_markdown(rows: dict[str, Any], command: str) -> str:
              "text tower's sentence features (column *text tower*), trained on",
              "RSICD train (+ NWPU airplane/airport with scene-label captions), selected on RSICD val (best",
              "epoch); RSICD test and RSSCN7 are only evaluated.", "",
-             "| teacher | tower | text tower | unlock | adapter | epochs (best) | train s | val mR | **test mR** | "
-             "test I→T R@1 | test T→I R@1 | RSSCN7 ZS top-1 |", "|---" * 12 + "|"]
+             "Column *start*: the packaged weights, or the teacher checkpoint training began from; *distils (λ)*:",
+             "the teachers whose batch similarity distributions (averaged after the softmax, each at its own",
+             "temperature) the loss matched with weight λ, on the same stored views and captions. The ensemble",
+             "row is the mean cosine of the independently trained teachers (no start, nothing distilled).", "",
+             "| teacher | tower | text tower | unlock | adapter | start | distils (λ) | epochs (best) | train s | "
+             "val mR | **test mR** | test I→T R@1 | test T→I R@1 | RSSCN7 ZS top-1 |", "|---" * 14 + "|"]
     for name, r in rows.items():
         t = r["rsicd_test"]
         zs = f"{r['rsscn7_zero_shot']['top1']:.1f}" if "rsscn7_zero_shot" in r else "–"
         lines.append(f"| {name} | {r.get('image_tower', '–')} | {r.get('text_tower', '–')} | {r.get('unlock', '–')} | "
-                     f"{r.get('adapter', '–')} | "
-                     f"{r.get('epochs', '–')} | {r.get('train_s', '–')} | {r['rsicd_val']['mR']:.2f} | "
+                     f"{r.get('adapter', '–')} | {r.get('init_from') or ('packaged' if r.get('checkpoint') else '–')} | "
+                     f"{distils(r)} | {r.get('epochs', '–')} | {r.get('train_s', '–')} | {r['rsicd_val']['mR']:.2f} | "
                      f"**{t['mR']:.2f}** | {t['i2t_r1']:.2f} | {t['t2i_r1']:.2f} | {zs} |")
     lines += ["", "Checkpoints:", ""] + [f"- `{n}`: `{r['checkpoint']}`" for n, r in rows.items() if r.get("checkpoint")]
     return "\n".join(lines) + "\n"
@@ -298,26 +382,38 @@ def main(argv: list[str] | None = None) -> list[Path]:
         text, zs = texts[t.text_tower], zss[t.text_tower]
         if not path.exists():
             print(f"== training {t.name} ({t.image_tower} + {t.text_tower}, unlock {t.tune.image.unlock}, "
-                  f"adapter {t.tune.image.adapter is not None})", flush=True)
+                  f"adapter {t.tune.image.adapter is not None}"
+                  + (f", from {t.init_from}" if t.init_from else "")
+                  + (f", distilling {'+'.join(t.distil_from)} at λ={t.tune.kd_weight}" if t.distil_from else "")
+                  + ")", flush=True)
             data = TapData(views["train"], text["train"][0], text["train"][1], text["label_feats"],
                            text["image_label"])
             t0 = time.time()
+            init = None
+            if t.init_from:
+                init_payload, init_heads = load_teacher_checkpoint(source_checkpoint(out_dir, t.init_from, t.name))
+                init = (init_heads, float(init_payload["logit_scale"]))
+            distill = (distillation_targets(t.distil_from, out_dir, splits, cache, recipe.aug_views, t.name)
+                       if t.distil_from else None)
             heads, info = fit_tuned(t.image_tower, data, (views["val"], *text["val"]), t.tune,
-                                    log=lambda s: print(s, flush=True))
+                                    log=lambda s: print(s, flush=True), init=init, distill=distill)
             save_teacher_checkpoint(path, heads, image_tower=t.image_tower, text_tower=t.text_tower,
                                     image_size=t.image_size, cfg=t.tune, fit_info=info,
                                     extra={"recipe": args.recipe, "aug_views": recipe.aug_views,
                                            "train_images": len(splits.train), "train_s": round(time.time() - t0),
-                                           "history": info["history"], "step_time_s": info["step_time_s"]})
+                                           "history": info["history"], "step_time_s": info["step_time_s"],
+                                           "steps_per_epoch": info["steps_per_epoch"], "init_from": t.init_from, "distil_from": list(t.distil_from)})
             print(f"saved {path} (best val mR {info['val']['mR']:.2f} at epoch {info['val']['epoch']})", flush=True)
         payload, heads = load_teacher_checkpoint(path)
         if payload["text_tower"] != t.text_tower:
             raise SystemExit(f"{path}: fitted on text tower {payload['text_tower']!r}, recipe says "
                              f"{t.text_tower!r}; delete it to retrain")
         emb = embed_teacher(heads, views, text, zs)
-        embs.append(emb)
+        if not t.distil_from and not t.init_from:  # the ensemble is of the independently trained teachers
+            embs.append(emb)
         rows[t.name] = {"checkpoint": str(path), "image_tower": t.image_tower, "text_tower": t.text_tower,
-                        "unlock": t.tune.image.unlock,
+                        "unlock": t.tune.image.unlock, "init_from": t.init_from,
+                        "distil_from": "+".join(t.distil_from) or None, "kd_weight": t.tune.kd_weight,
                         "adapter": t.tune.image.adapter is not None,
                         "epochs": f"{t.tune.epochs} ({payload['val']['epoch']})",
                         "train_s": payload["extra"].get("train_s"), **score(emb, text, zs)}
