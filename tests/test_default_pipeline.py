@@ -299,6 +299,17 @@ def test_ship_decision_needs_both_val_and_rsscn7():
     assert not pipeline.ship_decision(current, current)[0]  # a tie does not replace the shipped model
 
 
+def test_ship_decision_keeps_the_dense_output_of_the_model_in_place():
+    """A better-scoring release without per-location embeddings does not replace a model that has them."""
+    pipeline = _load_pipeline()
+    current = {"rsicd_val": {"mR": 13.0}, "rsscn7": {"top1": 62.0}, "dense": True}
+    better = {"rsicd_val": {"mR": 18.0}, "rsscn7": {"top1": 67.0}}
+    ship, reason = pipeline.ship_decision(current, {**better, "dense": False})
+    assert not ship and "dense" in reason
+    assert pipeline.ship_decision(current, {**better, "dense": True})[0]
+    assert pipeline.ship_decision({**current, "dense": False}, {**better, "dense": False})[0]
+
+
 def test_export_keeps_the_shipped_model_when_the_release_does_not_beat_it(tmp_path: Path, monkeypatch):
     pipeline = _load_pipeline()
     output = tmp_path / "shipped"

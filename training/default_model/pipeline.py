@@ -664,12 +664,15 @@ def measure_model_dir(args: argparse.Namespace, model_dir: Path) -> dict[str, An
     for name in (spec.IMAGE_ONNX, spec.TEXT_ONNX, spec.METADATA_FILE):
         digest.update((model_dir / name).read_bytes())
     cache = args.work / "model_evals" / f"{digest.hexdigest()[:16]}.json"
+    meta = read_json(model_dir / spec.METADATA_FILE)
     if cache.is_file():
-        return read_json(cache)
-    log(f"measure {_display(model_dir)} (ONNX): RSICD val + test, RSSCN7")
-    result = evaluate_encoder(args, ModelDirEncoder.load(model_dir, threads=args.threads))
-    result["model_name"] = read_json(model_dir / spec.METADATA_FILE).get("model_name")
-    write_json(cache, result)
+        result = read_json(cache)
+    else:
+        log(f"measure {_display(model_dir)} (ONNX): RSICD val + test, RSSCN7")
+        result = evaluate_encoder(args, ModelDirEncoder.load(model_dir, threads=args.threads))
+        result["model_name"] = meta.get("model_name")
+        write_json(cache, result)
+    result["dense"] = bool(meta.get("dense_output"))  # per-location embeddings (dense maps, sub-tile search)
     return result
 
 
@@ -677,6 +680,9 @@ def ship_decision(current: dict[str, Any] | None, release: dict[str, Any]) -> tu
     """Ship the release only if it beats the current model on RSICD val mR and RSSCN7 top-1 (no test numbers)."""
     if current is None:
         return True, "no model in --output yet"
+    if current.get("dense") and not release.get("dense"):  # a capability of the product, not a score
+        return False, ("has no dense output and the model in place has one (dense land-cover maps and sub-tile "
+                       "search would fall back to tiles)")
     better_val = release["rsicd_val"]["mR"] > current["rsicd_val"]["mR"]
     better_zs = release["rsscn7"]["top1"] > current["rsscn7"]["top1"]
     words = (f"RSICD val mR {release['rsicd_val']['mR']:.2f} vs {current['rsicd_val']['mR']:.2f}, "
