@@ -42,7 +42,7 @@ fi
 # a candidate in the teacher's shape (pipeline.TunedRun) trains on the tap caches: its recipe's extra stored views
 # are built on the other core while the pipeline trains the mpnet teacher (it skips stage reinforce for it)
 tune_recipe="$("$py" -c 'import importlib.util, sys
-spec = importlib.util.spec_from_file_location("pipeline", sys.argv[1]); m = importlib.util.module_from_spec(spec)
+spec = importlib.util.spec_from_file_location("pipeline", sys.argv[1]); m = sys.modules["pipeline"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(m); print(getattr(m.CANDIDATES[sys.argv[2]], "tune_recipe", ""))' "$PWD/$pipeline" "$candidate")"
 caches=""
 if [[ -n "$tune_recipe" ]]; then
