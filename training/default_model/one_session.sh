@@ -51,7 +51,7 @@ if [[ -n "$tune_recipe" ]]; then
     caches=$!
 fi
 # stage teachers trains the recipe's missing teachers (the mpnet one), then writes the recipe's results table
-"$py" "$pipeline" --teacher-recipe "$recipe" --stages teachers,reinforce --reinforce-views 3 --reinforce-workers 2 > "$logs/reinforce.log" 2>&1
+"$py" "$pipeline" --teacher-recipe "$recipe" --stages teachers,reinforce --candidates "$candidate" --reinforce-views 3 --reinforce-workers 2 > "$logs/reinforce.log" 2>&1
 if [[ -n "$caches" ]]; then wait "$caches"; fi
 
 step "train $candidate and its plain twin (logs: $logs/candidate.log, twin.log)"
